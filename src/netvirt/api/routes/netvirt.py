@@ -1,0 +1,103 @@
+"""netvirt's own extension: projects, tokens, realization status and reports.
+
+``/v2.0/netvirt/projects`` and ``/tokens`` replace Keystone for this
+platform; ``/v2.0/netvirt/status`` reports NB/compiled/installed generations.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Response
+from pydantic import Field
+
+from netvirt.api.deps import get_context, get_db, require_admin
+from netvirt.model.types import RequestModel
+from netvirt.northbound import identity
+from netvirt.northbound.context import Context
+from netvirt.northbound.db import Database, WriteResult
+
+router = APIRouter(prefix="/v2.0/netvirt", tags=["netvirt"])
+
+
+class ProjectCreate(RequestModel):
+    name: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.@-]+$")
+    description: str = Field("", max_length=255)
+
+
+class ProjectBody(RequestModel):
+    project: ProjectCreate
+
+
+class TokenCreate(RequestModel):
+    project: str = Field(min_length=1, max_length=255, description="Project id or name")
+    role: Literal["admin", "member"] = "member"
+    description: str = Field("", max_length=255)
+
+
+class TokenBody(RequestModel):
+    token: TokenCreate
+
+
+class Report(RequestModel):
+    component: Literal["compiler", "host"]
+    name: str = Field(min_length=1, max_length=255)
+    generation: int = Field(ge=0)
+
+
+class ReportBody(RequestModel):
+    report: Report
+
+
+@router.get("/projects", summary="List projects")
+def list_projects(
+    ctx: Context = Depends(get_context), db: Database = Depends(get_db)
+) -> dict[str, Any]:
+    with db.read() as session:
+        return {"projects": identity.list_projects(session, ctx)}
+
+
+@router.post("/projects", status_code=201, summary="Create a project (admin)")
+def create_project(
+    body: ProjectBody,
+    response: Response,
+    ctx: Context = Depends(get_context),
+    db: Database = Depends(get_db),
+) -> dict[str, Any]:
+    result = WriteResult()
+    with db.write(result) as session:
+        project = identity.create_project(session, ctx, body.project.name, body.project.description)
+    response.headers["X-Netvirt-Generation"] = str(result.generation)
+    return {"project": project}
+
+
+@router.post("/tokens", status_code=201, summary="Create a token for a project (admin)")
+def create_token(
+    body: TokenBody, ctx: Context = Depends(get_context), db: Database = Depends(get_db)
+) -> dict[str, Any]:
+    with db.write(bump=False) as session:
+        token = identity.create_token(
+            session, ctx, body.token.project, body.token.role, body.token.description
+        )
+    return {"token": token}
+
+
+@router.get("/whoami", summary="The caller's project and role")
+def whoami(ctx: Context = Depends(get_context)) -> dict[str, Any]:
+    return {"project_id": ctx.project_id, "role": "admin" if ctx.is_admin else "member"}
+
+
+@router.get("/status", summary="Realization status: NB, compiled and installed generations")
+def status(_ctx: Context = Depends(get_context), db: Database = Depends(get_db)) -> dict[str, Any]:
+    with db.read() as session:
+        return {"status": identity.status(session)}
+
+
+@router.post("/status/reports", status_code=204, summary="Report a realized generation (admin)")
+def report(
+    body: ReportBody, ctx: Context = Depends(get_context), db: Database = Depends(get_db)
+) -> Response:
+    require_admin(ctx)
+    with db.write(bump=False) as session:
+        identity.report(session, body.report.component, body.report.name, body.report.generation)
+    return Response(status_code=204)

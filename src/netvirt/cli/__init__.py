@@ -1,0 +1,1 @@
+"""The ``netvirt`` command line (Typer + Rich)."""

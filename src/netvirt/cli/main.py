@@ -1,0 +1,102 @@
+"""Entry point of the ``netvirt`` command: server and admin verbs.
+
+Resource verbs (network, subnet, port, …) live in their own modules and are
+registered here; they talk to the API only through :mod:`netvirt.api.client`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from netvirt.northbound import identity
+from netvirt.northbound.context import Context
+from netvirt.northbound.db import Database, default_url
+
+app = typer.Typer(no_args_is_help=True, help="netvirt: multi-tenant network virtualization.")
+admin_app = typer.Typer(no_args_is_help=True, help="Administration: bootstrap, projects, tokens.")
+app.add_typer(admin_app, name="admin")
+console = Console()
+err = Console(stderr=True)
+
+DbOption = Annotated[
+    str, typer.Option("--db", envvar="NETVIRT_DB", help="SQLAlchemy URL of the NB store")
+]
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 9696,
+    db: DbOption = "",
+    bootstrap: Annotated[
+        bool, typer.Option(help="Create the admin token first if none exists, and print it")
+    ] = False,
+) -> None:
+    """Run the API server on the embedded default store (SQLite) or --db."""
+    import uvicorn
+
+    from netvirt.api.app import create_app
+
+    database = Database(db or default_url())
+    if bootstrap:
+        _bootstrap(database, force=False, quiet_if_exists=True)
+    console.print(f"[bold]netvirt[/] API on http://{host}:{port}/  (store: {database.url})")
+    uvicorn.run(create_app(database), host=host, port=port, log_level="info")
+
+
+def _bootstrap(database: Database, *, force: bool, quiet_if_exists: bool = False) -> None:
+    with database.write() as session:
+        token = identity.bootstrap(session, force=force)
+    if token is None:
+        if quiet_if_exists:
+            console.print(
+                "admin token already bootstrapped (use `netvirt admin bootstrap --force`)"
+            )
+            return
+        err.print("[red]error:[/] an admin token already exists; pass --force to mint another")
+        raise typer.Exit(1)
+    console.print(f"admin token: [bold]{token['token']}[/]")
+    console.print(f"export NETVIRT_TOKEN={token['token']}")
+
+
+@admin_app.command("bootstrap")
+def admin_bootstrap(
+    db: DbOption = "",
+    force: Annotated[
+        bool, typer.Option(help="Mint another admin token even if one exists")
+    ] = False,
+) -> None:
+    """Create the admin project and the first admin token (printed once)."""
+    _bootstrap(Database(db or default_url()), force=force)
+
+
+@admin_app.command("project-create")
+def admin_project_create(name: str, db: DbOption = "", description: str = "") -> None:
+    """Create a project directly in the store (no server needed)."""
+    with Database(db or default_url()).write() as session:
+        project = identity.create_project(session, Context.admin(), name, description)
+    console.print_json(json.dumps(project))
+
+
+@admin_app.command("token-create")
+def admin_token_create(
+    project: str, db: DbOption = "", role: Annotated[str, typer.Option()] = "member"
+) -> None:
+    """Create a token for a project directly in the store; prints the secret once."""
+    with Database(db or default_url()).write(bump=False) as session:
+        token = identity.create_token(session, Context.admin(), project, role)
+    console.print_json(json.dumps(token))
+
+
+def main() -> None:
+    os.environ.setdefault("NETVIRT_STATE_DIR", os.path.expanduser("~/.local/share/netvirt"))
+    app()
+
+
+if __name__ == "__main__":
+    main()
