@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request, Response
 
 from netvirt import __version__
 from netvirt.api import errors
-from netvirt.api.routes import l2, meta, netvirt
+from netvirt.api.routes import l2, l3, lbaas, meta, netvirt, qos, security
 from netvirt.northbound.db import Database
 
 MAX_BODY = 1 << 20  # 1 MiB: no legitimate Neutron body comes close
@@ -34,6 +34,6 @@ def create_app(db: Database | None = None) -> FastAPI:
             )
         return await call_next(request)
 
-    for module in (meta, netvirt, l2):
+    for module in (meta, netvirt, l2, l3, security, qos, lbaas):
         app.include_router(module.router)
     return app

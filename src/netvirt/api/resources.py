@@ -10,8 +10,8 @@ annotations at import time.
 """
 
 from collections.abc import Callable
-from enum import Enum
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Optional, cast
 
 from fastapi import APIRouter, Depends, Request, Response
