@@ -153,6 +153,11 @@ def resolve_fixed_ips(
                 continue
             chosen.append((candidate, ip))
             got_v4 = got_v4 or candidate.ip_version == 4
+        if any(s.ip_version == 4 for s in subnets) and not got_v4:
+            raise Conflict(
+                f"No more IP addresses available on network {net.id}.",
+                type="IpAddressGenerationFailure",
+            )
         return chosen
     for item in requested:
         subnet_id, ip = item.get("subnet_id"), item.get("ip_address")
