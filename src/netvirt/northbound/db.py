@@ -110,9 +110,10 @@ class Database:
             lock.acquire()
         try:
             with self._sessions() as session, session.begin():
-                session.execute(
-                    update(Meta).where(Meta.id == 1).values(generation=Meta.generation + 1)
-                )
+                if bump:
+                    session.execute(
+                        update(Meta).where(Meta.id == 1).values(generation=Meta.generation + 1)
+                    )
                 generation = session.execute(
                     select(Meta.generation).where(Meta.id == 1)
                 ).scalar_one()
