@@ -42,6 +42,10 @@ class Resource:
     prefix: str = "/v2.0"
     tags: list[str] = field(default_factory=list)
     bulk: bool = True
+    # URL segment when it differs from the envelope key (Neutron: /security-groups
+    # in the path, "security_groups" in the body)
+    path: str | None = None
+    dependencies: list[Any] = field(default_factory=list)
 
 
 def realized_response(
@@ -59,7 +63,7 @@ def write(db: Database, fn: Callable[[Session], Any]) -> tuple[Any, WriteResult]
 
 
 def mount(router: APIRouter, res: Resource) -> None:
-    base = f"{res.prefix}/{res.collection}"
+    base = f"{res.prefix}/{res.path or res.collection}"
     tags: list[str | Enum] = list(res.tags or [res.collection])
     member, collection = res.member, res.collection
 
@@ -103,6 +107,7 @@ def mount(router: APIRouter, res: Resource) -> None:
             methods=["POST"],
             status_code=201,
             tags=tags,
+            dependencies=res.dependencies,
             summary=f"Create {member.replace('_', ' ')}(s)",
             name=f"create_{member}",
         )
@@ -121,6 +126,7 @@ def mount(router: APIRouter, res: Resource) -> None:
         list_endpoint,
         methods=["GET"],
         tags=tags,
+        dependencies=res.dependencies,
         summary=f"List {collection.replace('_', ' ')}",
         name=f"list_{collection}",
     )
@@ -140,6 +146,7 @@ def mount(router: APIRouter, res: Resource) -> None:
         show_endpoint,
         methods=["GET"],
         tags=tags,
+        dependencies=res.dependencies,
         summary=f"Show {member.replace('_', ' ')}",
         name=f"show_{member}",
     )
@@ -171,6 +178,7 @@ def mount(router: APIRouter, res: Resource) -> None:
             update_endpoint,
             methods=["PUT"],
             tags=tags,
+            dependencies=res.dependencies,
             summary=f"Update {member.replace('_', ' ')}",
             name=f"update_{member}",
         )
@@ -196,6 +204,7 @@ def mount(router: APIRouter, res: Resource) -> None:
             methods=["DELETE"],
             status_code=204,
             tags=tags,
+            dependencies=res.dependencies,
             summary=f"Delete {member.replace('_', ' ')}",
             name=f"delete_{member}",
             response_class=Response,
