@@ -101,3 +101,18 @@ def test_requests_without_valid_token_are_401(client) -> None:  # type: ignore[n
     resp = client.get("/v2.0/networks", headers={"X-Auth-Token": "nope"})
     assert resp.status_code == 401
     assert resp.json()["NeutronError"]["type"] == "HTTPUnauthorized"
+
+
+def test_if_match_revision_constraint(admin: Api) -> None:
+    net = admin.ok("POST", "/v2.0/networks", {"network": {}})["network"]
+    url = f"/v2.0/networks/{net['id']}"
+    stale = {"If-Match": f"revision_number={net['revision_number']}", **admin.headers}
+    ok = admin.client.put(url, json={"network": {"name": "a"}}, headers=stale)
+    assert ok.status_code == 200
+    lost = admin.client.put(url, json={"network": {"name": "b"}}, headers=stale)
+    assert lost.status_code == 412
+    assert lost.json()["NeutronError"]["type"] == "RevisionNumberConstraintFailed"
+    assert admin.ok("GET", url)["network"]["name"] == "a"
+    bad = admin.client.delete(url, headers={"If-Match": "etag", **admin.headers})
+    assert bad.status_code == 400
+    assert admin.client.delete(url, headers=stale).status_code == 412

@@ -105,7 +105,7 @@ def test_allowed_address_pairs(alice: Api) -> None:
     ]
     port = _port(alice, net, allowed_address_pairs=pairs)[1]["port"]
     assert port["allowed_address_pairs"] == [
-        {"ip_address": "10.0.0.200", "mac_address": None},
+        {"ip_address": "10.0.0.200", "mac_address": port["mac_address"]},
         {"ip_address": "10.1.0.0/24", "mac_address": "02:00:00:00:00:09"},
     ]
     status, _ = _port(alice, net, allowed_address_pairs=[{"ip_address": "x"}])

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional, cast
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, create_model
 from sqlalchemy.orm import Session
 
@@ -23,7 +23,7 @@ from netvirt.api.listing import render_list, select_fields
 from netvirt.model.types import RequestModel
 from netvirt.northbound.context import Context
 from netvirt.northbound.db import Database, WriteResult
-from netvirt.northbound.errors import BadRequest
+from netvirt.northbound.errors import BadRequest, PreconditionFailed
 
 Service = Callable[..., Any]
 
@@ -60,6 +60,16 @@ def write(db: Database, fn: Callable[[Session], Any]) -> tuple[Any, WriteResult]
     with db.write(result) as session:
         value = fn(session)
     return value, result
+
+
+def parse_if_match(header: Optional[str]) -> Optional[int]:  # noqa: UP045
+    """``If-Match: revision_number=N`` (Neutron's compare-and-swap on updates)."""
+    if not header:
+        return None
+    key, _, value = header.partition("=")
+    if key.strip() != "revision_number" or not value.strip().isdigit():
+        raise BadRequest(f"Invalid If-Match header {header!r}: expected revision_number=N.")
+    return int(value)
 
 
 def mount(router: APIRouter, res: Resource) -> None:
@@ -114,6 +124,20 @@ def mount(router: APIRouter, res: Resource) -> None:
 
     list_fn, get_fn = res.list_all, res.get
 
+    def check_revision(
+        session: Session,
+        ctx: Context,
+        ident: str,
+        expected: Optional[int],  # noqa: UP045
+    ) -> None:
+        if expected is None:
+            return
+        current = get_fn(session, ctx, ident).get("revision_number")
+        if current != expected:
+            raise PreconditionFailed(
+                f"Constrained to {expected}, but current revision is {current}."
+            )
+
     def list_endpoint(
         request: Request, ctx: Context = Depends(get_context), db: Database = Depends(get_db)
     ) -> dict[str, Any]:
@@ -164,12 +188,19 @@ def mount(router: APIRouter, res: Resource) -> None:
             ident: str,
             body: upd_model,
             response: Response,
+            if_match: Optional[str] = Header(None, alias="If-Match"),  # noqa: UP045
             ctx: Context = Depends(get_context),
             db: Database = Depends(get_db),
             wait: WaitParams = Depends(),
         ) -> dict[str, Any]:
             change = getattr(body, member)
-            value, result = write(db, lambda s: update_fn(s, ctx, ident, change))
+            expected = parse_if_match(if_match)
+
+            def apply(session: Session) -> Any:
+                check_revision(session, ctx, ident, expected)
+                return update_fn(session, ctx, ident, change)
+
+            value, result = write(db, apply)
             realized_response(response, db, result, wait)
             return {member: value}
 
@@ -188,13 +219,19 @@ def mount(router: APIRouter, res: Resource) -> None:
 
         def delete_endpoint(
             ident: str,
-            request: Request,
+            if_match: Optional[str] = Header(None, alias="If-Match"),  # noqa: UP045
             ctx: Context = Depends(get_context),
             db: Database = Depends(get_db),
             wait: WaitParams = Depends(),
         ) -> Response:
             response = Response(status_code=204)
-            _, result = write(db, lambda s: delete_fn(s, ctx, ident))
+            expected = parse_if_match(if_match)
+
+            def apply(session: Session) -> None:
+                check_revision(session, ctx, ident, expected)
+                delete_fn(session, ctx, ident)
+
+            _, result = write(db, apply)
             realized_response(response, db, result, wait)
             return response
 

@@ -60,6 +60,11 @@ class Conflict(NeutronError):
     default_type = "Conflict"
 
 
+class PreconditionFailed(NeutronError):
+    status = 412
+    default_type = "RevisionNumberConstraintFailed"
+
+
 class PayloadTooLarge(NeutronError):
     status = 413
     default_type = "RequestEntityTooLarge"

@@ -231,6 +231,11 @@ def _set_security_groups(session: Session, port_id: str, ids: list[str]) -> None
     session.flush()
 
 
+def _with_macs(pairs: list[dict[str, Any]], mac: str) -> list[dict[str, Any]]:
+    """A pair without a MAC means the port's own MAC (as Neutron stores it)."""
+    return [{**p, "mac_address": p.get("mac_address") or mac} for p in pairs]
+
+
 def _check_port_security(enabled: bool, groups: list[str], pairs: list[Any]) -> None:
     if not enabled and (groups or pairs):
         raise Conflict(
@@ -297,7 +302,7 @@ def create(session: Session, ctx: Context, req: PortCreate) -> dict[str, Any]:
         if req.port_security_enabled is None
         else req.port_security_enabled
     )
-    pairs = [p.model_dump() for p in req.allowed_address_pairs]
+    pairs = _with_macs([p.model_dump() for p in req.allowed_address_pairs], mac)
     if req.security_groups is None:
         groups = [ensure_default_security_group(session, project).id] if secure else []
     else:
@@ -376,7 +381,10 @@ def update(session: Session, ctx: Context, ident: str, req: PortUpdate) -> dict[
         # port security is turned off without clearing them.
         groups = security_group_ids(session, port.id)
     pairs = changes.get("allowed_address_pairs")
-    pairs = list(port.allowed_address_pairs) if pairs is None else [dict(p) for p in pairs]
+    if pairs is None:
+        pairs = list(port.allowed_address_pairs)
+    else:
+        pairs = _with_macs([dict(p) for p in pairs], port.mac_address)
     _check_port_security(secure, groups, pairs)
     _check_security_groups(session, ctx, port.project_id, groups)
     if "qos_policy_id" in changes:

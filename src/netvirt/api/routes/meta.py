@@ -59,6 +59,11 @@ EXTENSIONS: list[tuple[str, str, str]] = [
         "project_id field enabled",
         "Extension that indicates that project_id field is enabled.",
     ),
+    (
+        "revision-if-match",
+        "If-Match constraints based on revision_number",
+        "Updates and deletes honour If-Match: revision_number=N (412 otherwise).",
+    ),
     ("pagination", "Pagination support", "Extension that indicates that pagination is enabled."),
     ("sorting", "Sorting support", "Extension that indicates that sorting is enabled."),
     (
