@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from netvirt.cli import l3, lb, meta, resources, security
 from netvirt.northbound import identity
 from netvirt.northbound.context import Context
 from netvirt.northbound.db import Database, default_url
@@ -20,6 +21,17 @@ from netvirt.northbound.db import Database, default_url
 app = typer.Typer(no_args_is_help=True, help="netvirt: multi-tenant network virtualization.")
 admin_app = typer.Typer(no_args_is_help=True, help="Administration: bootstrap, projects, tokens.")
 app.add_typer(admin_app, name="admin")
+app.add_typer(resources.network_app, name="network")
+app.add_typer(resources.subnet_app, name="subnet")
+app.add_typer(resources.port_app, name="port")
+app.add_typer(l3.router_app, name="router")
+app.add_typer(l3.fip_app, name="floating-ip")
+app.add_typer(security.sg_app, name="security-group")
+app.add_typer(security.qos_app, name="qos")
+app.add_typer(lb.lb_app, name="lb")
+app.add_typer(meta.meta_app)
+admin_app.add_typer(meta.project_app, name="project")
+admin_app.add_typer(meta.token_app, name="token")
 console = Console()
 err = Console(stderr=True)
 

@@ -1,0 +1,1 @@
+"""CLI tests: the netvirt command against the real API app."""
