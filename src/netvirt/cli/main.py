@@ -7,7 +7,6 @@ registered here; they talk to the API only through :mod:`netvirt.api.client`.
 from __future__ import annotations
 
 import json
-import os
 from typing import Annotated
 
 import typer
@@ -106,7 +105,6 @@ def admin_token_create(
 
 
 def main() -> None:
-    os.environ.setdefault("NETVIRT_STATE_DIR", os.path.expanduser("~/.local/share/netvirt"))
     app()
 
 

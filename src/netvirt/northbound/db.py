@@ -34,12 +34,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from netvirt.northbound.schema import Meta
 
-DEFAULT_DB_PATH = Path(os.environ.get("NETVIRT_STATE_DIR", "/var/lib/netvirt")) / "netvirt.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def default_url() -> str:
-    return os.environ.get("NETVIRT_DB") or f"sqlite:///{DEFAULT_DB_PATH}"
+    """``NETVIRT_DB``, else an SQLite file in ``NETVIRT_STATE_DIR`` (default
+    ``/var/lib/netvirt`` for root, ``~/.local/share/netvirt`` otherwise)."""
+    if os.environ.get("NETVIRT_DB"):
+        return os.environ["NETVIRT_DB"]
+    fallback = "/var/lib/netvirt" if os.geteuid() == 0 else "~/.local/share/netvirt"
+    state_dir = Path(os.environ.get("NETVIRT_STATE_DIR", fallback)).expanduser()
+    return f"sqlite:///{state_dir / 'netvirt.db'}"
 
 
 @dataclass
