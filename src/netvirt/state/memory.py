@@ -1,0 +1,242 @@
+"""In-memory StateStore: the twin of the Redis store for tests and single-host use.
+
+Theory of operation: two dicts (entries, pool claims) and a version counter,
+all guarded by one lock, so every operation and every batch is atomic and the
+store is safe to share between threads. Expiry is lazy: an expired entry or
+claim is dropped when an operation touches it, and ``sweep(now)`` drops the
+rest (call it periodically to bound memory). The clock is injected, so tests
+drive time with a fake clock instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from netvirt.state.store import (
+    AllocateOp,
+    Batch,
+    CasOp,
+    CasResult,
+    DeleteOp,
+    Entry,
+    ExpireOp,
+    GetOp,
+    Op,
+    PutOp,
+    ReleaseOp,
+    check_owner,
+    check_positive_ttl,
+    check_ttl,
+    check_version,
+)
+
+
+@dataclass(slots=True)
+class _Slot:
+    value: bytes
+    version: int
+    expires_at: float | None
+
+
+@dataclass(slots=True)
+class _Claim:
+    owner: str
+    expires_at: float | None
+
+
+def _deadline(now: float, ttl: float | None) -> float | None:
+    return None if ttl is None else now + ttl
+
+
+def _expired(expires_at: float | None, now: float) -> bool:
+    return expires_at is not None and expires_at <= now
+
+
+class MemoryStore:
+    """A :class:`~netvirt.state.store.StateStore` kept in this process."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._slots: dict[str, _Slot] = {}
+        self._claims: dict[tuple[str, str], _Claim] = {}
+        self._last_version = 0
+
+    # -- StateStore ----------------------------------------------------------------------
+
+    def get(self, key: str) -> Entry | None:
+        with self._lock:
+            return self._get(key, self._clock())
+
+    def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        with self._lock:
+            now = self._clock()
+            return [self._get(key, now) for key in keys]
+
+    def put(self, key: str, value: bytes, ttl: float | None = None) -> int:
+        check_ttl(ttl)
+        with self._lock:
+            return self._put(key, value, ttl, self._clock())
+
+    def put_many(self, items: Iterable[tuple[str, bytes]], ttl: float | None = None) -> list[int]:
+        check_ttl(ttl)
+        with self._lock:
+            now = self._clock()
+            return [self._put(key, value, ttl, now) for key, value in items]
+
+    def compare_and_set(
+        self, key: str, expected_version: int, value: bytes, ttl: float | None = None
+    ) -> CasResult:
+        check_version(expected_version)
+        check_ttl(ttl)
+        with self._lock:
+            return self._cas(key, expected_version, value, ttl, self._clock())
+
+    def delete(self, key: str) -> bool:
+        with self._lock:
+            return self._delete(key, self._clock())
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        with self._lock:
+            now = self._clock()
+            return sum(self._delete(key, now) for key in keys)
+
+    def expire(self, key: str, ttl: float) -> bool:
+        check_positive_ttl(ttl)
+        with self._lock:
+            return self._expire(key, ttl, self._clock())
+
+    def allocate(
+        self, pool_key: str, candidates: Iterable[str], owner: str, ttl: float | None = None
+    ) -> str | None:
+        check_owner(owner)
+        check_ttl(ttl)
+        with self._lock:
+            return self._allocate(pool_key, tuple(candidates), owner, ttl, self._clock())
+
+    def release(self, pool_key: str, member: str, owner: str) -> bool:
+        check_owner(owner)
+        with self._lock:
+            return self._release(pool_key, member, owner, self._clock())
+
+    def batch(self) -> Batch:
+        return Batch(self._execute)
+
+    def close(self) -> None:
+        """Nothing to release; present for the protocol."""
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    def sweep(self, now: float | None = None) -> int:
+        """Drop every expired entry and claim; return how many were dropped."""
+        with self._lock:
+            at = self._clock() if now is None else now
+            dead_keys = [k for k, s in self._slots.items() if _expired(s.expires_at, at)]
+            dead_claims = [k for k, c in self._claims.items() if _expired(c.expires_at, at)]
+            for key in dead_keys:
+                del self._slots[key]
+            for claim in dead_claims:
+                del self._claims[claim]
+            return len(dead_keys) + len(dead_claims)
+
+    def __len__(self) -> int:
+        """Entries held, including expired ones not yet swept (for tests and metrics)."""
+        return len(self._slots)
+
+    # -- operations, called with the lock held -------------------------------------------
+
+    def _execute(self, ops: Sequence[Op]) -> list[object]:
+        with self._lock:
+            now = self._clock()
+            return [self._apply(op, now) for op in ops]
+
+    def _apply(self, op: Op, now: float) -> object:
+        match op:
+            case GetOp(key):
+                return self._get(key, now)
+            case PutOp(key, value, ttl):
+                return self._put(key, value, ttl, now)
+            case CasOp(key, expected, value, ttl):
+                return self._cas(key, expected, value, ttl, now)
+            case DeleteOp(key):
+                return self._delete(key, now)
+            case ExpireOp(key, ttl):
+                return self._expire(key, ttl, now)
+            case AllocateOp(pool_key, candidates, owner, ttl):
+                return self._allocate(pool_key, candidates, owner, ttl, now)
+            case ReleaseOp(pool_key, member, owner):
+                return self._release(pool_key, member, owner, now)
+        raise TypeError(f"unknown operation {op!r}")
+
+    def _live(self, key: str, now: float) -> _Slot | None:
+        slot = self._slots.get(key)
+        if slot is not None and _expired(slot.expires_at, now):
+            del self._slots[key]
+            return None
+        return slot
+
+    def _get(self, key: str, now: float) -> Entry | None:
+        slot = self._live(key, now)
+        return None if slot is None else Entry(slot.value, slot.version)
+
+    def _put(self, key: str, value: bytes, ttl: float | None, now: float) -> int:
+        self._last_version += 1
+        self._slots[key] = _Slot(bytes(value), self._last_version, _deadline(now, ttl))
+        return self._last_version
+
+    def _cas(
+        self, key: str, expected: int, value: bytes, ttl: float | None, now: float
+    ) -> CasResult:
+        current = self._get(key, now)
+        if (0 if current is None else current.version) != expected:
+            return CasResult(False, current)
+        version = self._put(key, value, ttl, now)
+        return CasResult(True, Entry(bytes(value), version))
+
+    def _delete(self, key: str, now: float) -> bool:
+        return self._live(key, now) is not None and self._slots.pop(key) is not None
+
+    def _expire(self, key: str, ttl: float, now: float) -> bool:
+        slot = self._live(key, now)
+        if slot is None:
+            return False
+        slot.expires_at = now + ttl
+        return True
+
+    def _live_owner(self, pool_key: str, member: str, now: float) -> str | None:
+        claim = self._claims.get((pool_key, member))
+        if claim is None:
+            return None
+        if _expired(claim.expires_at, now):
+            del self._claims[(pool_key, member)]
+            return None
+        return claim.owner
+
+    def _allocate(
+        self,
+        pool_key: str,
+        candidates: tuple[str, ...],
+        owner: str,
+        ttl: float | None,
+        now: float,
+    ) -> str | None:
+        first_free: str | None = None
+        for member in candidates:
+            holder = self._live_owner(pool_key, member, now)
+            if holder == owner:
+                self._claims[(pool_key, member)].expires_at = _deadline(now, ttl)
+                return member
+            if holder is None and first_free is None:
+                first_free = member
+        if first_free is not None:
+            self._claims[(pool_key, first_free)] = _Claim(owner, _deadline(now, ttl))
+        return first_free
+
+    def _release(self, pool_key: str, member: str, owner: str, now: float) -> bool:
+        if self._live_owner(pool_key, member, now) != owner:
+            return False
+        del self._claims[(pool_key, member)]
+        return True

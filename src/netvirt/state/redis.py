@@ -1,0 +1,406 @@
+"""Redis StateStore: connection state shared by every host, one round trip per batch.
+
+Theory of operation
+-------------------
+Layout, under a configurable key prefix ``P`` (default ``netvirt:``):
+
+* ``P d:<key>``   one string per entry: 8-byte big-endian version, then the value.
+  A packed string (not a hash) lets ``get_many`` be a single MGET.
+* ``P version``   the store-wide version counter (see store.py: no ABA).
+* ``P p:<len(pool)>:<pool>:<member>``  one string per claimed pool member,
+  holding the owner; per-member keys give per-member TTLs. The length prefix
+  keeps pool names containing ``:`` from colliding.
+
+Writes that need a version (put, put_many, compare-and-set) and the pool
+operations are small Lua scripts, so each is atomic on the server. Scripts are
+run with EVALSHA; the SHA1 is computed locally and the scripts are loaded on
+first use and again if the server answers NOSCRIPT (restart, SCRIPT FLUSH):
+a single operation is then retried (it did not run), a batch raises
+StateStoreUnavailable (its other operations did run; see ``_execute``).
+Batches are pipelines with ``transaction=False``: all commands go out in one
+write and the replies come back in order, one round trip, not atomic as a
+whole. ``get_many``/``put_many``/``delete_many`` are one command each.
+
+Failure: the client never retries on its own (a retried compare-and-set could
+report failure after it actually succeeded); socket connect/read timeouts are
+short, and every connection-level failure surfaces as
+:class:`StateStoreUnavailable`. The caller decides whether to retry.
+
+Thread-safety: the store may be shared by threads (redis-py's connection pool
+is thread-safe); a :class:`Batch` belongs to the thread that fills it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
+from redis.retry import Retry
+
+from netvirt.state.store import (
+    AllocateOp,
+    Batch,
+    CasOp,
+    CasResult,
+    DeleteOp,
+    Entry,
+    ExpireOp,
+    GetOp,
+    Op,
+    PutOp,
+    ReleaseOp,
+    StateStoreError,
+    StateStoreUnavailable,
+    check_owner,
+    check_positive_ttl,
+    check_ttl,
+    check_version,
+)
+
+DEFAULT_PREFIX = "netvirt:"
+DEFAULT_TIMEOUT = 0.5
+VERSION_BYTES = 8
+
+# KEYS: counter, key...   ARGV: px (0 = no TTL), value...   -> last version given
+_PUT = """
+local n = #KEYS - 1
+local last = redis.call('INCRBY', KEYS[1], n)
+local px = tonumber(ARGV[1])
+for i = 1, n do
+  local blob = struct.pack('>I8', last - n + i) .. ARGV[i + 1]
+  if px > 0 then
+    redis.call('SET', KEYS[i + 1], blob, 'PX', px)
+  else
+    redis.call('SET', KEYS[i + 1], blob)
+  end
+end
+return last
+"""
+
+# KEYS: counter, key   ARGV: expected, value, px  -> {1, version} | {0, current-or-nil}
+_CAS = """
+local cur = redis.call('GET', KEYS[2])
+local have = 0
+if cur then have = struct.unpack('>I8', cur) end
+if have ~= tonumber(ARGV[1]) then return {0, cur} end
+local v = redis.call('INCR', KEYS[1])
+local blob = struct.pack('>I8', v) .. ARGV[2]
+local px = tonumber(ARGV[3])
+if px > 0 then
+  redis.call('SET', KEYS[2], blob, 'PX', px)
+else
+  redis.call('SET', KEYS[2], blob)
+end
+return {1, v}
+"""
+
+# KEYS: member keys   ARGV: owner, px  -> 1-based index of the member claimed, 0 if none
+_ALLOCATE = """
+local owner = ARGV[1]
+local px = tonumber(ARGV[2])
+local free = 0
+for i, k in ipairs(KEYS) do
+  local cur = redis.call('GET', k)
+  if cur == owner then
+    if px > 0 then redis.call('PEXPIRE', k, px) else redis.call('PERSIST', k) end
+    return i
+  end
+  if not cur and free == 0 then free = i end
+end
+if free > 0 then
+  if px > 0 then
+    redis.call('SET', KEYS[free], owner, 'PX', px)
+  else
+    redis.call('SET', KEYS[free], owner)
+  end
+end
+return free
+"""
+
+# KEYS: member key   ARGV: owner  -> 1 if released
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+_SCRIPTS = {
+    "put": _PUT,
+    "cas": _CAS,
+    "allocate": _ALLOCATE,
+    "release": _RELEASE,
+}
+_SHAS = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in _SCRIPTS.items()}
+
+
+def _px(ttl: float | None) -> int:
+    """Milliseconds for PX, rounded up so a key never expires before its TTL; 0 = none."""
+    return 0 if ttl is None else max(1, math.ceil(ttl * 1000))
+
+
+def _unpack(blob: bytes | None) -> Entry | None:
+    if blob is None:
+        return None
+    return Entry(blob[VERSION_BYTES:], int.from_bytes(blob[:VERSION_BYTES], "big"))
+
+
+@contextmanager
+def _translated_errors() -> Iterator[None]:
+    """Callers see only StateStore exceptions, never redis-py's."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StateStoreUnavailable(f"redis unavailable: {exc}") from exc
+    except redis.RedisError as exc:
+        raise StateStoreError(f"redis error: {exc}") from exc
+
+
+def _split_prefix(url: str) -> tuple[str, str | None]:
+    """Take our own ``prefix`` query parameter out; redis-py rejects unknown ones."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = next((value for name, value in query if name == "prefix"), None)
+    rest = urlencode([(name, value) for name, value in query if name != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
+class RedisStore:
+    """A :class:`~netvirt.state.store.StateStore` on a Redis server."""
+
+    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._counter = f"{prefix}version"
+        self._scripts_loaded = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> RedisStore:
+        """``redis://host:port/db?prefix=…&socket_timeout=…`` (query values win)."""
+        redis_url, url_prefix = _split_prefix(url)
+        client = redis.Redis.from_url(
+            redis_url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        return cls(client, prefix or url_prefix or DEFAULT_PREFIX)
+
+    # -- key layout ----------------------------------------------------------------------
+
+    def _data_key(self, key: str) -> str:
+        return f"{self._prefix}d:{key}"
+
+    def _member_key(self, pool_key: str, member: str) -> str:
+        return f"{self._prefix}p:{len(pool_key)}:{pool_key}:{member}"
+
+    # -- StateStore ----------------------------------------------------------------------
+
+    def get(self, key: str) -> Entry | None:
+        return self.get_many([key])[0]
+
+    def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        if not keys:
+            return []
+        with _translated_errors():
+            blobs = self._client.mget([self._data_key(k) for k in keys])
+        return [_unpack(cast(bytes | None, blob)) for blob in blobs]
+
+    def put(self, key: str, value: bytes, ttl: float | None = None) -> int:
+        return self.put_many([(key, value)], ttl)[0]
+
+    def put_many(self, items: Iterable[tuple[str, bytes]], ttl: float | None = None) -> list[int]:
+        check_ttl(ttl)
+        pairs = list(items)
+        if not pairs:
+            return []
+        last = int(self._script("put", *self._put_call(pairs, ttl)))
+        return list(range(last - len(pairs) + 1, last + 1))
+
+    def compare_and_set(
+        self, key: str, expected_version: int, value: bytes, ttl: float | None = None
+    ) -> CasResult:
+        op = CasOp(key, check_version(expected_version), value, check_ttl(ttl))
+        return self._decode_cas(op, self._script("cas", *self._cas_call(op)))
+
+    def delete(self, key: str) -> bool:
+        return self.delete_many([key]) == 1
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        with _translated_errors():
+            return int(self._client.delete(*[self._data_key(k) for k in keys]))
+
+    def expire(self, key: str, ttl: float) -> bool:
+        with _translated_errors():
+            return bool(self._client.pexpire(self._data_key(key), _px(check_positive_ttl(ttl))))
+
+    def allocate(
+        self, pool_key: str, candidates: Iterable[str], owner: str, ttl: float | None = None
+    ) -> str | None:
+        op = AllocateOp(pool_key, tuple(candidates), check_owner(owner), check_ttl(ttl))
+        if not op.candidates:
+            return None
+        return self._decode_allocate(op, self._script("allocate", *self._allocate_call(op)))
+
+    def release(self, pool_key: str, member: str, owner: str) -> bool:
+        keys = [self._member_key(pool_key, member)]
+        return bool(self._script("release", keys, [check_owner(owner)]))
+
+    def batch(self) -> Batch:
+        return Batch(self._execute)
+
+    def close(self) -> None:
+        with _translated_errors():
+            self._client.close()
+
+    # -- scripts ---------------------------------------------------------------------------
+
+    def _load_scripts(self) -> None:
+        with _translated_errors():
+            for name, text in _SCRIPTS.items():
+                sha = self._client.script_load(text)
+                if sha != _SHAS[name]:
+                    raise StateStoreError(f"script {name}: server sha {sha} != {_SHAS[name]}")
+        self._scripts_loaded = True
+
+    def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if not self._scripts_loaded:
+            self._load_scripts()
+        with _translated_errors():
+            try:
+                return self._client.evalsha(_SHAS[name], len(keys), *keys, *args)
+            except NoScriptError:
+                self._load_scripts()
+                return self._client.evalsha(_SHAS[name], len(keys), *keys, *args)
+
+    def _put_call(
+        self, pairs: Sequence[tuple[str, bytes]], ttl: float | None
+    ) -> tuple[list[str], list[Any]]:
+        keys = [self._counter, *(self._data_key(k) for k, _ in pairs)]
+        return keys, [_px(ttl), *(v for _, v in pairs)]
+
+    def _cas_call(self, op: CasOp) -> tuple[list[str], list[Any]]:
+        keys = [self._counter, self._data_key(op.key)]
+        return keys, [op.expected_version, op.value, _px(op.ttl)]
+
+    def _allocate_call(self, op: AllocateOp) -> tuple[list[str], list[Any]]:
+        keys = [self._member_key(op.pool_key, m) for m in op.candidates]
+        return keys, [op.owner, _px(op.ttl)]
+
+    @staticmethod
+    def _decode_cas(op: CasOp, raw: Any) -> CasResult:
+        ok, payload = raw
+        if ok:
+            return CasResult(True, Entry(bytes(op.value), int(payload)))
+        return CasResult(False, _unpack(payload))
+
+    @staticmethod
+    def _decode_allocate(op: AllocateOp, raw: Any) -> str | None:
+        index = int(raw)
+        return op.candidates[index - 1] if index else None
+
+    # -- batches ---------------------------------------------------------------------------
+    #
+    # A batch is cut into segments: a run of consecutive gets becomes one MGET, a run of
+    # consecutive puts with the same TTL one put-script call, anything else one command
+    # per op. Each segment runs in order, so results are the same as op by op, with far
+    # fewer commands for redis-py to pack and parse (its per-command cost dominates).
+
+    def _execute(self, ops: Sequence[Op]) -> list[object]:
+        if not self._scripts_loaded:
+            self._load_scripts()
+        segments = _segments(ops)
+        raw = self._run_pipeline(segments)
+        if any(isinstance(r, NoScriptError) for r in raw):
+            # The server lost its script cache (restart, SCRIPT FLUSH): the script ops
+            # did not run, the others did. Running the missing ones now would reorder
+            # the batch, so report it like a connection lost mid-batch.
+            self._load_scripts()
+            raise StateStoreUnavailable("redis lost its scripts; batch partially applied")
+        results: list[object] = []
+        for segment, reply in zip(segments, raw, strict=True):
+            if isinstance(reply, Exception):
+                raise StateStoreError(f"redis error in batch: {reply}") from reply
+            results += self._decode(segment, reply)
+        return results
+
+    def _run_pipeline(self, segments: Sequence[Sequence[Op]]) -> list[Any]:
+        with _translated_errors():
+            pipe: Any = self._client.pipeline(transaction=False)
+            for segment in segments:
+                pipe.execute_command(*self._command(segment))
+            return list(pipe.execute(raise_on_error=False))
+
+    def _command(self, segment: Sequence[Op]) -> list[Any]:
+        op = segment[0]
+        match op:
+            case GetOp():
+                gets = cast(Sequence[GetOp], segment)
+                return ["MGET", *(self._data_key(o.key) for o in gets)]
+            case PutOp(ttl=ttl):
+                puts = cast(Sequence[PutOp], segment)
+                keys, args = self._put_call([(o.key, o.value) for o in puts], ttl)
+                return ["EVALSHA", _SHAS["put"], len(keys), *keys, *args]
+            case CasOp():
+                keys, args = self._cas_call(op)
+                return ["EVALSHA", _SHAS["cas"], len(keys), *keys, *args]
+            case DeleteOp(key):
+                return ["DEL", self._data_key(key)]
+            case ExpireOp(key, ttl):
+                return ["PEXPIRE", self._data_key(key), _px(ttl)]
+            case AllocateOp() if op.candidates:
+                keys, args = self._allocate_call(op)
+                return ["EVALSHA", _SHAS["allocate"], len(keys), *keys, *args]
+            case AllocateOp():
+                return ["ECHO", b"0"]  # no candidates: keep one reply per segment
+            case ReleaseOp(pool_key, member, owner):
+                key = self._member_key(pool_key, member)
+                return ["EVALSHA", _SHAS["release"], 1, key, owner]
+        raise TypeError(f"unknown operation {op!r}")
+
+    def _decode(self, segment: Sequence[Op], raw: Any) -> list[object]:
+        op = segment[0]
+        match op:
+            case GetOp():
+                return [_unpack(blob) for blob in raw]
+            case PutOp():
+                last = int(raw)
+                return list(range(last - len(segment) + 1, last + 1))
+            case CasOp():
+                return [self._decode_cas(op, raw)]
+            case AllocateOp():
+                return [self._decode_allocate(op, raw)]
+            case _:
+                return [bool(raw)]
+
+
+def _segments(ops: Sequence[Op]) -> list[list[Op]]:
+    """Group runs of ops that one command can serve without changing the results."""
+    segments: list[list[Op]] = []
+    for op in ops:
+        if segments and _joins(segments[-1][-1], op):
+            segments[-1].append(op)
+        else:
+            segments.append([op])
+    return segments
+
+
+def _joins(previous: Op, op: Op) -> bool:
+    if isinstance(previous, GetOp):
+        return isinstance(op, GetOp)
+    return isinstance(previous, PutOp) and isinstance(op, PutOp) and previous.ttl == op.ttl
