@@ -1,0 +1,1 @@
+"""Central control plane: compiles the NB desired state into SB logical flows."""

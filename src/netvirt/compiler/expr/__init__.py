@@ -1,0 +1,1 @@
+"""The match/action language: AST, parser, printer and normalization to classifier matches."""

@@ -1,0 +1,1 @@
+"""Southbound state: what the compiler produces and host agents consume."""

@@ -1,0 +1,1 @@
+"""Logical and datapath packet trace (like ovn-trace / ofproto/trace)."""
