@@ -174,12 +174,10 @@ class PutMacBinding:
     """Learn (port=inport, ip=arp.spa or nd.target, mac=arp.sha or nd.tll)."""
 
 
-
 @dataclass(frozen=True, slots=True)
 class LookupMacBinding:
     """Set ``eth.dst`` from the binding learned for reg0 (or xreg0) on ``outport``;
     sets ``reg7`` to 1 when one was found and 0 otherwise."""
-
 
 
 Action = (
