@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from netvirt.northbound.errors import NeutronError
@@ -75,6 +75,12 @@ def install(app: FastAPI) -> None:
             "Conflict",
             "The request conflicts with the current state (object in use or duplicate).",
         )
+
+    @app.exception_handler(DataError)
+    async def _data(_req: Request, exc: DataError) -> JSONResponse:
+        # e.g. a NUL character or an out-of-range number the database refuses
+        log.info("data error mapped to 400: %s", exc.orig)
+        return error_response(400, "HTTPBadRequest", "Invalid input: a value cannot be stored.")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:

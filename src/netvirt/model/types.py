@@ -6,7 +6,7 @@ import ipaddress
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -16,9 +16,27 @@ class RequestModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, str_strip_whitespace=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        """NUL cannot be stored by PostgreSQL and is never meaningful in a name or id."""
+        if _has_nul(data):
+            raise ValueError("NUL characters are not allowed")
+        return data
+
     def set_fields(self) -> dict[str, Any]:
         """The fields the client actually sent (``None`` included when sent)."""
         return self.model_dump(exclude_unset=True, by_alias=False)
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _ip(value: str) -> str:

@@ -21,6 +21,8 @@ T = TypeVar("T")
 
 
 def fetch(session: Session, model: type[T], ident: str, kind: str) -> T:
+    if "\x00" in ident or len(ident) > 64:
+        raise not_found(kind, ident.replace("\x00", "\\x00")[:64])
     row = session.get(model, ident)
     if row is None:
         raise not_found(kind, ident)

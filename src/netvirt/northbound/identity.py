@@ -12,13 +12,15 @@ import secrets
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from netvirt.northbound.context import Context
 from netvirt.northbound.default_sg import ensure_default_security_group
 from netvirt.northbound.errors import Conflict, Forbidden, NotAuthenticated, not_found
 from netvirt.northbound.schema import Meta, Project, Realization, Token
-from netvirt.northbound.schema.base import iso
+from netvirt.northbound.schema.base import iso, utcnow
 
 ROLES = ("admin", "member")
 ADMIN_PROJECT = "admin"
@@ -127,12 +129,22 @@ def bootstrap(session: Session, *, force: bool = False) -> dict[str, Any] | None
 
 
 def report(session: Session, component: str, name: str, generation: int) -> None:
-    row = session.get(Realization, (component, name))
-    if row is None:
-        session.add(Realization(component=component, name=name, generation=generation))
-    else:
-        row.generation = generation
-    session.flush()
+    """Upsert a realization report in one statement.
+
+    Reports are written without the generation bump (they are discovered
+    state), so nothing else serializes two first reports of one host: a plain
+    read-then-insert would race on PostgreSQL. ``ON CONFLICT`` makes it atomic.
+    """
+    dialect = session.get_bind().dialect.name
+    insert_fn = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert_fn(Realization).values(
+        component=component, name=name, generation=generation, reported_at=utcnow()
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["component", "name"],
+        set_={"generation": generation, "reported_at": utcnow()},
+    )
+    session.execute(stmt)
 
 
 def status(session: Session) -> dict[str, Any]:

@@ -42,7 +42,7 @@ class TokenBody(RequestModel):
 class Report(RequestModel):
     component: Literal["compiler", "host"]
     name: str = Field(min_length=1, max_length=255)
-    generation: int = Field(ge=0)
+    generation: int = Field(ge=0, le=2**31 - 1)
 
 
 class ReportBody(RequestModel):
