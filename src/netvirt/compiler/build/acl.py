@@ -1,0 +1,310 @@
+"""Security groups as a stateful distributed firewall (``ls_*_pre_acl`` … ``ls_*_stateful``).
+
+Each VM port with security groups has its own firewall, applied where its
+traffic enters or leaves the switch: a group's **egress** rules run in the
+ingress pipeline (``ls_in_acl``, traffic leaving the VM, from ``inport``), its
+**ingress** rules in the egress pipeline (``ls_out_acl``, traffic entering the
+VM, to ``outport``). The pipeline picks the conntrack zone per (datapath,
+port), so the two ends of a connection are tracked independently.
+
+Per pipeline (``in``/``out``):
+
+* ``pre_acl`` (100): IP traffic of a port with a *stateful* group sets
+  REGBIT_CONNTRACK. Neighbor discovery is exempt (110): it is never tracked
+  and always allowed, as in OVN, since IPv6 cannot work without it.
+* ``pre_stateful`` (100): REGBIT_CONNTRACK → ``ct_next`` (the packet gets
+  ``ct_state`` in its port's zone).
+* ``acl``: tracked packets: invalid → drop(invalid_ct_state) (65532);
+  established or related and not new → allow (65531). This lets return
+  traffic of any allowed connection through and keeps established
+  connections alive when a rule is removed (as Neutron's iptables driver).
+  Always-allowed infrastructure traffic (2000): ND/RS/RA both ways and DHCP
+  from the VM to the server (the DHCP reply is allowed by the DHCP builder,
+  which knows the server's addresses). Rules (1000): a new connection matching
+  a rule sets REGBIT_CONNTRACK_COMMIT; stateless groups' rules allow per
+  packet. A port's IP traffic that matches nothing is dropped (acl_deny, 1).
+* ``stateful`` (100): REGBIT_CONNTRACK_COMMIT → ``ct_commit``.
+
+A rule matches ``ip4``/``ip6`` (ethertype), a protocol (name or number; ports
+for tcp/udp/sctp; type/code for ICMP), a remote prefix and/or a remote group:
+the peer address is ``ip.dst`` for egress rules and ``ip.src`` for ingress
+rules. A remote group expands to every fixed IP and allowed-address-pair
+prefix of every port that uses the group, so membership changes recompile the
+flows of every port whose rules name the group. One flow per (switch, rule)
+lists all of that switch's ports using the rule's group in ``inport``/
+``outport``. Neutron's default group falls out of its rules: egress anything,
+ingress from members of the same group.
+
+Registers are zeroed by the pipeline when a packet enters the egress pipeline
+or another datapath, so each pipeline's REGBITs are its own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from netvirt.compiler.build import (
+    LPort,
+    Switch,
+    add_defaults,
+    inport_in,
+    ips_cmp,
+    outport_in,
+    port_provenance,
+    reg0_bit,
+    set_reg0_bit,
+    switches,
+)
+from netvirt.compiler.expr.ast import BoolSym, Cmp, Expr, Not, Value, conj, disj
+from netvirt.compiler.lflow import FlowSink, Provenance
+from netvirt.compiler.nb import NBSnapshot, Obj
+from netvirt.compiler.regs import REGBIT_CONNTRACK, REGBIT_CONNTRACK_COMMIT
+from netvirt.dataplane.actions import CtCommit, CtNext, Drop, Next
+from netvirt.dataplane.drops import DropReason
+from netvirt.southbound.model import SBState
+
+BUILDER = "acl"
+
+PRIO_CT_INVALID = 65532
+PRIO_CT_ALLOW = 65531
+PRIO_INFRA = 2000
+PRIO_RULE = 1000
+PRIO_PORT_DEFAULT = 1
+
+# IANA protocol numbers for the names Neutron accepts
+PROTOCOLS: dict[str, int] = {
+    "hopopt": 0,
+    "icmp": 1,
+    "igmp": 2,
+    "ipip": 4,
+    "tcp": 6,
+    "egp": 8,
+    "udp": 17,
+    "dccp": 33,
+    "ipv6-encap": 41,
+    "ipv6-route": 43,
+    "ipv6-frag": 44,
+    "rsvp": 46,
+    "gre": 47,
+    "esp": 50,
+    "ah": 51,
+    "icmpv6": 58,
+    "ipv6-icmp": 58,
+    "ipv6-nonxt": 59,
+    "ipv6-opts": 60,
+    "ospf": 89,
+    "pim": 103,
+    "vrrp": 112,
+    "pgm": 113,
+    "sctp": 132,
+    "udplite": 136,
+}
+PORT_PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
+ANY_PREFIXES = ("0.0.0.0/0", "::/0")
+
+
+class Direction:
+    """The two halves of a port's firewall: ingress pipeline (VM egress rules) and egress."""
+
+    def __init__(self, pipeline: str) -> None:
+        self.tag = pipeline  # "in" | "out"
+        self.sg_direction = "egress" if pipeline == "in" else "ingress"
+        self.port_symbol = "inport" if pipeline == "in" else "outport"
+        self.peer = "dst" if pipeline == "in" else "src"
+
+    def stage(self, name: str) -> str:
+        return f"ls_{self.tag}_{name}"
+
+    def ports(self, ports: Iterable[LPort]) -> Cmp:
+        return inport_in(ports) if self.tag == "in" else outport_in(ports)
+
+
+DIRECTIONS = (Direction("in"), Direction("out"))
+
+
+def build(nb: NBSnapshot, sb: SBState, sink: FlowSink) -> None:
+    groups = {g["id"]: g for g in nb.security_groups}
+    members = _group_members(nb)
+    for switch in switches(nb, sb):
+        guarded = [p for p in switch.secured() if p.nb.get("security_groups")]
+        stateful = [p for p in guarded if _stateful(p, groups)]
+        for way in DIRECTIONS:
+            if guarded:
+                _infrastructure(switch, way, sink, tracked=bool(stateful))
+            if stateful:
+                _tracking(switch, way, stateful, sink)
+            for port in guarded:
+                drop = (Drop(DropReason.ACL_DENY),)
+                match = conj(way.ports([port]), BoolSym("ip"))
+                prov = port_provenance(BUILDER, port, "default deny")
+                sink.add(switch.key, way.stage("acl"), PRIO_PORT_DEFAULT, match, drop, prov)
+            _rules(switch, way, guarded, groups, members, sink)
+        defaults: dict[str, tuple[object, ...]] = {}
+        for way in DIRECTIONS:
+            for name in ("pre_acl", "pre_stateful", "acl", "stateful"):
+                defaults[way.stage(name)] = (Next(),)
+        add_defaults(sink, switch, BUILDER, defaults)
+
+
+def _stateful(port: LPort, groups: dict[str, Obj]) -> bool:
+    """A port is tracked if any of its groups is stateful (Neutron forbids mixing)."""
+    return any(groups.get(g, {}).get("stateful", True) for g in port.nb["security_groups"])
+
+
+def _nd() -> Expr:
+    return disj(BoolSym("nd"), BoolSym("nd_rs"), BoolSym("nd_ra"))
+
+
+def _infrastructure(switch: Switch, way: Direction, sink: FlowSink, *, tracked: bool) -> None:
+    prov = switch.provenance(BUILDER, "infrastructure")
+    if tracked:
+        sink.add(switch.key, way.stage("pre_acl"), 110, _nd(), (Next(),), prov)
+    sink.add(switch.key, way.stage("acl"), PRIO_INFRA, _nd(), (Next(),), prov)
+    if way.tag == "in":
+        dhcp = conj(BoolSym("ip4"), _eq("udp.src", 68), _eq("udp.dst", 67))
+        sink.add(switch.key, way.stage("acl"), PRIO_INFRA, dhcp, (Next(),), prov)
+
+
+def _tracking(switch: Switch, way: Direction, ports: list[LPort], sink: FlowSink) -> None:
+    for port in ports:
+        match = conj(way.ports([port]), BoolSym("ip"))
+        acts = (set_reg0_bit(REGBIT_CONNTRACK), Next())
+        sink.add(switch.key, way.stage("pre_acl"), 100, match, acts, port_provenance(BUILDER, port))
+    prov = switch.provenance(BUILDER, "conntrack")
+    tracked = reg0_bit(REGBIT_CONNTRACK)
+    sink.add(switch.key, way.stage("pre_stateful"), 100, tracked, (CtNext(),), prov)
+    acl = way.stage("acl")
+    invalid = conj(tracked, BoolSym("ct.inv"))
+    sink.add(switch.key, acl, PRIO_CT_INVALID, invalid, (Drop(DropReason.INVALID_CT_STATE),), prov)
+    established = conj(tracked, BoolSym("ct.est"), Not(BoolSym("ct.new")))
+    sink.add(switch.key, acl, PRIO_CT_ALLOW, established, (Next(),), prov)
+    related = conj(tracked, BoolSym("ct.rel"), Not(BoolSym("ct.new")))
+    sink.add(switch.key, acl, PRIO_CT_ALLOW, related, (Next(),), prov)
+    commit = reg0_bit(REGBIT_CONNTRACK_COMMIT)
+    sink.add(switch.key, way.stage("stateful"), 100, commit, (CtCommit(), Next()), prov)
+
+
+# -- rules ------------------------------------------------------------------------------------
+
+
+def _rules(
+    switch: Switch,
+    way: Direction,
+    guarded: list[LPort],
+    groups: dict[str, Obj],
+    members: dict[str, list[str]],
+    sink: FlowSink,
+) -> None:
+    for group_id in sorted({g for p in guarded for g in p.nb["security_groups"]}):
+        group = groups.get(group_id)
+        if group is None:
+            continue
+        users = [p for p in guarded if group_id in p.nb["security_groups"]]
+        stateful = bool(group.get("stateful", True))
+        for rule in sorted(group.get("security_group_rules", []), key=lambda r: str(r["id"])):
+            if rule["direction"] != way.sg_direction:
+                continue
+            match = rule_match(rule, way.peer, members)
+            if match is None:
+                continue
+            prov = Provenance(BUILDER, "security_group_rule", str(rule["id"]))
+            if stateful:
+                full = conj(way.ports(users), BoolSym("ct.new"), match)
+                acts: tuple[object, ...] = (set_reg0_bit(REGBIT_CONNTRACK_COMMIT), Next())
+            else:
+                full, acts = conj(way.ports(users), match), (Next(),)
+            sink.add(switch.key, way.stage("acl"), PRIO_RULE, full, acts, prov)
+
+
+def _group_members(nb: NBSnapshot) -> dict[str, list[str]]:
+    """Group id → every address (fixed IPs, address pair prefixes) of the ports using it."""
+    out: dict[str, list[str]] = {}
+    for port in nb.ports:
+        addrs = [str(f["ip_address"]) for f in port.get("fixed_ips", [])]
+        addrs += [str(p["ip_address"]) for p in port.get("allowed_address_pairs", [])]
+        for group_id in port.get("security_groups", []):
+            out.setdefault(group_id, []).extend(addrs)
+    return out
+
+
+def protocol_number(protocol: object, version: int) -> int | None:
+    """Neutron's protocol (None, a name or a number as text) as an IP protocol number;
+    ``icmp`` on an IPv6 rule means ICMPv6, as in Neutron."""
+    if protocol is None or protocol in ("", "any"):
+        return None
+    text = str(protocol).lower()
+    number = int(text) if text.isdigit() else PROTOCOLS[text]
+    if number == 1 and version == 6:
+        return 58
+    return number
+
+
+def rule_match(rule: Obj, peer: str, members: dict[str, list[str]]) -> Expr | None:
+    """The match of one rule (without the port part), or None if it can match nothing."""
+    version = 4 if rule.get("ethertype", "IPv4") == "IPv4" else 6
+    try:
+        proto = protocol_number(rule.get("protocol"), version)
+    except (KeyError, ValueError):
+        return None
+    proto_match = _protocol_match(proto, version, rule)
+    if proto_match is None:
+        return None
+    family = BoolSym(f"ip{version}")
+    implied = proto in (1, 58)  # icmp4/icmp6 imply the family
+    terms: list[Expr] = [proto_match] if implied else [family, proto_match]
+    symbol = f"ip{version}.{peer}"
+    prefix = rule.get("remote_ip_prefix")
+    if prefix and prefix not in ANY_PREFIXES:
+        net = ipaddress.ip_network(prefix, strict=False)
+        if net.version != version:
+            return None
+        if net.prefixlen:
+            terms.append(ips_cmp(symbol, [str(net)]))
+    remote = rule.get("remote_group_id")
+    if remote:
+        addrs = [a for a in members.get(remote, []) if _version(a) == version]
+        if not addrs:
+            return None
+        terms.append(ips_cmp(symbol, addrs))
+    return conj(*terms)
+
+
+def _version(addr: str) -> int:
+    return ipaddress.ip_network(addr, strict=False).version
+
+
+def _eq(symbol: str, value: int) -> Cmp:
+    return Cmp(symbol, "==", (Value(value),))
+
+
+def _protocol_match(proto: int | None, version: int, rule: Obj) -> Expr | None:
+    if proto is None:
+        return conj()
+    low, high = rule.get("port_range_min"), rule.get("port_range_max")
+    if proto in PORT_PROTOCOLS:
+        name = PORT_PROTOCOLS[proto]
+        return conj(BoolSym(name), _port_range(f"{name}.dst", low, high))
+    icmp = {1: 4, 58: 6}.get(proto)
+    if icmp is not None:
+        if icmp != version:
+            return None
+        terms: list[Expr] = [BoolSym(f"icmp{icmp}")]
+        if low is not None:
+            terms.append(_eq(f"icmp{icmp}.type", int(low)))
+            if high is not None:
+                terms.append(_eq(f"icmp{icmp}.code", int(high)))
+        return conj(*terms)
+    return _eq("ip.proto", proto)
+
+
+def _port_range(symbol: str, low: object, high: object) -> Expr:
+    if low is None and high is None:
+        return conj()
+    lo = int(str(low)) if low is not None else 1
+    hi = int(str(high)) if high is not None else lo
+    if lo == hi:
+        return _eq(symbol, lo)
+    if lo <= 1 and hi >= 65535:
+        return conj()
+    return conj(Cmp(symbol, ">=", (Value(lo),)), Cmp(symbol, "<=", (Value(hi),)))

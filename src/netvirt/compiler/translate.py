@@ -1,0 +1,72 @@
+"""Logical flows → datapath rules, and SB bindings → the datapath's topology view.
+
+This is the part of a host agent that turns "what the network should do"
+(logical flows per datapath, in the match language) into "what this datapath
+executes" (masked classifier rules in one table per stage, each restricted to
+its datapath by ``metadata``). ``netvirt trace`` uses the same translation
+with every port treated as local, so the trace runs exactly the code path a
+host runs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from netvirt.compiler import stages
+from netvirt.compiler.expr.normalize import to_matches
+from netvirt.compiler.lflow import LogicalFlow
+from netvirt.dataplane.flow import Rule, exact
+from netvirt.dataplane.pipeline import PortInfo, Topology
+from netvirt.southbound.model import SBState
+
+
+def flow_rules(flow: LogicalFlow, sb: SBState) -> list[Rule]:
+    """The classifier rules of one logical flow (one per DNF conjunction)."""
+    dp_match = exact("metadata", flow.datapath)
+    rules = []
+    for conj in to_matches(flow.match, sb.port_key):
+        match = tuple(sorted((*conj, dp_match), key=lambda m: m.field))
+        rules.append(Rule(flow.stage.table, flow.priority, match, flow.actions, cookie=flow))
+    return rules
+
+
+def all_rules(sb: SBState, flows: Iterable[LogicalFlow] | None = None) -> list[Rule]:
+    out: list[Rule] = []
+    for flow in sb.flows if flows is None else flows:
+        out.extend(flow_rules(flow, sb))
+    return out
+
+
+def topology(sb: SBState) -> Topology:
+    """The datapath's view of datapaths, ports, patch peers and flood groups."""
+    topo = Topology(
+        first_table={
+            (kind, pipe): stages.first(kind, pipe).table
+            for kind in ("switch", "router")
+            for pipe in ("ingress", "egress")
+        },
+        next_table=stages.next_table,
+        pipeline_of=lambda table: stages.BY_TABLE[table].pipeline,
+    )
+    for dp in sb.datapaths.values():
+        topo.kinds[dp.key] = dp.kind
+    for port in sb.ports.values():
+        peer = None
+        if port.peer is not None and port.peer in sb.ports:
+            other = sb.ports[port.peer]
+            peer = (other.datapath, other.key)
+        topo.ports[(port.datapath, port.key)] = PortInfo(
+            port.datapath, port.key, port.name, port.type, peer
+        )
+    for group in sb.groups.values():
+        members = tuple(sb.ports[name].key for name in group.ports if name in sb.ports)
+        topo.groups[(group.datapath, group.key)] = members
+    for binding in sb.mac_bindings.values():
+        bound = sb.ports.get(binding.logical_port)
+        if bound is not None:
+            port = bound
+            topo.mac_bindings[(port.datapath, port.key, int(ipaddress.ip_address(binding.ip)))] = (
+                binding.mac
+            )
+    return topo
