@@ -693,6 +693,12 @@ class NetvirtClient:
         data = self.request("GET", "/v2.0/netvirt/status")
         return cast(Json, data["status"])
 
+    def trace(self, from_port: str, microflow: str) -> Json:
+        """Trace a packet from a port (id, id prefix or name) through the logical topology."""
+        body = {"trace": {"from_port": from_port, "microflow": microflow}}
+        data = self.request("POST", "/v2.0/netvirt/trace", json=body)
+        return cast(Json, data["trace"])
+
 
 def _segment(text: str) -> str:
     """One URL path segment: slashes quoted, and ``.``/``..`` too (URLs drop those)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from fastapi import Header, Query, Request
 
@@ -11,6 +11,9 @@ from netvirt.northbound import identity
 from netvirt.northbound.context import Context
 from netvirt.northbound.db import Database
 from netvirt.northbound.errors import Forbidden
+
+if TYPE_CHECKING:
+    from netvirt.compiler.service import CompilerService
 
 WaitMode = Literal["compiled", "installed"]
 
@@ -67,3 +70,15 @@ def wait_realized(db: Database, generation: int, params: WaitParams) -> str:
         if remaining <= 0:
             return "timeout"
         db.wait_changed(min(remaining, 0.05))
+
+
+def compiler_service(request: Request) -> CompilerService:
+    """The app's compiler (created on first use when ``serve`` did not start one)."""
+    from netvirt.compiler.service import CompilerService
+
+    service = getattr(request.app.state, "compiler", None)
+    if service is None:
+        service = CompilerService(get_db(request))
+        request.app.state.compiler = service
+    assert isinstance(service, CompilerService)
+    return service

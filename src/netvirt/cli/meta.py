@@ -49,6 +49,26 @@ def status(cli: Cli) -> None:
     print_list(data.get("hosts") or [], HOST_COLUMNS, False, title="Hosts")
 
 
+@verb(meta_app, "trace")
+def trace(
+    cli: Cli,
+    microflow: Annotated[
+        str, typer.Argument(help="What to send, e.g. 'ip4.dst == 8.8.8.8 && tcp.dst == 443'")
+    ] = "",
+    from_port: Annotated[
+        str, typer.Option("--from", help="Source port: name, id or id prefix")
+    ] = "",
+) -> None:
+    """Walk a packet through the virtual network: each stage, flow, provenance and verdict."""
+    if not from_port:
+        raise typer.BadParameter("give the source port with --from")
+    data = cli.client.trace(from_port, microflow)
+    if cli.json:
+        print_json(data)
+        return
+    typer.echo(data["text"])
+
+
 @verb(meta_app, "whoami")
 def whoami(cli: Cli) -> None:
     """The project and role of the token in use."""

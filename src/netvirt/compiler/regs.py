@@ -11,7 +11,8 @@ Router pipelines
   ``reg1``: the router port's own IPv4 address on the output side (ICMP source,
   SNAT address of ARP requests).
   ``reg7``: result of ``lookup_mac_binding`` (1 = found).
-  ``reg2``: ECMP group id chosen by ip_routing (0 = none), ``reg3``: member count.
+  ``reg2``: ECMP group id chosen by ip_routing (0 = none), ``reg3``: the
+  group member (1..n) picked by ``SelectEcmp``.
 Conntrack zones are chosen by the pipeline, not by flows: switch ingress
 uses the zone of (datapath, inport), switch egress (datapath, outport), a
 router one zone per router — so the two ends of a connection inside one

@@ -180,6 +180,20 @@ class LookupMacBinding:
     sets ``reg7`` to 1 when one was found and 0 otherwise."""
 
 
+@dataclass(frozen=True, slots=True)
+class SelectEcmp:
+    """Set ``reg3`` to a member number in 1..``count`` chosen by a hash of the
+    packet's IP source, IP destination, protocol and L4 ports, so every packet
+    of one flow takes the same path while flows spread over the members.
+
+    lr_in_ip_routing sets ``reg2`` (the ECMP group) and runs this action;
+    lr_in_ip_routing_ecmp then matches ``reg2``/``reg3`` and sets the member's
+    next hop, source MAC and output port with ordinary actions.
+    """
+
+    count: int
+
+
 Action = (
     Next
     | Output
@@ -201,4 +215,5 @@ Action = (
     | RouterAdvert
     | PutMacBinding
     | LookupMacBinding
+    | SelectEcmp
 )

@@ -31,6 +31,7 @@ not mutated, while a packet is in flight.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -41,6 +42,7 @@ from netvirt.dataplane.drops import DropReason, ParseError
 from netvirt.dataplane.fields import CT_TRK, FLAG_LOOPBACK, MULTICAST_BASE, NUM_FIELDS, F
 from netvirt.dataplane.flow import Rule
 from netvirt.dataplane.key import extract
+from netvirt.dataplane.nf.codec import CtTuple, quoted_tuple
 from netvirt.dataplane.packet import Packet, parse_packet
 from netvirt.dataplane.rewrite import apply as rewrite_frame
 
@@ -52,7 +54,11 @@ _REGS = [F(f"reg{i}") for i in range(8)] + [F("xreg0")]
 _ETH_TYPE, _ETH_DST = F("eth.type"), F("eth.dst")
 _ARP_OP, _ARP_SPA, _ARP_SHA = F("arp.op"), F("arp.spa"), F("arp.sha")
 _ND_TARGET, _ND_TLL = F("nd.target"), F("nd.tll")
-_REG0, _REG7, _XREG0 = F("reg0"), F("reg7"), F("xreg0")
+_REG0, _REG3, _REG7, _XREG0 = F("reg0"), F("reg3"), F("reg7"), F("xreg0")
+_HASHED = [
+    F(n) for n in ("ip4.src", "ip4.dst", "ip6.src", "ip6.dst", "ip.proto", "tp.src", "tp.dst")
+]
+_ICMP_ERRORS = {4: (3, 4, 5, 11, 12), 6: (1, 2, 3, 4)}
 _CARRY = [_METADATA, _INPORT, _OUTPORT, _FLAGS, _CT_STATE, *_REGS]
 MAX_STEPS = 256  # tables visited per packet, across every datapath
 MAX_HOPS = 8  # datapaths entered per packet
@@ -65,7 +71,9 @@ class Lookup(Protocol):
 class ConnTracker(Protocol):
     """What the pipeline needs from connection tracking (see dataplane/nf)."""
 
-    def ct_next(self, zone: int, key: list[int], now: float) -> int: ...
+    def ct_next(
+        self, zone: int, key: list[int], now: float, related: CtTuple | None = None
+    ) -> int: ...
     def ct_commit(self, zone: int, key: list[int], now: float, mark: int | None) -> None: ...
     def ct_nat(
         self, zone: int, key: list[int], now: float, action: A.CtDnat | A.CtSnat
@@ -155,6 +163,9 @@ class Pipeline:
             return verdict
         key = extract(packet, datapath, inport)
         ctx = _Ctx(packet, list(key), verdict, now)
+        begin = getattr(self.conntrack, "begin_packet", None)
+        if begin is not None:
+            begin()
         kind = self.topology.kinds.get(datapath)
         if kind is None:
             self._drop(verdict, DropReason.UNKNOWN_PORT, datapath, None, "unknown datapath")
@@ -216,6 +227,8 @@ class Pipeline:
                 self._learn(key)
             elif isinstance(act, A.LookupMacBinding):
                 self._lookup_binding(key)
+            elif isinstance(act, A.SelectEcmp):
+                key[_REG3] = 1 + _flow_hash(key) % max(act.count, 1)
             elif not self._generate(ctx, key, act, table):
                 return None
         return None
@@ -240,7 +253,12 @@ class Pipeline:
         zone = self._zone(key, table)
         ct = self.conntrack
         if isinstance(act, A.CtNext):
-            key[_CT_STATE] = ct.ct_next(zone, key, ctx.now) | CT_TRK
+            related = _quoted(ctx.packet)
+            if related is None:
+                state = ct.ct_next(zone, key, ctx.now)
+            else:
+                state = ct.ct_next(zone, key, ctx.now, related)
+            key[_CT_STATE] = state | CT_TRK
             detail = f"ct_next zone={zone:#x} state={key[_CT_STATE]:#x}"
         elif isinstance(act, A.CtLb):
             if not ct.ct_lb(zone, key, ctx.now, act):
@@ -374,6 +392,22 @@ class Pipeline:
         verdict.drops.append(reason)
         self.drop_counts[reason] = self.drop_counts.get(reason, 0) + 1
         verdict.note(TraceEvent("drop", datapath, table, detail=f"{reason.value} {detail}".strip()))
+
+
+def _flow_hash(key: list[int]) -> int:
+    """Stable (not per-process salted) hash of the 5-tuple for ECMP member choice."""
+    data = b"".join(key[i].to_bytes(16, "big") for i in _HASHED)
+    return zlib.crc32(data)
+
+
+def _quoted(packet: Packet) -> CtTuple | None:
+    """The connection an ICMP error quotes (for ct.rel), or None."""
+    if packet.ip_version not in (4, 6) or packet.ip_proto not in (1, 58):
+        return None
+    if packet.icmp_type not in _ICMP_ERRORS[packet.ip_version]:
+        return None
+    quote = packet.payload if packet.ip_version == 4 else packet.payload[4:]
+    return quoted_tuple(packet.ip_version, quote)
 
 
 def empty_key() -> list[int]:

@@ -11,6 +11,7 @@ headers, or dropped with its reason.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,19 @@ from netvirt.dataplane.packet import parse_packet
 from netvirt.dataplane.pipeline import ConnTracker, Pipeline, TraceEvent, Verdict
 from netvirt.southbound.model import PortBinding, SBState
 from netvirt.trace.microflow import build_frame, parse_microflow
+
+
+def new_conntrack() -> ConnTracker:
+    """A fresh, empty in-memory conntrack: a trace starts with no connections."""
+    from netvirt.dataplane.nf import FlowKeyConntrack
+    from netvirt.dataplane.nf.conntrack import Conntrack
+    from netvirt.state.memory import MemoryStore
+
+    return FlowKeyConntrack(Conntrack(MemoryStore()))
+
+
+_QUOTED = re.compile(r'"([^"]+)"')
+_UUIDISH = re.compile(r"(?:lrp-)?[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class TraceError(ValueError):
@@ -98,7 +112,7 @@ def _step(sb: SBState, event: TraceEvent, names: dict[str, str]) -> dict[str, An
         "event": event.kind,
         "datapath": dp.display_name or dp.name if dp else str(event.datapath),
         "datapath_kind": dp.kind if dp else "",
-        "detail": event.detail,
+        "detail": _UUIDISH.sub(lambda m: names.get(m[0], m[0]), event.detail),
     }
     if event.table is not None:
         stage = BY_TABLE[event.table]
@@ -107,7 +121,9 @@ def _step(sb: SBState, event: TraceEvent, names: dict[str, str]) -> dict[str, An
     flow = event.rule.cookie if event.rule is not None else None
     if isinstance(flow, LogicalFlow):
         step["priority"] = flow.priority
-        step["match"] = format_match(flow.match)
+        step["match"] = _QUOTED.sub(
+            lambda m: f'"{names.get(m[1], m[1])}"', format_match(flow.match)
+        )
         step["actions"] = format_actions(flow.actions, _port_namer(sb, flow.datapath, names))
         step["provenance"] = {
             "builder": flow.provenance.builder,

@@ -6,16 +6,19 @@ platform; ``/v2.0/netvirt/status`` reports NB/compiled/installed generations.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import Field
 
-from netvirt.api.deps import get_context, get_db, require_admin
+from netvirt.api.deps import compiler_service, get_context, get_db, require_admin
 from netvirt.model.types import RequestModel
 from netvirt.northbound import identity
 from netvirt.northbound.context import Context
 from netvirt.northbound.db import Database, WriteResult
+from netvirt.northbound.errors import BadRequest
+from netvirt.northbound.trace_support import display_names, resolve_port
 
 router = APIRouter(prefix="/v2.0/netvirt", tags=["netvirt"])
 
@@ -101,3 +104,42 @@ def report(
     with db.write(bump=False) as session:
         identity.report(session, body.report.component, body.report.name, body.report.generation)
     return Response(status_code=204)
+
+
+class TraceRequest(RequestModel):
+    from_port: str = Field(min_length=1, max_length=255, description="Port id, id prefix or name")
+    microflow: str = Field(
+        "", max_length=4096, description="e.g. ip4.dst == 8.8.8.8 && tcp.dst == 443"
+    )
+
+
+class TraceBody(RequestModel):
+    trace: TraceRequest
+
+
+@router.post("/trace", summary="Trace a packet from a port through the logical topology")
+def trace(
+    body: TraceBody,
+    request: Request,
+    ctx: Context = Depends(get_context),
+    db: Database = Depends(get_db),
+) -> dict[str, Any]:
+    """Like ovn-trace: every stage, flow, provenance and the verdict. A member may
+    trace only from its own ports."""
+    from netvirt.trace.run import TraceError, format_text, new_conntrack, run_trace, to_json
+
+    with db.read() as session:
+        port_id = resolve_port(session, ctx, body.trace.from_port)
+        names = display_names(session)
+    compiler = compiler_service(request)
+    sb = compiler.current()
+    try:
+        result = run_trace(
+            sb, port_id, body.trace.microflow, new_conntrack(), now=time.time(), port_names=names
+        )
+    except TraceError as err:
+        raise BadRequest(str(err), type="InvalidTrace") from None
+    data = to_json(result, names)
+    data["text"] = format_text(result, names)
+    data["generation"] = sb.generation
+    return {"trace": data}

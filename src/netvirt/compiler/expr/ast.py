@@ -109,3 +109,15 @@ def eq(symbol: str, value: int, text: str | None = None, mask: int | None = None
 
 def one_of(symbol: str, values: list[tuple[int, str | None]]) -> Cmp:
     return Cmp(symbol, "==", tuple(Value(v, None, t) for v, t in values))
+
+
+def port(name: str) -> Value:
+    """A logical port named in a match (``inport == "lsp1"``). The name is kept in
+    ``text`` (unquoted, ``value`` 0) and resolved to a key only when the flow is
+    normalized for a datapath; that is also the form the parser produces."""
+    return Value(0, None, name)
+
+
+def port_eq(symbol: str, *names: str) -> Cmp:
+    """``inport == "a"`` or ``outport == {"a", "b"}``."""
+    return Cmp(symbol, "==", tuple(port(n) for n in names))

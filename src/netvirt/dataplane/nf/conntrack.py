@@ -1,0 +1,783 @@
+"""Connection tracking on a StateStore: state machines, NAT bindings, LB selection.
+
+Theory of operation
+-------------------
+*What.* For every packet the pipeline sends through ``ct_next``/``ct_commit``/
+``ct_dnat``/``ct_snat``/``ct_lb``, :class:`Conntrack` answers the packet's
+``ct_state`` bits (``CT_NEW``/``EST``/``REL``/``RPL``/``INV``/``TRK`` and
+``SNAT``/``DNAT``), the connection entry (state, mark, NAT) and the packet's
+tuple after NAT, and updates the connection in the store. It is a functional
+core: every call takes ``now`` and works on the ``StateStore`` it was built
+with; nothing here reads a clock or keeps connection state in the process, so
+any number of hosts sharing one store track connections together — a packet
+of a connection created on host A is continued on host B ("stateless NF").
+
+*Records.* A connection lives under two keys of one key space (``codec.py``):
+the **primary**, at its original tuple, is the authority, and every change is
+a compare-and-set on it; the **mirror**, at its reply tuple, is a copy written
+right after the primary in the same round trip, so that a packet of either
+direction finds its connection with a single read. Both carry the same TTL
+and the entry's explicit ``expiry``; a record whose expiry has passed is
+treated as absent even before the store drops it (the store's clock and
+``now`` need not agree exactly; ``now`` should be wall-clock time shared by
+the hosts, within a second or so).
+
+*Creating* a connection is ``cas(primary, <version seen or 0>)`` plus
+``cas(mirror, 0)`` in one round trip. The mirror "create only" is what makes
+reply tuples unique (a NAT collision cannot go unnoticed). When two packets or
+hosts race, one primary CAS wins; the loser drops its mirror (unless the
+winner has the same reply tuple) and continues as a packet of the winner's
+connection. A mirror left by an older incarnation of the same tuple, or by an
+expired or closed connection, is taken over with its own version.
+
+*Updating* (TCP state change, first reply, mark, or a refresh) is a CAS on the
+primary with the version read, plus a put of the mirror. A reply-direction
+packet has read only the mirror, so it first reads the primary (one more
+round trip); a mirror whose primary is gone or belongs to a newer incarnation
+is stale and treated as absent. A lost CAS re-reads and re-decides (the winner's
+state may already be the one wanted) and restores the mirror from the
+winner's record, so a mirror is at most one write behind under contention and
+repaired by the next write. Refreshes are rate-limited: a record is rewritten
+for its timeout only once ``refresh_fraction`` of the timeout has passed since
+its last write, so an idle connection expires between 90% and 100% of its
+timeout after its last packet, and a busy one costs no write per packet.
+
+*Batches.* Each request runs as a small generator that yields the store
+operations it needs next; :func:`drive` gathers the operations of all requests
+of a batch into one store round trip per step. Round trips per batch:
+1 for lookups (one ``get_many``, including load-balancer records); +1 to
+create connections; +1 per SNAT window when masquerading (before creating);
++1 for reply-direction writes (read the primary); +1 to flush load-balancer
+counters and affinity; +1 per lost race. Packets of one batch are decided on
+the state at the start of the batch (CAS keeps concurrent decisions safe).
+
+*ct_state bits.* ``NEW``: no live connection and the packet may start one
+(TCP: SYN without ACK; not an echo reply); it stays NEW even on the packet that
+commits it. ``EST``: matches a committed, live connection in a way its state
+allows — after a commit, not only after a reply is seen (Linux keeps such
+packets NEW until the first reply). ``RPL``: the packet is in the reply
+direction. ``REL``: an ICMP error quoting a tracked connection (the caller
+passes the quoted tuple). ``INV``: TCP flag combinations that are never valid
+(SYN+FIN, SYN+RST, none of SYN/ACK/FIN/RST), a non-SYN TCP packet or an echo
+reply without a connection, a packet its TCP state does not allow (see
+:func:`tcp_step`), an ICMP error quoting nothing tracked, or a NAT failure.
+``SNAT``/``DNAT``: NAT was applied and the connection has that kind of NAT.
+
+*TCP.* States follow Linux's names with fewer of them; sequence numbers and
+windows are not tracked. SYN_SENT (SYN seen) → SYN_RECV (SYN or SYN-ACK in
+reply) → ESTABLISHED (ACK in the original direction) → FIN_WAIT (a FIN from
+one side) → CLOSE_WAIT (the other side ACKs it) → TIME_WAIT (the other side's
+FIN: Linux's LAST_ACK is folded in here); RST in any state → CLOSED. A SYN
+in TIME_WAIT or CLOSED starts a new connection over the old one. Until then a
+closed connection is never written again (its packets are still judged, but
+neither its state nor its timer moves), so a new connection may take over its
+tuples — the reply tuple included — without a later write of the old one
+landing on the new one's record.
+
+*Invariants.* Both directions of a live connection that is not closed find
+the same entry (a closed one may have lost its mirror to a new connection); an
+entry never goes from ESTABLISHED back to SYN_SENT (only a new connection
+replacing a TIME_WAIT/CLOSED one starts in SYN_SENT); a record is never
+readable as live after its expiry.
+
+*Thread-safety.* A ``Conntrack`` keeps no state between calls; it may be
+shared by threads if its store may (both stores are thread-safe).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from netvirt.dataplane.drops import DropReason
+from netvirt.dataplane.fields import (
+    CT_DNAT,
+    CT_EST,
+    CT_INV,
+    CT_NEW,
+    CT_REL,
+    CT_RPL,
+    CT_SNAT,
+    CT_TRK,
+)
+from netvirt.dataplane.nf.codec import (
+    FIN_ORIG,
+    FIN_REPLY,
+    IPPROTO_TCP,
+    MIRROR,
+    PORT_PROTOCOLS,
+    SNAT_POOL,
+    CodecError,
+    CtEntry,
+    CtState,
+    CtTuple,
+    ct_key,
+    decode,
+    encode,
+)
+from netvirt.dataplane.nf.lb import LbRound, Pick
+from netvirt.dataplane.nf.nat import (
+    DEFAULT_WINDOW,
+    DEFAULT_WINDOWS,
+    NatRequest,
+    Snat,
+    nat_tuple,
+    pool_key,
+    port_window,
+    snat_pool,
+    translate,
+    translate_related,
+)
+from netvirt.state.store import (
+    AllocateOp,
+    Batch,
+    CasOp,
+    CasResult,
+    DeleteOp,
+    Entry,
+    ExpireOp,
+    GetOp,
+    Op,
+    PutOp,
+    ReleaseOp,
+    StateStore,
+)
+
+R = TypeVar("R")
+Task = Generator[list[Op], list[object], R]
+
+TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
+_CONTROL = TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK
+_CLOSING = (CtState.TIME_WAIT, CtState.CLOSED)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Idle timeouts in seconds per state: Linux's shape, shorter where Linux is extreme."""
+
+    syn_sent: float = 30.0
+    syn_recv: float = 30.0
+    established: float = 7200.0  # Linux: 5 days
+    fin_wait: float = 30.0  # Linux: 120 s
+    close_wait: float = 30.0  # Linux: 60 s
+    time_wait: float = 120.0
+    closed: float = 10.0
+    udp_unreplied: float = 30.0
+    udp_replied: float = 180.0
+    icmp: float = 30.0
+    other: float = 600.0
+    refresh_fraction: float = 0.1  # rewrite an unchanged entry after this share of its timeout
+
+    def of(self, t: CtTuple, state: CtState) -> float:
+        """The timeout of a connection like ``t`` in ``state``."""
+        if t.proto == IPPROTO_TCP:
+            return {
+                CtState.SYN_SENT: self.syn_sent,
+                CtState.SYN_RECV: self.syn_recv,
+                CtState.ESTABLISHED: self.established,
+                CtState.FIN_WAIT: self.fin_wait,
+                CtState.CLOSE_WAIT: self.close_wait,
+                CtState.TIME_WAIT: self.time_wait,
+            }.get(state, self.closed)
+        if t.proto in PORT_PROTOCOLS:
+            return self.udp_replied if state is CtState.REPLIED else self.udp_unreplied
+        return self.icmp if t.is_icmp else self.other
+
+
+@dataclass(frozen=True, slots=True)
+class CtRequest:
+    """One conntrack call for one packet.
+
+    ``commit``: create the connection if it is new (and set ``mark``, if
+    given, on it whether new or not). ``nat``: translate the packet (a
+    ``NatRequest`` with targets also creates NAT for a new connection, which
+    commits it). ``related``: the tuple quoted by an ICMP error (the packet is
+    then looked up as related, never as a connection of its own). ``hint``: the
+    entry this packet was already matched to in this zone by an earlier call
+    (the kernel's skb→conntrack association), so that a packet whose tuple NAT
+    has already rewritten still finds its connection.
+    """
+
+    zone: int
+    tuple: CtTuple
+    tcp_flags: int = 0
+    commit: bool = False
+    mark: int | None = None
+    nat: NatRequest | None = None
+    related: CtTuple | None = None
+    hint: CtEntry | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CtResult:
+    """What conntrack decided: ct_state bits, the entry, the packet's tuple after NAT.
+
+    ``quoted`` is the translated quoted tuple of a related ICMP error; ``drop``
+    is set when the packet cannot go on (no LB backend, NAT failure); ``note``
+    explains the decision for traces.
+    """
+
+    state: int
+    entry: CtEntry | None
+    reply: bool
+    tuple: CtTuple
+    quoted: CtTuple | None = None
+    drop: DropReason | None = None
+    note: str = ""
+
+    @property
+    def mark(self) -> int:
+        return self.entry.mark if self.entry is not None else 0
+
+
+@dataclass(frozen=True, slots=True)
+class CtHit:
+    """A live connection found by :meth:`Conntrack.lookup_batch`."""
+
+    entry: CtEntry
+    reply: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """A record as read: version 0 = absent; entry None with a version = unreadable/stale."""
+
+    version: int
+    entry: CtEntry | None
+    mirror: bool
+
+
+_ABSENT = _Seen(0, None, False)
+
+
+def _seen(raw: object) -> _Seen:
+    if not isinstance(raw, Entry):
+        return _ABSENT
+    try:
+        entry, kind = decode(raw.value, raw.version)
+    except CodecError:
+        return _Seen(raw.version, None, False)
+    return _Seen(raw.version, entry, kind == MIRROR)
+
+
+def tcp_flags_valid(flags: int) -> bool:
+    """Combinations no TCP stack sends are invalid whatever the state."""
+    if flags & TCP_SYN and flags & (TCP_FIN | TCP_RST):
+        return False
+    return bool(flags & _CONTROL)
+
+
+def tcp_opens(flags: int) -> bool:
+    """Only a plain SYN may start a connection (no mid-stream pickup)."""
+    return flags & _CONTROL == TCP_SYN
+
+
+def tcp_step(state: CtState, fins: int, reply: bool, flags: int) -> tuple[CtState, int] | None:
+    """The next (state, FIN bits) of a TCP connection for one packet; None = invalid.
+
+    Idempotent for retransmissions: the same packet twice gives the same state.
+    """
+    if not tcp_flags_valid(flags):
+        return None
+    if flags & TCP_RST:
+        return CtState.CLOSED, fins
+    syn, ack, fin = bool(flags & TCP_SYN), bool(flags & TCP_ACK), bool(flags & TCP_FIN)
+    if state is CtState.SYN_SENT:
+        if reply:
+            return (CtState.SYN_RECV, fins) if syn else None
+        return (state, fins) if syn and not ack else None
+    if state is CtState.SYN_RECV:
+        if syn:
+            return (state, fins) if reply or not ack else None
+        if reply or not ack:
+            return None
+        return (CtState.FIN_WAIT, fins | FIN_ORIG) if fin else (CtState.ESTABLISHED, fins)
+    if state is CtState.CLOSED or (syn and not (reply and ack)) or not ack:
+        return None
+    if syn:  # a retransmitted SYN-ACK
+        return state, fins
+    side = FIN_REPLY if reply else FIN_ORIG
+    if fin and not fins & side:
+        fins |= side
+        return (CtState.TIME_WAIT if fins == FIN_ORIG | FIN_REPLY else CtState.FIN_WAIT), fins
+    if state is CtState.FIN_WAIT and not fin and not fins & side:
+        return CtState.CLOSE_WAIT, fins
+    return state, fins
+
+
+class Conntrack:
+    """Connection tracking for every zone, on one store (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        prefix: str = "ct:",
+        *,
+        timeouts: Timeouts | None = None,
+        snat_window: int = DEFAULT_WINDOW,
+        snat_windows: int = DEFAULT_WINDOWS,
+        max_attempts: int = 4,
+    ) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.timeouts = timeouts or Timeouts()
+        self.snat_window = snat_window
+        self.snat_windows = snat_windows
+        self.max_attempts = max_attempts
+
+    def key(self, zone: int, t: CtTuple) -> str:
+        return ct_key(self.prefix, zone, t)
+
+    # -- public API ---------------------------------------------------------------------
+    def process(
+        self,
+        zone: int,
+        tup: CtTuple,
+        tcp_flags: int,
+        now: float,
+        *,
+        commit: bool = False,
+        mark: int | None = None,
+        nat: NatRequest | None = None,
+        related: CtTuple | None = None,
+        hint: CtEntry | None = None,
+    ) -> CtResult:
+        """Track one packet (a batch of one; see :class:`CtRequest` for the arguments)."""
+        request = CtRequest(zone, tup, tcp_flags, commit, mark, nat, related, hint)
+        return self.process_batch([request], now)[0]
+
+    def process_batch(self, requests: Sequence[CtRequest], now: float) -> list[CtResult]:
+        """Track a batch of packets; results in order. One lookup round trip for all."""
+        lb_round = LbRound(self.prefix, now)
+        results = drive(self.store, [self._task(r, now, lb_round) for r in requests])
+        drive(self.store, [lb_round.flush()])
+        return results
+
+    def lookup_batch(self, items: Sequence[tuple[int, CtTuple]], now: float) -> list[CtHit | None]:
+        """Live connections of (zone, packet tuple) pairs: one ``get_many``, no writes."""
+        hits: list[CtHit | None] = []
+        for raw in self.store.get_many([self.key(zone, t) for zone, t in items]):
+            seen = _seen(raw)
+            live = seen.entry is not None and seen.entry.expiry > now
+            hits.append(CtHit(seen.entry, seen.mirror) if live and seen.entry else None)
+        return hits
+
+    # -- one packet -------------------------------------------------------------------
+    def _lookup_key(self, req: CtRequest) -> tuple[str, bool | None]:
+        """The key to read and, for a hinted translated packet, its known direction."""
+        if req.related is not None:
+            return self.key(req.zone, req.related.reversed()), None
+        hint, t = req.hint, req.tuple
+        if hint is not None and hint.zone == req.zone:
+            if t == hint.reply.reversed() and t != hint.orig:
+                return self.key(req.zone, hint.orig), False
+            if t == hint.orig.reversed() and t != hint.reply:
+                return self.key(req.zone, hint.orig), True
+        return self.key(req.zone, t), None
+
+    def _task(self, req: CtRequest, now: float, lb_round: LbRound) -> Task[CtResult]:
+        key, forced = self._lookup_key(req)
+        lb = req.nat.lb if req.nat is not None and req.related is None else None
+        extra = lb_round.read_keys(req.tuple, lb) if lb is not None else []
+        got = yield [GetOp(key), *(GetOp(k) for k in extra)]
+        for k, raw in zip(extra, got[1:], strict=True):
+            lb_round.observe(k, raw if isinstance(raw, Entry) else None)
+        seen = _seen(got[0])
+        if req.related is not None:
+            return self._related(req, seen, now)
+        for _ in range(self.max_attempts):
+            step = yield from self._step(req, key, seen, forced, now, lb_round)
+            if isinstance(step, CtResult):
+                return step
+            seen = step
+        return self._final(req, None, False, CT_INV, note="gave up: store contention")
+
+    def _step(
+        self,
+        req: CtRequest,
+        key: str,
+        seen: _Seen,
+        forced: bool | None,
+        now: float,
+        lb_round: LbRound,
+    ) -> Task[CtResult | _Seen]:
+        entry = seen.entry
+        if forced is not None:
+            assert req.hint is not None
+            if entry is None or seen.mirror or not entry.same_connection(req.hint):
+                return self._final(req, None, forced, CT_INV, note="associated connection gone")
+            return (yield from self._write(req, key, key, seen, forced, now, lb_round))
+        if entry is None or not self._live(entry, req, now):
+            return (yield from self._create(req, key, seen.version, now, lb_round))
+        if not seen.mirror:
+            return (yield from self._write(req, key, key, seen, False, now, lb_round))
+        new = self._advance(entry, True, req, now)
+        if new is None:
+            return self._final(req, entry, True, CT_INV, note=f"invalid in {entry.state.name}")
+        if new is entry:
+            return self._final(req, entry, True, CT_EST)  # nothing to write: no primary read
+        primary_key = self.key(entry.zone, entry.orig)
+        got = yield [GetOp(primary_key)]
+        primary = _seen(got[0])
+        current = primary.entry
+        if (
+            current is None
+            or primary.mirror
+            or not current.same_connection(entry)
+            or not self._live(current, req, now)
+        ):
+            return _Seen(seen.version, None, False)  # stale mirror: its connection is gone
+        return (yield from self._write(req, key, primary_key, primary, True, now, lb_round))
+
+    def _live(self, entry: CtEntry, req: CtRequest, now: float) -> bool:
+        """Live, and not a closed TCP connection that this SYN replaces."""
+        if entry.expiry <= now:
+            return False
+        closed_tcp = entry.orig.proto == IPPROTO_TCP and entry.state in _CLOSING
+        return not (closed_tcp and tcp_opens(req.tcp_flags))
+
+    def _writable(self, entry: CtEntry, now: float) -> bool:
+        """Live and not closed: a record whose mirror nobody else may have taken over."""
+        closed = entry.orig.proto == IPPROTO_TCP and entry.state in _CLOSING
+        return entry.expiry > now and not closed
+
+    def _advance(self, entry: CtEntry, reply: bool, req: CtRequest, now: float) -> CtEntry | None:
+        """The entry after this packet: None if invalid, ``entry`` itself if nothing to write."""
+        state, fins = entry.state, entry.flags & (FIN_ORIG | FIN_REPLY)
+        if entry.orig.proto == IPPROTO_TCP:
+            step = tcp_step(state, fins, reply, req.tcp_flags)
+            if step is None:
+                return None
+            if state in _CLOSING:
+                return entry  # closed connections are only ever replaced, never rewritten
+            state, fins = step
+        elif reply:
+            state = CtState.REPLIED
+        mark = req.mark if req.commit and req.mark is not None else entry.mark
+        flags = (entry.flags & ~(FIN_ORIG | FIN_REPLY)) | fins
+        timeout = self.timeouts.of(entry.orig, state)
+        unchanged = (state, mark, flags) == (entry.state, entry.mark, entry.flags)
+        if unchanged and now - entry.last_seen < timeout * self.timeouts.refresh_fraction:
+            return entry
+        return replace(
+            entry, state=state, mark=mark, flags=flags, last_seen=now, expiry=now + timeout
+        )
+
+    def _write(
+        self,
+        req: CtRequest,
+        key: str,
+        primary_key: str,
+        primary: _Seen,
+        reply: bool,
+        now: float,
+        lb_round: LbRound,
+    ) -> Task[CtResult | _Seen]:
+        """Apply the packet to the live primary record (CAS) and copy it to the mirror.
+
+        ``key`` is the key the packet was looked up by: the primary's own, or the
+        mirror's for a reply-direction packet (its caller checked the primary is live).
+        """
+        entry = primary.entry
+        assert entry is not None
+        if not self._live(entry, req, now):
+            return _Seen(primary.version, None, False)
+        new = self._advance(entry, reply, req, now)
+        if new is None:
+            return self._final(req, entry, reply, CT_INV, note=f"invalid in {entry.state.name}")
+        if new is entry:
+            return self._final(req, entry, reply, CT_EST)
+        ttl = new.expiry - now
+        ops: list[Op] = [CasOp(primary_key, primary.version, encode(new), ttl)]
+        mirror_key = self.key(new.zone, new.reply)
+        if mirror_key != primary_key:
+            ops.append(PutOp(mirror_key, encode(new, MIRROR), ttl))
+        if new.flags & SNAT_POOL:
+            pool, member = snat_pool(self.prefix, new)
+            ops.append(AllocateOp(pool, (member,), primary_key, ttl))
+        results = yield ops
+        cas = results[0]
+        assert isinstance(cas, CasResult)
+        if cas.ok and cas.entry is not None:
+            if new.lb_counter and entry.state not in _CLOSING and new.state in _CLOSING:
+                lb_round.release(new.lb_counter, new.lb_backend)
+            return self._final(req, replace(new, version=cas.entry.version), reply, CT_EST)
+        return (yield from self._lost(key, primary_key, cas, now))
+
+    def _lost(self, key: str, primary_key: str, cas: CasResult, now: float) -> Task[_Seen]:
+        """After a lost CAS: restore the mirror from the winner, and re-read the packet's key."""
+        winner = _seen(cas.entry)
+        ops: list[Op] = []
+        current = winner.entry
+        if current is not None and not winner.mirror and self._writable(current, now):
+            mirror_key = self.key(current.zone, current.reply)
+            if mirror_key != primary_key:
+                ops.append(PutOp(mirror_key, encode(current, MIRROR), current.expiry - now))
+        if key != primary_key:
+            ops.append(GetOp(key))
+        if not ops:
+            return winner
+        results = yield ops
+        return _seen(results[-1]) if key != primary_key else winner
+
+    # -- new connections ------------------------------------------------------------------
+    def _create(
+        self, req: CtRequest, key: str, version: int, now: float, lb_round: LbRound
+    ) -> Task[CtResult | _Seen]:
+        t, nat = req.tuple, req.nat
+        opens = tcp_opens(req.tcp_flags) if t.proto == IPPROTO_TCP else not t.is_echo_reply
+        if not opens:
+            return self._final(req, None, False, CT_INV, note="cannot start a connection")
+        if not (req.commit or (nat is not None and nat.creates)):
+            return self._final(req, None, False, CT_NEW)
+        dnat: tuple[int, int | None] | None = None
+        pick: Pick | None = None
+        if nat is not None and nat.lb is not None:
+            pick = lb_round.choose(t, nat.lb)
+            if pick is None:
+                return self._final(
+                    req, None, False, CT_INV, drop=DropReason.NO_LB_BACKEND, note="no backend"
+                )
+            dnat = (pick.backend.ip, pick.backend.port)
+        elif nat is not None and nat.dnat is not None:
+            dnat = (nat.dnat.ip, nat.dnat.port)
+        snat = nat.snat if nat is not None else None
+        result = yield from self._claim(req, key, version, now, dnat, snat, pick)
+        if pick is not None and (not isinstance(result, CtResult) or result.entry is None):
+            lb_round.cancel(pick)
+        return result
+
+    def _claim(
+        self,
+        req: CtRequest,
+        key: str,
+        version: int,
+        now: float,
+        dnat: tuple[int, int | None] | None,
+        snat: Snat | None,
+        pick: Pick | None,
+    ) -> Task[CtResult | _Seen]:
+        """Create the primary and the mirror; on a reply-tuple collision, try other ports."""
+        t = req.tuple
+        state = CtState.SYN_SENT if t.proto == IPPROTO_TCP else CtState.UNREPLIED
+        ttl = self.timeouts.of(t, state)
+        masquerade = snat is not None and snat.port_range is not None and t.has_ports
+        excluded: set[int] = set()
+        owned, serial = False, version
+        for _ in range(self.max_attempts):
+            port = None
+            if masquerade:
+                assert snat is not None
+                assert snat.port_range is not None
+                port = yield from self._allocate(key, t, snat.ip, snat.port_range, ttl, excluded)
+                if port is None:
+                    yield from self._undo(key if owned else None, None)
+                    return self._nat_failure(req, "SNAT port pool exhausted")
+            snat_to = (snat.ip, port) if snat is not None else None
+            entry = CtEntry(
+                req.zone,
+                t,
+                nat_tuple(t, dnat, snat_to).reversed(),
+                state,
+                now,
+                now,
+                now + ttl,
+                mark=req.mark if req.commit and req.mark is not None else 0,
+                flags=SNAT_POOL if port is not None else 0,
+                lb_counter=pick.counter if pick is not None else "",
+                lb_backend=pick.backend_id if pick is not None and pick.counter else "",
+                serial=serial,
+            )
+            mirror_key = self.key(req.zone, entry.reply)
+            ops: list[Op] = [CasOp(key, version, encode(entry), ttl)]
+            if mirror_key != key:
+                ops.append(CasOp(mirror_key, 0, encode(entry, MIRROR), ttl))
+            results = yield ops
+            primary = results[0]
+            assert isinstance(primary, CasResult)
+            if not primary.ok or primary.entry is None:
+                yield from self._abandon(key, entry, results, port)
+                return _seen(primary.entry)
+            owned, version = True, primary.entry.version
+            mirror = results[1] if mirror_key != key else None
+            if mirror is None or (isinstance(mirror, CasResult) and mirror.ok):
+                return self._final(req, replace(entry, version=version), False, CT_NEW)
+            assert isinstance(mirror, CasResult)
+            if (yield from self._take_over(mirror_key, mirror.entry, entry, now, ttl)):
+                return self._final(req, replace(entry, version=version), False, CT_NEW)
+            if port is None:
+                yield from self._undo(key, None)
+                return self._nat_failure(req, "reply tuple already in use")
+            excluded.add(port)
+            yield from self._undo(None, (snat_pool(self.prefix, entry), key))
+        yield from self._undo(key if owned else None, None)
+        return self._nat_failure(req, "no free reply tuple")
+
+    def _allocate(
+        self,
+        owner: str,
+        t: CtTuple,
+        ip: int,
+        port_range: tuple[int, int],
+        ttl: float,
+        excluded: set[int],
+    ) -> Task[int | None]:
+        pool = pool_key(self.prefix, t.ip_version, ip, t.proto)
+        lo, hi = port_range
+        for attempt in range(self.snat_windows):
+            window = port_window(t, lo, hi, self.snat_window, attempt)
+            candidates = tuple(str(p) for p in window if p not in excluded)
+            if not candidates:
+                continue
+            results = yield [AllocateOp(pool, candidates, owner, ttl)]
+            if isinstance(results[0], str):
+                return int(results[0])
+        return None
+
+    def _take_over(
+        self, mirror_key: str, current: Entry | None, entry: CtEntry, now: float, ttl: float
+    ) -> Task[bool]:
+        """Replace the record at our reply tuple if it is dead or a twin of our connection."""
+        seen = _seen(current)
+        other = seen.entry
+        if other is not None and other.expiry > now and other.orig != entry.orig:
+            closed = other.orig.proto == IPPROTO_TCP and other.state in _CLOSING
+            if not (closed and entry.state is CtState.SYN_SENT):
+                return False
+        results = yield [CasOp(mirror_key, seen.version, encode(entry, MIRROR), ttl)]
+        result = results[0]
+        return isinstance(result, CasResult) and result.ok
+
+    def _abandon(
+        self, key: str, entry: CtEntry, results: list[object], port: int | None
+    ) -> Task[None]:
+        """We lost the creation race: drop our mirror and port unless the winner uses them."""
+        primary = results[0]
+        assert isinstance(primary, CasResult)
+        winner = _seen(primary.entry).entry
+        ops: list[Op] = []
+        mirror = results[1] if len(results) > 1 else None
+        ours = isinstance(mirror, CasResult) and mirror.ok
+        if ours and (winner is None or winner.reply != entry.reply):
+            ops.append(DeleteOp(self.key(entry.zone, entry.reply)))
+        if port is not None and (winner is None or winner.nat_src != entry.nat_src):
+            pool, member = snat_pool(self.prefix, entry)
+            ops.append(ReleaseOp(pool, member, key))
+        if ops:
+            yield ops
+
+    def _undo(
+        self, primary_key: str | None, claim: tuple[tuple[str, str], str] | None
+    ) -> Task[None]:
+        ops: list[Op] = []
+        if primary_key is not None:
+            ops.append(DeleteOp(primary_key))
+        if claim is not None:
+            (pool, member), owner = claim
+            ops.append(ReleaseOp(pool, member, owner))
+        if ops:
+            yield ops
+
+    # -- results ------------------------------------------------------------------------
+    def _related(self, req: CtRequest, seen: _Seen, now: float) -> CtResult:
+        entry = seen.entry
+        if entry is None or entry.expiry <= now:
+            return self._final(req, None, False, CT_INV, note="ICMP error quotes no connection")
+        state = CT_TRK | CT_REL | (CT_RPL if seen.mirror else 0)
+        outer, quoted = req.tuple, req.related
+        if req.nat is not None:
+            outer, quoted = translate_related(entry, seen.mirror, req.tuple)
+            state |= _nat_bits(entry)
+        return CtResult(state, entry, seen.mirror, outer, quoted, note="related")
+
+    def _nat_failure(self, req: CtRequest, note: str) -> CtResult:
+        return self._final(req, None, False, CT_INV, drop=DropReason.INVALID_CT_STATE, note=note)
+
+    def _final(
+        self,
+        req: CtRequest,
+        entry: CtEntry | None,
+        reply: bool,
+        bits: int,
+        *,
+        drop: DropReason | None = None,
+        note: str = "",
+    ) -> CtResult:
+        state = CT_TRK | bits | (CT_RPL if reply and entry is not None else 0)
+        tup = req.tuple
+        if req.nat is not None and entry is not None and not bits & CT_INV:
+            tup = translate(entry, reply)
+            state |= _nat_bits(entry)
+        return CtResult(state, entry, reply, tup, drop=drop, note=note)
+
+
+def _nat_bits(entry: CtEntry) -> int:
+    return (CT_SNAT if entry.snat else 0) | (CT_DNAT if entry.dnat else 0)
+
+
+# -- the batch driver -------------------------------------------------------------------
+
+_RANK = {GetOp: 0, AllocateOp: 1, CasOp: 2, PutOp: 3, ExpireOp: 4, ReleaseOp: 5, DeleteOp: 6}
+
+
+def drive(store: StateStore, tasks: Sequence[Task[R]]) -> list[R]:
+    """Run store tasks side by side: each step of all tasks is one store round trip."""
+    done: dict[int, R] = {}
+    waiting: list[tuple[int, Task[R], list[Op]]] = []
+
+    def advance(index: int, task: Task[R], sent: list[object] | None) -> None:
+        try:
+            ops = next(task) if sent is None else task.send(sent)
+        except StopIteration as stop:
+            done[index] = stop.value
+            return
+        waiting.append((index, task, ops))
+
+    for index, task in enumerate(tasks):
+        advance(index, task, None)
+    while waiting:
+        current, waiting = waiting, []
+        flat = [op for _, _, ops in current for op in ops]
+        results = execute(store, flat) if flat else []
+        offset = 0
+        for index, task, ops in current:
+            advance(index, task, results[offset : offset + len(ops)])
+            offset += len(ops)
+    return [done[i] for i in range(len(tasks))]
+
+
+def execute(store: StateStore, ops: Sequence[Op]) -> list[object]:
+    """One round trip: ``get_many`` for reads only, else one batch grouped by kind.
+
+    Grouping (stable: each kind keeps its order) lets the Redis store merge runs
+    of gets into one MGET; tasks never put dependent operations in one step.
+    """
+    if all(type(op) is GetOp for op in ops):
+        return list(store.get_many([op.key for op in ops if isinstance(op, GetOp)]))
+    order = sorted(range(len(ops)), key=lambda i: _RANK[type(ops[i])])
+    batch = store.batch()
+    for i in order:
+        _queue(batch, ops[i])
+    out = batch.execute()
+    results: list[object] = [None] * len(ops)
+    for position, i in enumerate(order):
+        results[i] = out[position]
+    return results
+
+
+def _queue(batch: Batch, op: Op) -> None:
+    if isinstance(op, GetOp):
+        batch.get(op.key)
+    elif isinstance(op, PutOp):
+        batch.put(op.key, op.value, op.ttl)
+    elif isinstance(op, CasOp):
+        batch.cas(op.key, op.expected_version, op.value, op.ttl)
+    elif isinstance(op, DeleteOp):
+        batch.delete(op.key)
+    elif isinstance(op, ExpireOp):
+        batch.expire(op.key, op.ttl)
+    elif isinstance(op, AllocateOp):
+        batch.allocate(op.pool_key, op.candidates, op.owner, op.ttl)
+    else:
+        batch.release(op.pool_key, op.member, op.owner)
