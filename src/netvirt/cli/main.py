@@ -48,16 +48,28 @@ def serve(
         bool, typer.Option(help="Create the admin token first if none exists, and print it")
     ] = False,
 ) -> None:
-    """Run the API server on the embedded default store (SQLite) or --db."""
+    """Run the API server and the central compiler on the embedded store (SQLite) or --db."""
+    import threading
+
     import uvicorn
 
     from netvirt.api.app import create_app
+    from netvirt.compiler.service import CompilerService
 
     database = Database(db or default_url())
     if bootstrap:
         _bootstrap(database, force=False, quiet_if_exists=True)
+    app = create_app(database)
+    compiler = CompilerService(database)
+    app.state.compiler = compiler
+    stop = threading.Event()
+    thread = threading.Thread(target=compiler.run, args=(stop,), name="compiler", daemon=True)
+    thread.start()
     console.print(f"[bold]netvirt[/] API on http://{host}:{port}/  (store: {database.url})")
-    uvicorn.run(create_app(database), host=host, port=port, log_level="info")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        stop.set()
 
 
 def _bootstrap(database: Database, *, force: bool, quiet_if_exists: bool = False) -> None:
