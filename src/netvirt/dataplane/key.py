@@ -22,6 +22,19 @@ _ND_TARGET, _ND_SLL, _ND_TLL = F("nd.target"), F("nd.sll"), F("nd.tll")
 _METADATA, _INPORT = F("metadata"), F("inport")
 
 
+_ECHO = {(4, 1): (0, 8), (6, 58): (128, 129)}
+
+
+def _is_echo(packet: Packet) -> bool:
+    types = _ECHO.get((packet.ip_version, packet.ip_proto))
+    return (
+        types is not None
+        and packet.icmp_type in types
+        and packet.l4_offset is not None
+        and packet.l4_offset + 6 <= packet.l3_end
+    )
+
+
 def extract(packet: Packet, datapath: int = 0, inport: int = 0) -> list[int]:
     """The flow key of ``packet`` entering ``datapath`` on logical port ``inport``."""
     key = [0] * NUM_FIELDS
@@ -57,6 +70,11 @@ def extract(packet: Packet, datapath: int = 0, inport: int = 0) -> list[int]:
         key[_TCP_FLAGS] = packet.tcp_flags
         key[_ICMP_TYPE] = packet.icmp_type
         key[_ICMP_CODE] = packet.icmp_code
+        if _is_echo(packet):
+            # conntrack/NAT treat the echo identifier as the "port" of a ping
+            off = packet.l4_offset
+            assert off is not None
+            key[_TP_SRC] = int.from_bytes(packet.frame[off + 4 : off + 6], "big")
         key[_ND_TARGET] = packet.nd_target
         key[_ND_SLL] = packet.nd_sll
         key[_ND_TLL] = packet.nd_tll

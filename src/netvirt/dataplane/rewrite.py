@@ -102,13 +102,15 @@ def _update_l4(
                     2,
                 )
                 csum = update16(csum, before[idx], after[idx])
-    elif packet.l4_offset is not None and (
-        before[_ICMP_TYPE] != after[_ICMP_TYPE] or before[_ICMP_CODE] != after[_ICMP_CODE]
-    ):
-        old = before[_ICMP_TYPE] << 8 | before[_ICMP_CODE]
-        new = after[_ICMP_TYPE] << 8 | after[_ICMP_CODE]
-        _put(buf, packet.l4_offset, new, 2)
-        csum = update16(csum, old, new)
+    elif packet.l4_offset is not None:
+        if before[_ICMP_TYPE] != after[_ICMP_TYPE] or before[_ICMP_CODE] != after[_ICMP_CODE]:
+            old = before[_ICMP_TYPE] << 8 | before[_ICMP_CODE]
+            new = after[_ICMP_TYPE] << 8 | after[_ICMP_CODE]
+            _put(buf, packet.l4_offset, new, 2)
+            csum = update16(csum, old, new)
+        if before[_TP_SRC] != after[_TP_SRC]:  # echo identifier (see key.py)
+            _put(buf, packet.l4_offset + 4, after[_TP_SRC], 2)
+            csum = update16(csum, before[_TP_SRC], after[_TP_SRC])
     if udp_zero:
         return  # IPv4 UDP without checksum stays without one
     if packet.ip_proto == IPPROTO_UDP and csum == 0:

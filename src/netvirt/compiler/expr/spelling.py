@@ -59,6 +59,9 @@ def format_value(kind: ValueKind, value: int, mask: int | None = None) -> str:
         length = prefix_length(mask, 32 if kind == "ipv4" else 128)
         if length is not None:
             return f"{plain(kind, value)}/{length}"
+        if mask < 1 << 16:
+            # only low bits masked: flag bits in an address-typed register (reg0)
+            return f"{value:#x}/{mask:#x}"
         return f"{plain(kind, value)}/{plain(kind, mask)}"
     if kind == "mac":
         return f"{plain(kind, value)}/{plain(kind, mask)}"

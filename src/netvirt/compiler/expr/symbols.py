@@ -85,6 +85,7 @@ FIELD_KIND |= {
     "inport": "port",
     "outport": "port",
     "flags": "hex",
+    "reg1": "ipv4",  # the router port's own address (ICMP source, ARP sender)
     "ct_state": "hex",
     "eth.type": "hex",
     "tcp.flags": "hex",

@@ -34,16 +34,17 @@ expired or closed connection, is taken over with its own version.
 primary with the version read, plus a put of the mirror. A reply-direction
 packet has read only the mirror, so it first reads the primary (one more
 round trip); a mirror whose primary is gone or belongs to a newer incarnation
-is stale and treated as absent. A lost CAS re-reads and re-decides (the winner's
-state may already be the one wanted) and restores the mirror from the
-winner's record, so a mirror is at most one write behind under contention and
-repaired by the next write. Refreshes are rate-limited: a record is rewritten
+is stale and treated as absent. The mirror put travels with the CAS and lands
+even when the CAS loses, so the loser puts the winner's record back there (or
+removes its copy when the winner's reply tuple differs), then re-decides on
+the winner's state (which may already be the one wanted). A mirror is thus
+briefly behind only while a race is being settled. Refreshes are rate-limited: a record is rewritten
 for its timeout only once ``refresh_fraction`` of the timeout has passed since
 its last write, so an idle connection expires between 90% and 100% of its
 timeout after its last packet, and a busy one costs no write per packet.
 
 *Batches.* Each request runs as a small generator that yields the store
-operations it needs next; :func:`drive` gathers the operations of all requests
+operations it needs next; ``codec.drive`` gathers the operations of all requests
 of a batch into one store round trip per step. Round trips per batch:
 1 for lookups (one ``get_many``, including load-balancer records); +1 to
 create connections; +1 per SNAT window when masquerading (before creating);
@@ -86,9 +87,8 @@ shared by threads if its store may (both stores are thread-safe).
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TypeVar
 
 from netvirt.dataplane.drops import DropReason
 from netvirt.dataplane.fields import (
@@ -112,8 +112,10 @@ from netvirt.dataplane.nf.codec import (
     CtEntry,
     CtState,
     CtTuple,
+    Task,
     ct_key,
     decode,
+    drive,
     encode,
 )
 from netvirt.dataplane.nf.lb import LbRound, Pick
@@ -131,21 +133,16 @@ from netvirt.dataplane.nf.nat import (
 )
 from netvirt.state.store import (
     AllocateOp,
-    Batch,
     CasOp,
     CasResult,
     DeleteOp,
     Entry,
-    ExpireOp,
     GetOp,
     Op,
     PutOp,
     ReleaseOp,
     StateStore,
 )
-
-R = TypeVar("R")
-Task = Generator[list[Op], list[object], R]
 
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 _CONTROL = TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK
@@ -503,23 +500,44 @@ class Conntrack:
             if new.lb_counter and entry.state not in _CLOSING and new.state in _CLOSING:
                 lb_round.release(new.lb_counter, new.lb_backend)
             return self._final(req, replace(new, version=cas.entry.version), reply, CT_EST)
-        return (yield from self._lost(key, primary_key, cas, now))
+        return (yield from self._lost(key, primary_key, cas, new, now))
 
-    def _lost(self, key: str, primary_key: str, cas: CasResult, now: float) -> Task[_Seen]:
-        """After a lost CAS: restore the mirror from the winner, and re-read the packet's key."""
+    def _lost(
+        self, key: str, primary_key: str, cas: CasResult, written: CtEntry, now: float
+    ) -> Task[_Seen]:
+        """After a lost CAS: repair the mirror our put overwrote, and re-read the packet's key.
+
+        The mirror put went out with the CAS, so it landed although the CAS failed.
+        If the winner has the same reply tuple, its record goes back there;
+        otherwise our copy describes a connection that is gone and is removed.
+        """
         winner = _seen(cas.entry)
-        ops: list[Op] = []
         current = winner.entry
-        if current is not None and not winner.mirror and self._writable(current, now):
-            mirror_key = self.key(current.zone, current.reply)
-            if mirror_key != primary_key:
-                ops.append(PutOp(mirror_key, encode(current, MIRROR), current.expiry - now))
-        if key != primary_key:
+        mirror_key = self.key(written.zone, written.reply)
+        if mirror_key == primary_key:
+            return winner if key == primary_key else _seen((yield [GetOp(key)])[0])
+        restore = (
+            current is not None
+            and not winner.mirror
+            and current.reply == written.reply
+            and current.expiry > now
+        )
+        ops: list[Op] = []
+        if restore and current is not None:
+            ops.append(PutOp(mirror_key, encode(current, MIRROR), current.expiry - now))
+        else:
+            ops.append(DeleteOp(mirror_key))
+        if key not in (primary_key, mirror_key):
             ops.append(GetOp(key))
-        if not ops:
-            return winner
         results = yield ops
-        return _seen(results[-1]) if key != primary_key else winner
+        if key == primary_key:
+            return winner
+        if key == mirror_key:
+            version = results[0]
+            if restore and isinstance(version, int):
+                return _Seen(version, current, True)
+            return _ABSENT
+        return _seen(results[-1])
 
     # -- new connections ------------------------------------------------------------------
     def _create(
@@ -714,70 +732,3 @@ class Conntrack:
 
 def _nat_bits(entry: CtEntry) -> int:
     return (CT_SNAT if entry.snat else 0) | (CT_DNAT if entry.dnat else 0)
-
-
-# -- the batch driver -------------------------------------------------------------------
-
-_RANK = {GetOp: 0, AllocateOp: 1, CasOp: 2, PutOp: 3, ExpireOp: 4, ReleaseOp: 5, DeleteOp: 6}
-
-
-def drive(store: StateStore, tasks: Sequence[Task[R]]) -> list[R]:
-    """Run store tasks side by side: each step of all tasks is one store round trip."""
-    done: dict[int, R] = {}
-    waiting: list[tuple[int, Task[R], list[Op]]] = []
-
-    def advance(index: int, task: Task[R], sent: list[object] | None) -> None:
-        try:
-            ops = next(task) if sent is None else task.send(sent)
-        except StopIteration as stop:
-            done[index] = stop.value
-            return
-        waiting.append((index, task, ops))
-
-    for index, task in enumerate(tasks):
-        advance(index, task, None)
-    while waiting:
-        current, waiting = waiting, []
-        flat = [op for _, _, ops in current for op in ops]
-        results = execute(store, flat) if flat else []
-        offset = 0
-        for index, task, ops in current:
-            advance(index, task, results[offset : offset + len(ops)])
-            offset += len(ops)
-    return [done[i] for i in range(len(tasks))]
-
-
-def execute(store: StateStore, ops: Sequence[Op]) -> list[object]:
-    """One round trip: ``get_many`` for reads only, else one batch grouped by kind.
-
-    Grouping (stable: each kind keeps its order) lets the Redis store merge runs
-    of gets into one MGET; tasks never put dependent operations in one step.
-    """
-    if all(type(op) is GetOp for op in ops):
-        return list(store.get_many([op.key for op in ops if isinstance(op, GetOp)]))
-    order = sorted(range(len(ops)), key=lambda i: _RANK[type(ops[i])])
-    batch = store.batch()
-    for i in order:
-        _queue(batch, ops[i])
-    out = batch.execute()
-    results: list[object] = [None] * len(ops)
-    for position, i in enumerate(order):
-        results[i] = out[position]
-    return results
-
-
-def _queue(batch: Batch, op: Op) -> None:
-    if isinstance(op, GetOp):
-        batch.get(op.key)
-    elif isinstance(op, PutOp):
-        batch.put(op.key, op.value, op.ttl)
-    elif isinstance(op, CasOp):
-        batch.cas(op.key, op.expected_version, op.value, op.ttl)
-    elif isinstance(op, DeleteOp):
-        batch.delete(op.key)
-    elif isinstance(op, ExpireOp):
-        batch.expire(op.key, op.ttl)
-    elif isinstance(op, AllocateOp):
-        batch.allocate(op.pool_key, op.candidates, op.owner, op.ttl)
-    else:
-        batch.release(op.pool_key, op.member, op.owner)
