@@ -119,7 +119,7 @@ def dhcp_reply(packet: Packet, action: DhcpReply) -> bytes | None:
         flags=request.flags,
         ciaddr=request.ciaddr,
         yiaddr=action.offer_ip if reply_type != DHCPNAK else 0,
-        siaddr=action.server_ip,
+        siaddr=action.server_ip if reply_type != DHCPNAK else 0,
         giaddr=request.giaddr,
     )
     payload = reply.pack()
