@@ -62,6 +62,7 @@ from netvirt.compiler.nb import NBSnapshot, Obj
 from netvirt.compiler.regs import REGBIT_CONNTRACK, REGBIT_CONNTRACK_COMMIT
 from netvirt.dataplane.actions import CtCommit, CtNext, Drop, Next
 from netvirt.dataplane.drops import DropReason
+from netvirt.model.security import PROTOCOL_NUMBERS
 from netvirt.southbound.model import SBState
 
 BUILDER = "acl"
@@ -72,34 +73,7 @@ PRIO_INFRA = 2000
 PRIO_RULE = 1000
 PRIO_PORT_DEFAULT = 1
 
-# IANA protocol numbers for the names Neutron accepts
-PROTOCOLS: dict[str, int] = {
-    "hopopt": 0,
-    "icmp": 1,
-    "igmp": 2,
-    "ipip": 4,
-    "tcp": 6,
-    "egp": 8,
-    "udp": 17,
-    "dccp": 33,
-    "ipv6-encap": 41,
-    "ipv6-route": 43,
-    "ipv6-frag": 44,
-    "rsvp": 46,
-    "gre": 47,
-    "esp": 50,
-    "ah": 51,
-    "icmpv6": 58,
-    "ipv6-icmp": 58,
-    "ipv6-nonxt": 59,
-    "ipv6-opts": 60,
-    "ospf": 89,
-    "pim": 103,
-    "vrrp": 112,
-    "pgm": 113,
-    "sctp": 132,
-    "udplite": 136,
-}
+PROTOCOLS = PROTOCOL_NUMBERS  # one table of names, shared with the API's validation
 PORT_PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
 ANY_PREFIXES = ("0.0.0.0/0", "::/0")
 
