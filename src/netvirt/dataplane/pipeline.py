@@ -15,6 +15,11 @@ up in the classifier and executes the hit rule's actions on the key:
   VIP port yields an :class:`Emit` with the rewritten frame, a patch port
   enters the peer datapath's ingress (switch ↔ router), so a routed packet
   crosses switch → router → switch in one call, as OVN's single hop;
+* a port on another host (``PortInfo.kind`` ``tunnel``) is delivered straight
+  from the ingress pipeline: its egress pipeline runs on the host that owns
+  it, entered with :meth:`Pipeline.process_egress` after the tunnel (the
+  ``Emit`` carries the logical inport for the tunnel header); a port bound to
+  no known host (``unbound``) is dropped as ``UNKNOWN_PORT``;
 * conntrack actions go to a :class:`ConnTracker` with a zone per
   (datapath, port) on switches and per router, see ``compiler/regs.py``;
 * generating actions build a new frame (``generate.py``) and run their
@@ -62,6 +67,7 @@ _ICMP_ERRORS = {4: (3, 4, 5, 11, 12), 6: (1, 2, 3, 4)}
 _CARRY = [_METADATA, _INPORT, _OUTPORT, _FLAGS, _CT_STATE, *_REGS]
 MAX_STEPS = 256  # tables visited per packet, across every datapath
 MAX_HOPS = 8  # datapaths entered per packet
+REMOTE_KINDS = ("tunnel", "unbound")  # ports whose egress pipeline runs elsewhere (or nowhere)
 
 
 class Lookup(Protocol):
@@ -86,7 +92,7 @@ class PortInfo:
     datapath: int
     key: int
     name: str
-    kind: str  # vif | vip | patch | tunnel
+    kind: str  # vif | vip | patch | tunnel (on another host) | unbound (on no known host)
     peer: tuple[int, int] | None = None
 
 
@@ -105,10 +111,14 @@ class Topology:
 
 @dataclass(frozen=True, slots=True)
 class Emit:
+    """A frame leaving the pipeline on logical ``port`` of ``datapath``; ``inport``
+    is the packet's logical ingress port on that datapath (a tunnel carries it)."""
+
     datapath: int
     port: int
     port_name: str
     frame: bytes
+    inport: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,11 +166,51 @@ class Pipeline:
         self, frame: bytes, datapath: int, inport: int, now: float, *, trace: bool = False
     ) -> Verdict:
         verdict = Verdict(trace=[] if trace else None)
+        started = self._start(verdict, frame, datapath, inport, now)
+        if started is not None:
+            ctx, key, kind = started
+            verdict.note(
+                TraceEvent("enter", datapath, None, detail=f"{kind} ingress", key=tuple(key))
+            )
+            self._run(ctx, key, self.topology.first_table[(kind, "ingress")])
+        return verdict
+
+    def process_egress(
+        self,
+        frame: bytes,
+        datapath: int,
+        inport: int,
+        outport: int,
+        now: float,
+        *,
+        trace: bool = False,
+    ) -> Verdict:
+        """Run only the egress pipeline of ``datapath`` toward ``outport``.
+
+        The receiving half of a packet that crossed a tunnel: the sending host
+        ran the ingress pipeline (and any routing), the receiving host runs the
+        egress pipeline of the destination port, so the port's egress ACL and
+        port security are enforced where the port lives (as OVN does).
+        """
+        verdict = Verdict(trace=[] if trace else None)
+        started = self._start(verdict, frame, datapath, inport, now)
+        if started is not None:
+            ctx, key, kind = started
+            key[_OUTPORT] = outport
+            detail = f"{kind} egress to {outport:#x}"
+            verdict.note(TraceEvent("enter", datapath, None, detail=detail, key=tuple(key)))
+            self._run(ctx, key, self.topology.first_table[(kind, "egress")])
+        return verdict
+
+    def _start(
+        self, verdict: Verdict, frame: bytes, datapath: int, inport: int, now: float
+    ) -> tuple[_Ctx, list[int], DatapathKind] | None:
+        """Parse and key a frame entering ``datapath``; None (and a drop) if it cannot."""
         try:
             packet = parse_packet(frame)
         except ParseError as err:
             self._drop(verdict, err.reason, datapath, None, str(err))
-            return verdict
+            return None
         key = extract(packet, datapath, inport)
         ctx = _Ctx(packet, list(key), verdict, now)
         begin = getattr(self.conntrack, "begin_packet", None)
@@ -169,10 +219,8 @@ class Pipeline:
         kind = self.topology.kinds.get(datapath)
         if kind is None:
             self._drop(verdict, DropReason.UNKNOWN_PORT, datapath, None, "unknown datapath")
-            return verdict
-        verdict.note(TraceEvent("enter", datapath, None, detail=f"{kind} ingress", key=tuple(key)))
-        self._run(ctx, key, self.topology.first_table[(kind, "ingress")])
-        return verdict
+            return None
+        return ctx, key, kind
 
     # -- table walk ----------------------------------------------------------
     def _run(self, ctx: _Ctx, key: list[int], table: int | None) -> None:
@@ -305,9 +353,18 @@ class Pipeline:
                 for idx in _REGS:
                     copy[idx] = 0
                 copy[_CT_STATE] = 0
+                if self._remote(dp, member):
+                    ctx.verdict.note(TraceEvent("note", dp, table, detail="egress runs remotely"))
+                    self._deliver(ctx, copy, table)
+                    continue
                 self._run(ctx, copy, self.topology.first_table[(kind, "egress")])
             return
         self._deliver(ctx, key, table)
+
+    def _remote(self, datapath: int, port: int) -> bool:
+        """A port on another host (or on none): its egress pipeline is not run here."""
+        info = self.topology.ports.get((datapath, port))
+        return info is not None and info.kind in REMOTE_KINDS
 
     def _deliver(self, ctx: _Ctx, key: list[int], table: int) -> None:
         dp, out = key[_METADATA], key[_OUTPORT]
@@ -317,6 +374,10 @@ class Pipeline:
         port = self.topology.ports.get((dp, out))
         if port is None:
             self._drop(ctx.verdict, DropReason.UNKNOWN_PORT, dp, table, f"outport {out}")
+            return
+        if port.kind == "unbound":
+            detail = f"{port.name} is bound to no known chassis"
+            self._drop(ctx.verdict, DropReason.UNKNOWN_PORT, dp, table, detail)
             return
         if port.kind == "patch" and port.peer is not None:
             ctx.hops += 1
@@ -337,7 +398,7 @@ class Pipeline:
             self._run(ctx, copy, self.topology.first_table[(kind, "ingress")])
             return
         frame = rewrite_frame(ctx.packet, ctx.orig, key)
-        ctx.verdict.outputs.append(Emit(dp, out, port.name, frame))
+        ctx.verdict.outputs.append(Emit(dp, out, port.name, frame, key[_INPORT]))
         ctx.verdict.note(TraceEvent("deliver", dp, table, detail=port.name, key=tuple(key)))
 
     # -- generated packets ---------------------------------------------------------

@@ -1,0 +1,309 @@
+"""What this host's datapath needs, computed from the SB state and the local bindings.
+
+Theory of operation
+-------------------
+Routing happens on the sending host (OVN's single hop), so a host needs every
+datapath a packet from one of its VMs can reach without crossing a tunnel:
+the switches with a local VIF, and the routers and switches reachable from
+them through patch ports, transitively (:func:`relevant_datapaths`). Only
+switch datapaths cross tunnels; a tunnel packet's VNI is the switch's
+datapath key.
+
+For those datapaths :func:`compute` produces
+
+* the classifier rules: ``compiler.translate.flow_rules`` of their logical
+  flows, in the SB's flow order (first-added wins ties in the classifier, so a
+  deterministic order keeps lookups deterministic);
+* the pipeline :class:`~netvirt.dataplane.pipeline.Topology`, where each VIF
+  port is ``vif`` if it is local, ``tunnel`` if it lives on another chassis
+  (the pipeline delivers it straight from the ingress pipeline; the agent
+  encapsulates it with VNI = datapath key and, for Geneve, the logical
+  ingress and egress port keys; the receiver runs the egress pipeline), or
+  ``unbound`` (dropped as ``UNKNOWN_PORT``, with a note in
+  :attr:`PhysicalState.notes`). Unbound ports are left out of flood groups:
+  a broadcast has nowhere to go for them;
+* the maps the agent dispatches with: local (datapath, port key) ↔ interface,
+  remote (datapath, port key) → chassis, and per switch the local ports by
+  MAC and the local flood members (a VXLAN packet carries only the VNI, so
+  the receiver finds the destination port itself, see ``agent.py``).
+
+Translation is cached per logical flow (:class:`FlowTranslator`); a cached
+translation is reused only if every port name it resolved still resolves to
+the same key (revalidated, never trusted), so the cache can never change the
+result, only its cost.
+
+Pure functions of their inputs; nothing here touches I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol, cast
+
+from netvirt.agent.bindings import Bindings
+from netvirt.compiler import translate
+from netvirt.compiler.expr.normalize import ExprError
+from netvirt.compiler.lflow import LogicalFlow
+from netvirt.dataplane.drops import DropReason, ParseError
+from netvirt.dataplane.flow import Rule
+from netvirt.dataplane.headers.geneve import PROTO_ETHERNET, GeneveHeader, netvirt_header, ports
+from netvirt.dataplane.headers.vxlan import VxlanHeader
+from netvirt.dataplane.pipeline import Topology
+from netvirt.southbound.model import SBState
+
+log = logging.getLogger(__name__)
+
+Encap = Literal["geneve", "vxlan"]
+NO_PORT = 0  # logical port keys start at 1: "no inport" for VXLAN-received packets
+
+
+class Port(Protocol):
+    """A local interface of the datapath (``dataplane.ports``: TAP, AF_PACKET, memory)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def send_batch(self, frames: Sequence[bytes]) -> int: ...
+
+
+class Tunnel(Protocol):
+    """One encapsulation's endpoint on the underlay (``dataplane.tunnels``).
+
+    ``send`` encapsulates ``item`` for ``remote`` with ``vni`` and, where the
+    encapsulation carries them (Geneve), the logical ingress and egress port
+    keys; it returns the datagrams sent. :func:`encapsulate` and
+    :func:`decapsulate` are the plain codecs for in-memory twins.
+    """
+
+    def send(
+        self, remote: str, vni: int, item: bytes, ingress: int = 0, egress: int = 0
+    ) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Remote:
+    """Where a remote port lives: its chassis, underlay address and encapsulation."""
+
+    chassis: str
+    ip: str
+    encap: Encap
+
+
+@dataclass
+class PhysicalState:
+    """Everything the datapath of one host executes for one SB generation."""
+
+    generation: int
+    datapaths: frozenset[int]
+    rules: list[Rule]
+    topology: Topology
+    local: dict[tuple[int, int], str] = field(default_factory=dict)  # (dp, key) -> iface
+    local_ports: dict[str, tuple[int, int]] = field(default_factory=dict)  # iface -> (dp, key)
+    remote: dict[tuple[int, int], Remote] = field(default_factory=dict)
+    macs: dict[tuple[int, int], tuple[int, ...]] = field(default_factory=dict)  # (dp, mac)
+    flood: dict[int, tuple[int, ...]] = field(default_factory=dict)  # switch -> local members
+    notes: list[str] = field(default_factory=list)
+
+
+def empty_state() -> PhysicalState:
+    """Nothing installed: what a fresh datapath runs before its first snapshot."""
+    return PhysicalState(0, frozenset(), [], translate.topology(SBState()))
+
+
+# -- datapaths -------------------------------------------------------------------------------
+
+
+def relevant_datapaths(sb: SBState, bindings: Bindings) -> frozenset[int]:
+    """Switches with a local VIF plus everything reachable from them through patch ports."""
+    neighbours: dict[int, set[int]] = {}
+    for pb in sb.ports.values():
+        peer = sb.ports.get(pb.peer) if pb.type == "patch" and pb.peer else None
+        if peer is not None:
+            neighbours.setdefault(pb.datapath, set()).add(peer.datapath)
+            neighbours.setdefault(peer.datapath, set()).add(pb.datapath)
+    todo = [sb.ports[p].datapath for p in bindings.local if p in sb.ports]
+    seen: set[int] = set()
+    while todo:
+        dp = todo.pop()
+        if dp in seen or dp not in sb.datapaths:
+            continue
+        seen.add(dp)
+        todo.extend(neighbours.get(dp, ()))
+    return frozenset(seen)
+
+
+# -- flows -------------------------------------------------------------------------------------
+
+
+class FlowTranslator:
+    """Logical flow → classifier rules, cached and revalidated per flow."""
+
+    def __init__(self) -> None:
+        self._cache: dict[LogicalFlow, tuple[tuple[Rule, ...], tuple[tuple[str, int], ...]]] = {}
+        self.hits = 0
+        self.misses = 0
+        self.failures = 0
+
+    def rules(self, flows: Iterable[LogicalFlow], sb: SBState, notes: list[str]) -> list[Rule]:
+        """The rules of ``flows`` in order, without duplicates; drops stale cache entries."""
+        keys = port_keys(sb)
+        out: dict[Rule, None] = {}
+        fresh: dict[LogicalFlow, tuple[tuple[Rule, ...], tuple[tuple[str, int], ...]]] = {}
+        for flow in flows:
+            entry = self._cache.get(flow)
+            if entry is not None and all(keys.get(n) == k for n, k in entry[1]):
+                self.hits += 1
+            else:
+                entry = self._translate(flow, sb, keys, notes)
+            fresh[flow] = entry
+            out.update(dict.fromkeys(entry[0]))
+        self._cache = fresh
+        return list(out)
+
+    def _translate(
+        self, flow: LogicalFlow, sb: SBState, keys: dict[str, int], notes: list[str]
+    ) -> tuple[tuple[Rule, ...], tuple[tuple[str, int], ...]]:
+        self.misses += 1
+        recorder = _Resolver(keys)
+        try:
+            # flow_rules only calls ``port_key`` on its SB argument: record what it resolves
+            rules = translate.flow_rules(flow, cast(SBState, recorder))
+        except (KeyError, ExprError) as err:
+            self.failures += 1
+            notes.append(f"flow not installed ({err}): {flow.stage.name} {flow.provenance}")
+            log.warning("cannot translate flow %s: %s", flow, err)
+            return (), tuple(recorder.used.items())
+        return tuple(rules), tuple(recorder.used.items())
+
+
+class _Resolver:
+    def __init__(self, keys: dict[str, int]) -> None:
+        self.keys = keys
+        self.used: dict[str, int] = {}
+
+    def port_key(self, name: str) -> int:
+        key = self.keys.get(name)
+        if key is None:
+            raise KeyError(f"unknown logical port {name!r}")
+        self.used[name] = key
+        return key
+
+
+def port_keys(sb: SBState) -> dict[str, int]:
+    """Name → key for ports and groups, as ``SBState.port_key`` resolves them."""
+    keys = {name: pb.key for name, pb in sb.ports.items()}
+    for group in sb.groups.values():
+        keys.setdefault(group.name, group.key)
+    return keys
+
+
+# -- the whole state ---------------------------------------------------------------------------
+
+
+def compute(
+    sb: SBState, bindings: Bindings, translator: FlowTranslator | None = None
+) -> PhysicalState:
+    """The physical state of this host for ``sb`` (see the module docstring)."""
+    dps = relevant_datapaths(sb, bindings)
+    notes: list[str] = []
+    flows = [f for f in sb.flows if f.datapath in dps]
+    rules = (translator or FlowTranslator()).rules(flows, sb, notes)
+    state = PhysicalState(sb.generation, dps, rules, _topology(sb, bindings, dps), notes=notes)
+    _port_maps(sb, bindings, state)
+    return state
+
+
+def _kind(name: str, bindings: Bindings) -> str:
+    if name in bindings.local:
+        return "vif"
+    if name in bindings.remote:
+        return "tunnel"
+    return "unbound"
+
+
+def _topology(sb: SBState, bindings: Bindings, dps: frozenset[int]) -> Topology:
+    full = translate.topology(sb)
+    topo = Topology(
+        first_table=full.first_table, next_table=full.next_table, pipeline_of=full.pipeline_of
+    )
+    topo.kinds = {dp: kind for dp, kind in full.kinds.items() if dp in dps}
+    unbound: set[tuple[int, int]] = set()
+    for (dp, key), info in full.ports.items():
+        if dp not in dps:
+            continue
+        if sb.ports[info.name].type == "vif":
+            info = replace(info, kind=_kind(info.name, bindings))
+            if info.kind == "unbound":
+                unbound.add((dp, key))
+        topo.ports[(dp, key)] = info
+    for (dp, group), members in full.groups.items():
+        if dp in dps:
+            topo.groups[(dp, group)] = tuple(m for m in members if (dp, m) not in unbound)
+    topo.mac_bindings = {k: v for k, v in full.mac_bindings.items() if k[0] in dps}
+    return topo
+
+
+def _port_maps(sb: SBState, bindings: Bindings, state: PhysicalState) -> None:
+    macs: dict[tuple[int, int], list[int]] = {}
+    for name, iface in bindings.local.items():
+        pb = sb.ports[name]
+        state.local[(pb.datapath, pb.key)] = iface
+        state.local_ports[iface] = (pb.datapath, pb.key)
+        macs.setdefault((pb.datapath, pb.mac), []).append(pb.key)
+    state.macs = {k: tuple(sorted(v)) for k, v in macs.items()}
+    for name, chassis in bindings.remote.items():
+        pb = sb.ports[name]
+        if pb.datapath in state.datapaths:
+            state.remote[(pb.datapath, pb.key)] = Remote(chassis.name, chassis.ip, chassis.encap)
+    for (dp, _group), members in state.topology.groups.items():
+        if state.topology.kinds.get(dp) == "switch":
+            local = tuple(m for m in members if (dp, m) in state.local)
+            state.flood[dp] = tuple(sorted({*state.flood.get(dp, ()), *local}))
+    for name, why in sorted(bindings.unbound.items()):
+        pb = sb.ports[name]
+        if pb.datapath in state.datapaths:
+            state.notes.append(f"port {name}: {why}; packets to it are dropped (unknown_port)")
+
+
+# -- encapsulation -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Decapsulated:
+    """A received tunnel packet: VNI, logical ports (Geneve only) and the inner frame."""
+
+    vni: int
+    in_key: int | None
+    out_key: int | None
+    frame: bytes
+
+
+def encapsulate(encap: Encap, vni: int, in_key: int, out_key: int, frame: bytes) -> bytes:
+    """The UDP payload for ``frame``: a Geneve header with the ports option, or VXLAN."""
+    if encap == "geneve":
+        return netvirt_header(vni, in_key, out_key).pack() + frame
+    return VxlanHeader(vni).pack() + frame
+
+
+def decapsulate(encap: Encap, payload: bytes) -> Decapsulated:
+    """Parse a tunnel UDP payload; ``ParseError`` (``MALFORMED_TUNNEL``) if unusable.
+
+    Geneve packets must carry Ethernet and netvirt's ports option, and no
+    critical option netvirt does not know (RFC 8926 3.5.1).
+    """
+    if encap == "vxlan":
+        vxlan, offset = VxlanHeader.parse(payload)
+        return Decapsulated(vxlan.vni, None, None, payload[offset:])
+    header, offset = GeneveHeader.parse(payload)
+    if header.protocol != PROTO_ETHERNET:
+        raise ParseError(DropReason.MALFORMED_TUNNEL, "Geneve payload is not Ethernet")
+    keys = ports(header)
+    if keys is None:
+        raise ParseError(DropReason.MALFORMED_TUNNEL, "Geneve packet without netvirt ports")
+    ours = netvirt_header(0, 0, 0).options[0]
+    for option in header.options:
+        if option.critical and (option.opt_class, option.type) != (ours.opt_class, ours.type):
+            raise ParseError(DropReason.MALFORMED_TUNNEL, "unknown critical Geneve option")
+    return Decapsulated(header.vni, keys[0], keys[1], payload[offset:])
