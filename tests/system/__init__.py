@@ -1,0 +1,1 @@
+"""System tests: real namespaces and devices; run as root (see conftest)."""
