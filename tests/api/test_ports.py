@@ -180,3 +180,28 @@ def test_bulk_create(alice: Api) -> None:
     assert status == 400
     # all-or-nothing: the valid first element was not kept
     assert len(alice.ok("GET", f"/v2.0/ports?network_id={net}")["ports"]) == 2
+
+
+def test_admin_models_the_external_gateway_as_a_port(admin: Api, alice: Api) -> None:
+    ext = admin.ok("POST", "/v2.0/networks", {"network": {"router:external": True}})["network"]
+    sub = admin.ok(
+        "POST", "/v2.0/subnets", {"subnet": {"network_id": ext["id"], "cidr": "172.24.4.0/24"}}
+    )["subnet"]
+    body = {
+        "network_id": ext["id"],
+        "device_owner": "network:external_gateway",
+        "fixed_ips": [{"ip_address": sub["gateway_ip"]}],
+        "port_security_enabled": False,
+    }
+    port = admin.ok("POST", "/v2.0/ports", {"port": body})["port"]
+    assert port["fixed_ips"][0]["ip_address"] == "172.24.4.1"
+    # not on a tenant network, and not for members
+    net = alice.ok("POST", "/v2.0/networks", {"network": {}})["network"]["id"]
+    alice.ok("POST", "/v2.0/subnets", {"subnet": {"network_id": net, "cidr": "10.0.0.0/24"}})
+    status, _ = admin.post(
+        "/v2.0/ports",
+        {"port": {**body, "network_id": net, "fixed_ips": [{"ip_address": "10.0.0.1"}]}},
+    )
+    assert status == 409
+    status, _ = alice.post("/v2.0/ports", {"port": {**body, "network_id": net}})
+    assert status == 403

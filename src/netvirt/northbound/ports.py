@@ -34,6 +34,7 @@ from netvirt.northbound.schema import (
 from netvirt.northbound.schema.base import standard_fields
 
 MAC_PREFIX = "fa:16:3e"
+EXTERNAL_GATEWAY_OWNER = "network:external_gateway"
 RESERVED_OWNERS = (
     "network:router_interface",
     "network:router_gateway",
@@ -137,7 +138,11 @@ def resolve_fixed_ips(
     """
     subnets = _network_subnets(session, net.id)
     by_id = {s.id: s for s in subnets}
-    allow_gateway = device_owner in ("network:router_interface", "network:router_gateway")
+    # the external network's own gateway is outside netvirt, but an admin may model
+    # it as a port (the lab's "Internet" namespace) holding the subnet's gateway IP
+    allow_gateway = device_owner in ("network:router_interface", "network:router_gateway") or (
+        device_owner == EXTERNAL_GATEWAY_OWNER and net.external
+    )
     chosen: list[tuple[Subnet, str]] = []
     if requested is None:
         got_v4 = False
