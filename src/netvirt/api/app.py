@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from netvirt import __version__
 from netvirt.api import errors
-from netvirt.api.routes import l2, l3, lbaas, meta, netvirt, qos, security
+from netvirt.api.routes import l2, l3, lbaas, meta, netvirt, qos, security, southbound
 from netvirt.northbound.db import Database
 
 MAX_BODY = 1 << 20  # 1 MiB: no legitimate Neutron body comes close
@@ -98,6 +98,6 @@ def create_app(db: Database | None = None) -> FastAPI:
     errors.install(app)
 
     app.add_middleware(BodyLimit)
-    for module in (meta, netvirt, l2, l3, security, qos, lbaas):
+    for module in (meta, netvirt, l2, l3, security, qos, lbaas, southbound):
         app.include_router(module.router)
     return app

@@ -2,7 +2,11 @@
 
 Tokens are random 32-byte URL-safe secrets; only their SHA-256 is stored, so a
 leaked database does not leak credentials. A token maps to one project and a
-role (``admin`` or ``member``).
+role: ``admin`` or ``member`` for the tenant API, or ``host`` for host agents.
+Host credentials are kept apart from tenant ones both ways: a host token may
+call only the southbound API (``/v2.0/netvirt/sb``), which in turn refuses
+tenant and admin tokens, so a compromised hypervisor cannot read or change
+tenants' objects and a tenant cannot impersonate a hypervisor.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from netvirt.northbound.errors import Conflict, Forbidden, NotAuthenticated, not
 from netvirt.northbound.schema import Meta, Project, Realization, Token
 from netvirt.northbound.schema.base import iso, utcnow
 
-ROLES = ("admin", "member")
+ROLES = ("admin", "member", "host")
+HOST_ROLE = "host"
 ADMIN_PROJECT = "admin"
 
 
@@ -30,7 +35,7 @@ def hash_token(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def authenticate(session: Session, secret: str | None) -> Context:
+def _token(session: Session, secret: str | None) -> Token:
     if not secret:
         raise NotAuthenticated("Authentication required: send a token in X-Auth-Token.")
     token = session.execute(
@@ -38,7 +43,23 @@ def authenticate(session: Session, secret: str | None) -> Context:
     ).scalar_one_or_none()
     if token is None:
         raise NotAuthenticated("The request you have made requires authentication.")
+    return token
+
+
+def authenticate(session: Session, secret: str | None) -> Context:
+    """The tenant API's principal; host tokens are refused (403)."""
+    token = _token(session, secret)
+    if token.role == HOST_ROLE:
+        raise Forbidden("Host credentials may call only the southbound API (/v2.0/netvirt/sb).")
     return Context(project_id=token.project_id, is_admin=token.role == "admin")
+
+
+def authenticate_host(session: Session, secret: str | None) -> str:
+    """The southbound API's principal: the id of a ``host`` token (others get 403)."""
+    token = _token(session, secret)
+    if token.role != HOST_ROLE:
+        raise Forbidden("The southbound API needs host credentials (a token with role host).")
+    return token.id
 
 
 def project_to_dict(project: Project) -> dict[str, Any]:

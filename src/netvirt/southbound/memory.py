@@ -1,0 +1,257 @@
+"""The southbound service in-process: what ``netvirt serve`` offers host agents.
+
+Theory of operation
+-------------------
+* **States by generation.** The served SB state of generation *g* is the
+  compiler's output for NB generation *g* plus the chassis registry at the
+  time it was first served. It is built once, kept in a bounded history
+  (``history`` newest generations) and never changed afterwards, so every agent
+  that holds *g* holds the same thing, and a delta between two generations is
+  well defined.
+* **changes(since).** A delta from the kept state ``since`` to the newest, or
+  the full state when ``since`` is not kept (too old, never served because
+  several writes were compiled together, or from another server's lifetime),
+  when the delta would not be smaller than the state, or when it cannot carry
+  the difference (see :mod:`diff`). It long-polls: the caller sleeps on the NB
+  store's change condition (every write in this process notifies it) in
+  slices of ``poll`` seconds, so writes from other processes are seen within
+  ``poll`` too. Deltas are cached per (since, generation): agents that are in
+  step ask the same question.
+* **Chassis** (name, encapsulation, underlay IP) live in memory: agents
+  register at start and after every resync, so a restarted server learns them
+  again. A new or changed chassis bumps the NB generation (an empty write):
+  every agent must learn the new tunnel endpoint, and ``?wait=installed``
+  then means "every host can reach it".
+* **report_port** is the binding of a VIF: ``binding:host_id`` is desired
+  state (the compiler puts it in ``PortBinding.requested_chassis``, which is how
+  agents learn where remote ports live), so changing it is a normal write
+  that bumps the generation. The port's ``status`` (ACTIVE/DOWN) is discovered
+  state, written with ``bump=False``. Consequence, by decision: the SB
+  ``PortBinding.up`` (derived from status at compile time) is only as fresh as
+  the last compile. No builder reads it — flows never depend on link state —
+  and an agent knows its own ports' links; recompiling (and making every host
+  reinstall) on each VM boot would buy nothing. The authoritative status is
+  the NB port (``GET /v2.0/ports/{id}``).
+* **report_installed** records the host's installed generation
+  (``identity.report``), which ``/v2.0/netvirt/status`` and
+  ``?wait=installed`` read.
+
+Thread-safety: every method may be called from any thread (the API serves
+each long-poll on a worker thread). One lock guards history, caches and the
+registries; the compile itself runs outside it (``CompilerService`` has its
+own lock).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+from netvirt.northbound import identity
+from netvirt.northbound.db import Database
+from netvirt.northbound.errors import InvalidInput, not_found
+from netvirt.northbound.schema import Port
+from netvirt.southbound import codec
+from netvirt.southbound.diff import NotDiffable, diff
+from netvirt.southbound.model import Chassis, SBState
+from netvirt.southbound.source import SBDelta, SBSource
+
+ENCAPS = ("geneve", "vxlan")
+
+
+class Compiler(Protocol):
+    """What the service needs of :class:`~netvirt.compiler.service.CompilerService`."""
+
+    @property
+    def db(self) -> Database: ...
+
+    def current(self) -> SBState: ...
+
+
+@dataclass
+class Change:
+    """One answer to ``changes``: a delta (with the states it spans) or a full state."""
+
+    result: SBDelta | SBState
+    state: SBState  # the state at result's generation
+    base: SBState | None = None  # the state a delta applies to
+    _wire: dict[str, Any] | None = field(default=None, repr=False)
+    _body: bytes | None = field(default=None, repr=False)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON document for this change (encoded once, shared by every agent)."""
+        if self._wire is None:
+            if isinstance(self.result, SBDelta):
+                assert self.base is not None
+                self._wire = codec.encode_delta(self.result, self.base, self.state)
+            else:
+                self._wire = codec.encode_state(self.result)
+        return self._wire
+
+    def body(self) -> bytes:
+        """:meth:`wire` as compact JSON bytes (serialized once as well)."""
+        if self._body is None:
+            self._body = json.dumps(self.wire(), separators=(",", ":")).encode()
+        return self._body
+
+
+def _delta_size(delta: SBDelta) -> int:
+    return sum(
+        len(part) for part in (delta.flows, delta.flows_removed, delta.ports, delta.ports_removed)
+    )
+
+
+class InMemorySB:
+    """:class:`~netvirt.southbound.source.SBSource` served from the compiler's output."""
+
+    def __init__(self, compiler: Compiler, *, history: int = 16, poll: float = 0.5) -> None:
+        self.compiler = compiler
+        self.db = compiler.db
+        self.history_size = max(1, history)
+        self.poll = poll
+        self._lock = threading.Lock()
+        self._history: OrderedDict[int, SBState] = OrderedDict()
+        self._changes: OrderedDict[tuple[int, int], Change] = OrderedDict()
+        self._snapshot: Change | None = None
+        self._chassis: dict[str, Chassis] = {}
+        self._bindings: dict[str, tuple[str, bool]] = {}
+
+    # ------------------------------------------------------------------ states
+
+    def _latest(self) -> SBState | None:
+        return next(reversed(self._history.values()), None)
+
+    def refresh(self) -> SBState:
+        """The newest served state, compiling first if the NB moved."""
+        compiled = self.compiler.current()
+        with self._lock:
+            latest = self._latest()
+            if latest is not None and compiled.generation <= latest.generation:
+                return latest
+            served = replace(compiled, chassis=dict(self._chassis))
+            self._history[served.generation] = served
+            while len(self._history) > self.history_size:
+                self._history.popitem(last=False)
+            return served
+
+    def state_at(self, generation: int) -> SBState | None:
+        """A kept state (None once it has left the history)."""
+        with self._lock:
+            return self._history.get(generation)
+
+    def snapshot(self) -> SBState:
+        return self.refresh()
+
+    def snapshot_change(self) -> Change:
+        """The newest full state as a :class:`Change` (its wire form is cached)."""
+        return self._full(self.refresh())
+
+    def _full(self, state: SBState) -> Change:
+        with self._lock:
+            if self._snapshot is None or self._snapshot.state is not state:
+                self._snapshot = Change(state, state)
+            return self._snapshot
+
+    # ------------------------------------------------------------------ changes
+
+    def _wait(self, since: int, timeout: float) -> SBState | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            latest = self.refresh()
+            if latest.generation != since:
+                return latest
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self.db.wait_changed(min(remaining, self.poll))
+
+    def _change(self, since: int, latest: SBState) -> Change:
+        with self._lock:
+            cached = self._changes.get((since, latest.generation))
+            base = self._history.get(since)
+        if cached is not None:
+            return cached
+        if base is None or since >= latest.generation:
+            return self._full(latest)
+        try:
+            delta = diff(base, latest)
+        except NotDiffable:
+            return self._full(latest)
+        if _delta_size(delta) >= len(latest.flows) + len(latest.ports):
+            return self._full(latest)
+        change = Change(delta, latest, base)
+        with self._lock:
+            self._changes[(since, latest.generation)] = change
+            while len(self._changes) > self.history_size:
+                self._changes.popitem(last=False)
+        return change
+
+    def poll_changes(self, since: int, timeout: float) -> Change | None:
+        """Like :meth:`changes`, with the states a delta spans (for encoding)."""
+        latest = self._wait(since, timeout)
+        return None if latest is None else self._change(since, latest)
+
+    def changes(self, since: int, timeout: float) -> SBDelta | SBState | None:
+        change = self.poll_changes(since, timeout)
+        return None if change is None else change.result
+
+    # ------------------------------------------------------------------ reports
+
+    def register_chassis(self, chassis: Chassis) -> None:
+        if chassis.encap not in ENCAPS:
+            raise InvalidInput("encap", f"'{chassis.encap}' is not one of {', '.join(ENCAPS)}")
+        try:
+            ipaddress.ip_address(chassis.ip)
+        except ValueError:
+            raise InvalidInput("ip", f"'{chassis.ip}' is not an IP address") from None
+        if not chassis.name:
+            raise InvalidInput("name", "a chassis needs a name")
+        with self._lock:
+            if self._chassis.get(chassis.name) == chassis:
+                return
+            self._chassis[chassis.name] = chassis
+        with self.db.write():
+            pass  # an empty write moves the generation: agents learn the new endpoint
+
+    def chassis(self) -> dict[str, Chassis]:
+        with self._lock:
+            return dict(self._chassis)
+
+    def bindings(self) -> dict[str, tuple[str, bool]]:
+        """port → (chassis, up) as last reported (runtime view, not in the SB state)."""
+        with self._lock:
+            return dict(self._bindings)
+
+    def report_port(self, port: str, chassis: str, up: bool) -> None:
+        status = "ACTIVE" if up else "DOWN"
+        with self.db.read() as session:
+            row = session.get(Port, port)
+            if row is None:
+                raise not_found("port", port)
+            rebind = row.binding_host_id != chassis
+            restatus = row.status != status
+        if rebind or restatus:
+            with self.db.write(bump=rebind) as session:
+                row = session.get(Port, port)
+                if row is None:
+                    raise not_found("port", port)
+                row.binding_host_id = chassis
+                row.status = status
+                row.revision_number += 1
+        with self._lock:
+            self._bindings[port] = (chassis, up)
+
+    def report_installed(self, chassis: str, generation: int) -> None:
+        with self.db.write(bump=False) as session:
+            identity.report(session, "host", chassis, generation)
+
+
+if TYPE_CHECKING:
+
+    def _is_a_source(service: InMemorySB) -> SBSource:
+        return service  # mypy checks the protocol here
