@@ -169,3 +169,17 @@ def test_report_installed_shows_in_status_and_releases_wait(
     assert resp.headers["X-Netvirt-Realization"] == "realized"
     status = admin.ok("GET", "/v2.0/netvirt/status")["status"]
     assert status["installed_generation"] == int(resp.headers["X-Netvirt-Generation"])
+
+
+def test_stale_down_report_does_not_undo_a_migration(db: Database, admin: Api) -> None:
+    """hostA unplugs a VM after it moved to hostB: the late 'down' must not rebind it."""
+    net = admin.ok("POST", "/v2.0/networks", {"network": {}})["network"]["id"]
+    admin.ok("POST", "/v2.0/subnets", {"subnet": {"network_id": net, "cidr": "10.0.0.0/24"}})
+    port = admin.ok("POST", "/v2.0/ports", {"port": {"network_id": net}})["port"]["id"]
+    sb = InMemorySB(CompilerService(db))
+    sb.report_port(port, "hostA", True)
+    sb.report_port(port, "hostB", True)
+    sb.report_port(port, "hostA", False)
+    body = admin.ok("GET", f"/v2.0/ports/{port}")["port"]
+    assert body["binding:host_id"] == "hostB"
+    assert body["status"] == "ACTIVE"

@@ -233,6 +233,10 @@ class InMemorySB:
             row = session.get(Port, port)
             if row is None:
                 raise not_found("port", port)
+            if not up and row.binding_host_id not in ("", chassis):
+                # a host letting go of a port that already moved (migration): the
+                # new host's claim stands; a stale "down" must not pull it back
+                return
             rebind = row.binding_host_id != chassis
             restatus = row.status != status
         if rebind or restatus:
