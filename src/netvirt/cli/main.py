@@ -12,7 +12,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from netvirt.cli import agent as agent_cli
 from netvirt.cli import l3, lb, meta, resources, security
+from netvirt.cli import lab as lab_cli
 from netvirt.northbound import identity
 from netvirt.northbound.context import Context
 from netvirt.northbound.db import Database, default_url
@@ -29,6 +31,8 @@ app.add_typer(security.sg_app, name="security-group")
 app.add_typer(security.qos_app, name="qos")
 app.add_typer(lb.lb_app, name="lb")
 app.add_typer(meta.meta_app)
+app.command("agent")(agent_cli.agent)
+app.add_typer(lab_cli.lab_app, name="lab")
 admin_app.add_typer(meta.project_app, name="project")
 admin_app.add_typer(meta.token_app, name="token")
 console = Console()
