@@ -12,6 +12,7 @@ from netvirt import __version__
 from netvirt.api import errors
 from netvirt.api.routes import l2, l3, lbaas, meta, netvirt, qos, security, southbound
 from netvirt.northbound.db import Database
+from netvirt.web import routes as web_routes
 
 MAX_BODY = 1 << 20  # 1 MiB: no legitimate Neutron body comes close
 
@@ -100,4 +101,5 @@ def create_app(db: Database | None = None) -> FastAPI:
     app.add_middleware(BodyLimit)
     for module in (meta, netvirt, l2, l3, security, qos, lbaas, southbound):
         app.include_router(module.router)
+    app.include_router(web_routes.router)  # the GUI under /ui/ (not in the OpenAPI schema)
     return app

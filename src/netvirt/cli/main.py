@@ -70,6 +70,7 @@ def serve(
     thread = threading.Thread(target=compiler.run, args=(stop,), name="compiler", daemon=True)
     thread.start()
     console.print(f"[bold]netvirt[/] API on http://{host}:{port}/  (store: {database.url})")
+    console.print(f"web GUI on http://{host}:{port}/ui/")
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
