@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql redis-server iproute2 procps iputils-ping busybox iperf3 curl chromium)
+APT_PACKAGES=(postgresql redis-server iproute2 procps iputils-ping busybox iperf3 curl chromium traceroute)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
