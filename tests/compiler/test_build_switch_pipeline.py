@@ -47,7 +47,7 @@ class RefConntrack:
     def _reverse(t: tuple[int, ...]) -> tuple[int, ...]:
         return (t[1], t[0], t[2], t[4], t[3])
 
-    def ct_next(self, zone: int, key: list[int], now: float) -> int:
+    def ct_next(self, zone: int, key: list[int], now: float, related: object = None) -> int:
         t = self._tuple(key)
         if (zone, t) in self.committed:
             return CT_EST

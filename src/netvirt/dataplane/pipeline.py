@@ -301,11 +301,7 @@ class Pipeline:
         zone = self._zone(key, table)
         ct = self.conntrack
         if isinstance(act, A.CtNext):
-            related = _quoted(ctx.packet)
-            if related is None:
-                state = ct.ct_next(zone, key, ctx.now)
-            else:
-                state = ct.ct_next(zone, key, ctx.now, related)
+            state = ct.ct_next(zone, key, ctx.now, _quoted(ctx.packet))
             key[_CT_STATE] = state | CT_TRK
             detail = f"ct_next zone={zone:#x} state={key[_CT_STATE]:#x}"
         elif isinstance(act, A.CtLb):
