@@ -24,7 +24,3 @@ from __future__ import annotations
 REGBIT_CONNTRACK = 0x1
 REGBIT_CONNTRACK_COMMIT = 0x2
 REGBIT_LB = 0x4
-
-# priorities used across builders (higher wins); named so goldens stay readable
-PRIO_DROP_ALL = 0
-PRIO_DEFAULT = 0

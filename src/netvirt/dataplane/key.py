@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from netvirt.dataplane.fields import NUM_FIELDS, F
+from netvirt.dataplane.fields import F, new_key
 from netvirt.dataplane.packet import Packet
 
 _ETH_SRC, _ETH_DST, _ETH_TYPE = F("eth.src"), F("eth.dst"), F("eth.type")
@@ -37,7 +37,7 @@ def _is_echo(packet: Packet) -> bool:
 
 def extract(packet: Packet, datapath: int = 0, inport: int = 0) -> list[int]:
     """The flow key of ``packet`` entering ``datapath`` on logical port ``inport``."""
-    key = [0] * NUM_FIELDS
+    key = new_key()
     key[_METADATA] = datapath
     key[_INPORT] = inport
     key[_ETH_SRC] = packet.eth_src

@@ -44,7 +44,7 @@ from typing import Literal, Protocol
 from netvirt.dataplane import actions as A  # noqa: N812
 from netvirt.dataplane import generate
 from netvirt.dataplane.drops import DropReason, ParseError
-from netvirt.dataplane.fields import CT_TRK, FLAG_LOOPBACK, MULTICAST_BASE, NUM_FIELDS, F
+from netvirt.dataplane.fields import CT_TRK, FLAG_LOOPBACK, MULTICAST_BASE, F
 from netvirt.dataplane.flow import Rule
 from netvirt.dataplane.key import extract
 from netvirt.dataplane.nf.codec import CtTuple, quoted_tuple
@@ -465,7 +465,3 @@ def _quoted(packet: Packet) -> CtTuple | None:
         return None
     quote = packet.payload if packet.ip_version == 4 else packet.payload[4:]
     return quoted_tuple(packet.ip_version, quote)
-
-
-def empty_key() -> list[int]:
-    return [0] * NUM_FIELDS
