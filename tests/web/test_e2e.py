@@ -4,13 +4,17 @@ Each test signs in through the login form and works only through the pages,
 the way a tenant or an operator would; the API is called directly only to set
 the scene (another tenant's objects, what host agents would report) and to
 learn the exact error message the GUI must show. Screenshots of the main pages
-are written to docs/gui/ for docs/gui.md.
+are taken on every run; with NETVIRT_UPDATE_SCREENSHOTS=1 they are written to
+docs/gui/ for docs/gui.md (otherwise to a temporary folder, so a test run does
+not churn the committed images).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,12 @@ sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
 expect.set_options(timeout=10_000)  # a shared 2-core machine can be slow to paint
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "gui"
+DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "gui"
+SHOTS = (
+    DOCS_SHOTS
+    if os.environ.get("NETVIRT_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "netvirt-gui-shots"
+)
 LIVE = 12_000  # ms: four polls of the live pages
 
 
