@@ -11,10 +11,13 @@ not churn the committed images).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -338,7 +341,8 @@ def test_tenant_builds_a_network_through_the_forms(
     expect(page.locator('tr[data-name="late"]')).to_be_visible()
     shot(page, "networks")
     go(page, "observability", "Observability")
-    expect(page.locator("#counters-note")).to_contain_text("arrive with the host agents")
+    # counters appear once a host reports them (another test's agent may have by now)
+    expect(page.locator("#counters-h")).to_have_text("Counters and drops")
     expect(page.locator("#gen-nb .card-value")).to_have_text(re.compile(r"^\d+$"))
     shot(page, "observability")
     assert_clean(watched)
@@ -418,6 +422,33 @@ def _agent_reports(server: Server, port_id: str, up: bool) -> None:
     assert httpx.post(sb + "/installed", json=body, headers=host).status_code == 204
 
 
+@contextlib.contextmanager
+def _heartbeat(server: Server, port_id: str) -> Iterator[None]:
+    """hv1's stats report every second, as its agent sends them, while the test runs."""
+    host = {"X-Auth-Token": server.tokens["host"]}
+    port = {"rx_packets": 1234, "rx_bytes": 98765, "tx_packets": 42, "tx_bytes": 4200}
+    stats = {
+        "ports": {"tap-ops": port | {"drops": {"acl_deny": 3}}},
+        "drops": {"acl_deny": 3},
+        "bound": {"tap-ops": port_id},
+    }
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            body = {"chassis": "hv1", "stats": stats}
+            httpx.post(server.base + "/v2.0/netvirt/sb/stats", json=body, headers=host)
+            stop.wait(1.0)
+
+    thread = threading.Thread(target=beat, name="nvq-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+
+
 def test_admin_sees_hosts_and_live_port_status(
     watched: Watched, server: Server, public: dict[str, Any]
 ) -> None:
@@ -432,6 +463,11 @@ def test_admin_sees_hosts_and_live_port_status(
         "alice", "POST", "/v2.0/ports", {"port": {"network_id": net["id"], "name": "opsvm"}}
     )
     _agent_reports(server, port["port"]["id"], up=True)
+    with _heartbeat(server, port["port"]["id"]):
+        _admin_watches_hosts(watched, server, port["port"]["id"])
+
+
+def _admin_watches_hosts(watched: Watched, server: Server, port_id: str) -> None:
     page = watched.page
     login(page, server, "admin")
     host = page.locator('svg.topology .host[data-host="hv1"]')
@@ -442,12 +478,16 @@ def test_admin_sees_hosts_and_live_port_status(
     expect(vm).to_have_class(re.compile(r"\bst-up\b"))
     shot(page, "topology-admin")
     # the agent reports the port down: the colour follows without a reload
-    _agent_reports(server, port["port"]["id"], up=False)
+    _agent_reports(server, port_id, up=False)
     expect(vm).to_have_attribute("data-status", "DOWN", timeout=LIVE)
     expect(vm).to_have_class(re.compile(r"\bst-down\b"))
     go(page, "observability", "Observability")
     row = page.locator('section[aria-labelledby="hosts-h"] tr[data-name="hv1"]')
     expect(row).to_contain_text("UP")
+    counters = page.locator('section[aria-labelledby="counters-h"]')
+    expect(counters.locator('tr[data-name="hv1"]')).to_contain_text("acl_deny 3")
+    expect(counters.locator('tr[data-name="opsvm"]')).to_contain_text("tap-ops")
+    expect(counters.locator('tr[data-name="opsvm"]')).to_contain_text("1,234")
     expect(page.locator(".events")).to_contain_text("watching started")
     assert_clean(watched)
 

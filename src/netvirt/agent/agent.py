@@ -1,124 +1,85 @@
-"""The host agent core (like ovn-controller), without threads or I/O of its own.
+"""The host agent core (like ovn-controller): the control half of a host.
 
 Theory of operation
 -------------------
-The runner calls :meth:`Agent.step` in a loop and hands the agent every frame
-received on a local interface (:meth:`Agent.handle_frames`) or on the
-underlay (:meth:`Agent.handle_tunnel`). One step:
+A host is two halves. The :class:`~netvirt.agent.forwarder.Forwarder` (the
+datapath) moves packets with what is installed; the agent decides what to
+install. They meet at :class:`DatapathHandle`: the forwarder itself when both
+run in one process (tests, the embedded ``netvirt agent``), or
+``dpctl.RemoteDatapath`` when the datapath is its own process (``netvirt
+datapath``, as in the lab) and the agent reaches it over a unix socket.
+
+The runner calls :meth:`Agent.step` in a loop. One step:
 
 1. **fetch**: without a trusted SB copy, register the chassis and load a full
    snapshot (*resync*); otherwise ask for the changes since the mirrored
    generation. A delta from another base (a gap) or any error talking to the
    SB invalidates the copy, so the next fetch is a snapshot again. Deltas
    only update the mirror; they are never replayed into the datapath.
-2. **recompute** (when the SB or the local plugs changed): bindings
+2. **recompute** (when the SB or the datapath's plugs changed): bindings
    (``bindings.bind``), the physical state (``physical.compute``: relevant
    datapaths, their rules, the pipeline topology and the dispatch maps).
-3. **reconcile**: install exactly the desired rules, changing only the
-   difference (``reconcile.Reconciler``), then switch the pipeline to the new
-   topology. Packets are handled between steps, never during one.
+3. **reconcile**: the reconciler diffs the desired rules against its record
+   of what the datapath holds (re-read from the datapath when the datapath's
+   rule version moved: another writer, a restarted datapath, a new agent),
+   and the datapath installs the difference together with the new topology in
+   one call, between packet batches.
 4. **report**: port claims (``report_port``) after their flows are in, then
    the installed generation (``report_installed``), so ``?wait=installed``
    returns once this host forwards for that generation.
 
-Dispatch: the pipeline's outputs go to local interfaces (batched per
-interface), or, for ports on other chassis, to this host's :class:`Tunnel`
-endpoint of the *receiver's* encapsulation, with VNI = switch datapath key
-and the logical ingress/egress port keys. A tunnel packet received with
-Geneve names its egress port: the agent runs that
-port's egress pipeline (``Pipeline.process_egress``), so the destination's
-security groups and port security are enforced on the receiving host. VXLAN
-carries only the VNI: the receiver picks the local port(s) by destination
-MAC (every local flood member for broadcast/multicast) and runs their egress
-pipelines the same way; a sender deduplicates broadcast copies per chassis
-for VXLAN, since the receiver floods them locally itself.
+Restart: the agent holds nothing the datapath needs. A new agent (or the
+same agent after a datapath restart) reads the installed rules once, resyncs
+the SB, and installs only what the SB changed meanwhile; the datapath forwards
+with its installed flows the whole time. Conntrack state lives in the
+StateStore of the datapath. See docs/agent.md.
 
-Restart: the classifier, the topology and the dispatch maps live in
-:class:`Installed`, which outlives an agent (next session: the datapath
-process owns it). A new agent given an ``Installed`` forwards with it from
-the first packet; it changes nothing until it has a snapshot, then
-reconciles against what is installed, which changes only what the SB
-changed meanwhile. Conntrack state lives in the StateStore, so connections
-survive too. See docs/agent.md.
-
-Counters: per interface rx/tx packets and bytes and drops by reason (a
-tunnel packet's drops count on its destination interface), the same for the
-tunnel, drops by reason overall, flow and SB statistics; :meth:`Agent.counters`
-returns them as plain data for the API.
+Counters: :meth:`Agent.counters` merges the datapath's counters (ports,
+tunnel, drops) with the agent's own (flows, reconciles, SB), as plain data.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 from netvirt.agent.bindings import Bindings, Claims, Plug, bind
-from netvirt.agent.physical import (
-    NO_PORT,
-    Encap,
-    FlowTranslator,
-    PhysicalState,
-    Port,
-    Remote,
-    Tunnel,
-    compute,
-    decapsulate,
-    empty_state,
-)
+from netvirt.agent.forwarder import Forwarder, Installed, PortCounters, RuleVersion
+from netvirt.agent.physical import Encap, FlowTranslator, PhysicalState, Port, Tunnel, compute
 from netvirt.agent.reconcile import Reconciler, SBMirror
-from netvirt.dataplane.classifier import Classifier, Delta
-from netvirt.dataplane.drops import DropReason, ParseError
-from netvirt.dataplane.nf import Conntrack, FlowKeyConntrack
-from netvirt.dataplane.pipeline import Emit, Pipeline, Topology, Verdict
+from netvirt.dataplane.classifier import Delta
+from netvirt.dataplane.drops import DropReason
+from netvirt.dataplane.flow import Rule
+from netvirt.dataplane.pipeline import Pipeline, Verdict
 from netvirt.southbound.model import Chassis, SBState
 from netvirt.southbound.source import SBSource
 from netvirt.state.store import StateStore
 
 log = logging.getLogger(__name__)
-ETH_HLEN = 14
+
+__all__ = ["Agent", "DatapathHandle", "Installed", "PortCounters", "StepResult"]
 
 
-@dataclass
-class PortCounters:
-    """Traffic through one interface (or the tunnel) and what was dropped there."""
+class DatapathHandle(Protocol):
+    """What the agent needs of a datapath (a local :class:`Forwarder`, or a remote one)."""
 
-    rx_packets: int = 0
-    rx_bytes: int = 0
-    tx_packets: int = 0
-    tx_bytes: int = 0
-    tx_errors: int = 0
-    drops: dict[DropReason, int] = field(default_factory=dict)
+    @property
+    def rule_version(self) -> RuleVersion: ...
 
-    def rx(self, size: int) -> None:
-        self.rx_packets += 1
-        self.rx_bytes += size
+    @property
+    def generation(self) -> int: ...
 
-    def tx(self, frames: Sequence[bytes]) -> None:
-        self.tx_packets += len(frames)
-        self.tx_bytes += sum(len(f) for f in frames)
+    def plugged(self) -> dict[str, str]: ...
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "rx_packets": self.rx_packets,
-            "rx_bytes": self.rx_bytes,
-            "tx_packets": self.tx_packets,
-            "tx_bytes": self.tx_bytes,
-            "tx_errors": self.tx_errors,
-            "drops": {r.value: n for r, n in sorted(self.drops.items(), key=_by_value)},
-        }
+    def rules(self) -> list[Rule]: ...
 
+    def install(
+        self, physical: PhysicalState, add: Sequence[Rule], remove: Sequence[Rule]
+    ) -> Delta: ...
 
-def _by_value(item: tuple[DropReason, int]) -> str:
-    return item[0].value
-
-
-@dataclass
-class Installed:
-    """What the datapath executes now; it outlives an agent restart."""
-
-    classifier: Classifier = field(default_factory=Classifier)
-    physical: PhysicalState = field(default_factory=empty_state)
+    def counters(self) -> dict[str, object]: ...
 
 
 @dataclass(frozen=True)
@@ -134,17 +95,13 @@ class StepResult:
     error: str | None = None
 
 
-@dataclass
-class _Outbox:
-    """Frames collected while handling a batch, sent once per destination."""
-
-    local: dict[str, list[bytes]] = field(default_factory=dict)
-    tunnel: list[tuple[Remote, Emit]] = field(default_factory=list)
-    vxlan_seen: set[tuple[str, int, bytes]] = field(default_factory=set)
-
-
 class Agent:
-    """One host's agent; see the module docstring."""
+    """One host's agent; see the module docstring.
+
+    Without ``datapath`` the agent makes its own :class:`Forwarder` from
+    ``state_store``, ``ports`` and ``tunnel`` (one process; :attr:`forwarder`
+    and the packet methods are then available); with one, those three are
+    ignored and every install goes to ``datapath``."""
 
     def __init__(
         self,
@@ -152,35 +109,32 @@ class Agent:
         encap: Encap,
         underlay_ip: str,
         sb: SBSource,
-        state_store: StateStore,
-        ports: Iterable[Plug],
-        tunnel: Tunnel | Mapping[str, Tunnel],
-        clock: Callable[[], float],
+        state_store: StateStore | None = None,
+        ports: Iterable[Plug] = (),
+        tunnel: Tunnel | Mapping[str, Tunnel] | None = None,
+        clock: Callable[[], float] | None = None,
         *,
         installed: Installed | None = None,
         poll_timeout: float = 0.0,
+        datapath: DatapathHandle | None = None,
     ) -> None:
         self.chassis = Chassis(name, encap, underlay_ip)
         self.sb = sb
-        self.tunnels: dict[str, Tunnel] = (
-            dict(tunnel) if isinstance(tunnel, Mapping) else {encap: tunnel}
-        )
-        self.clock = clock
         self.poll_timeout = poll_timeout
-        self.installed = installed or Installed()
-        self.reconciler = Reconciler(self.installed.classifier)
-        self.conntrack = FlowKeyConntrack(Conntrack(state_store))
-        self.pipeline = Pipeline(
-            self.installed.classifier, self.installed.physical.topology, self.conntrack
-        )
+        self.forwarder: Forwarder | None = None
+        if datapath is None:
+            if state_store is None or tunnel is None or clock is None:
+                raise TypeError("an agent without a datapath needs state_store, tunnel, clock")
+            self.forwarder = Forwarder(state_store, tunnel, clock, encap=encap, installed=installed)
+            datapath = self.forwarder
+        elif isinstance(datapath, Forwarder):
+            self.forwarder = datapath
+        self.datapath: DatapathHandle = datapath
+        self.reconciler = Reconciler(datapath, lambda: self.datapath.rule_version)
         self.mirror = SBMirror()
         self.translator = FlowTranslator()
         self.claims = Claims(name)
         self.bindings: Bindings | None = None
-        self.plugs: dict[str, Plug] = {}
-        self.port_counters: dict[str, PortCounters] = {}
-        self.tunnel_counters = PortCounters()
-        self.drops: dict[DropReason, int] = {}
         self.sb_stats = {"snapshots": 0, "deltas": 0, "gaps": 0, "errors": 0, "registrations": 0}
         self._sb_view: SBState | None = None
         self._dirty = True
@@ -192,18 +146,71 @@ class Agent:
     def name(self) -> str:
         return self.chassis.name
 
-    # -- local interfaces --------------------------------------------------------------------
+    # -- the local forwarder (one process) ---------------------------------------------------
+
+    @property
+    def local(self) -> Forwarder:
+        """The in-process forwarder (an agent of a remote datapath has none)."""
+        if self.forwarder is None:
+            raise RuntimeError("this agent drives a remote datapath")
+        return self.forwarder
+
+    @property
+    def installed(self) -> Installed:
+        return self.local.installed
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.local.pipeline
+
+    @property
+    def plugs(self) -> dict[str, Plug]:
+        return self.local.plugs
+
+    @property
+    def port_counters(self) -> dict[str, PortCounters]:
+        return self.local.port_counters
+
+    @property
+    def tunnel_counters(self) -> PortCounters:
+        return self.local.tunnel_counters
+
+    @property
+    def drops(self) -> dict[DropReason, int]:
+        return self.local.drops
+
+    @property
+    def tunnels(self) -> dict[str, Tunnel]:
+        return self.local.tunnels
 
     def plug(self, port: Port, logical_port: str) -> None:
         """Attach ``port`` as ``logical_port`` (claimed at the next step)."""
-        self.plugs[port.name] = Plug(port, logical_port)
-        self.port_counters.setdefault(port.name, PortCounters())
+        self.local.plug(port, logical_port)
         self._dirty = True
 
     def unplug(self, iface: str) -> None:
         """Detach an interface (reported down at the next step)."""
-        self.plugs.pop(iface, None)
-        self.port_counters.pop(iface, None)
+        self.local.unplug(iface)
+        self._dirty = True
+
+    def handle_frame(self, iface: str, frame: bytes) -> Verdict | None:
+        """One frame received on ``iface``; the pipeline's verdict (None if not handled)."""
+        verdicts = self.local.handle_frames(iface, (frame,))
+        return verdicts[0] if verdicts else None
+
+    def handle_frames(self, iface: str, frames: Iterable[bytes]) -> list[Verdict]:
+        return self.local.handle_frames(iface, frames)
+
+    def handle_tunnel(self, payload: bytes, encap: Encap = "geneve") -> list[Verdict]:
+        return self.local.handle_tunnel(payload, encap)
+
+    def handle_decapsulated(
+        self, vni: int, ingress: int | None, egress: int | None, frame: bytes
+    ) -> list[Verdict]:
+        return self.local.handle_decapsulated(vni, ingress, egress, frame)
+
+    def plugs_changed(self) -> None:
+        """The datapath's plugged interfaces may have changed: recompute at the next step."""
         self._dirty = True
 
     # -- the control loop body -----------------------------------------------------------------
@@ -226,7 +233,7 @@ class Agent:
             return self._sb_failed(err, recomputed, delta)
         return StepResult(
             self.mirror.generation,
-            self.installed.physical.generation,
+            self.datapath.generation,
             recomputed,
             delta.added,
             delta.removed,
@@ -279,22 +286,12 @@ class Agent:
     def _recompute(self) -> Delta:
         sb = self._sb_view
         assert sb is not None
-        plugs = {iface: plug.logical_port for iface, plug in self.plugs.items()}
-        self.bindings = bind(sb, self.name, plugs)
+        self._dirty = False  # first: a change seen while computing triggers the next step
+        self.bindings = bind(sb, self.name, self.datapath.plugged())
         physical = compute(sb, self.bindings, self.translator)
-        delta = self.reconciler.reconcile(physical.rules)
-        _keep_learned(self.pipeline.topology, physical.topology)
-        self.installed.physical = physical
-        self.pipeline.topology = physical.topology
-        self._dirty = False
-        if delta.added or delta.removed:
-            log.info(
-                "generation %d: +%d -%d rules (%d installed)",
-                physical.generation,
-                delta.added,
-                delta.removed,
-                len(self.installed.classifier),
-            )
+        add, remove = self.reconciler.plan(physical.rules)
+        delta = self.datapath.install(physical, add, remove)
+        self.reconciler.commit(add, remove, delta)
         return delta
 
     def _report(self) -> None:
@@ -304,7 +301,7 @@ class Agent:
         for port, up in self.claims.pending(bindings, sb):
             self.sb.report_port(port, self.name, up)
             self.claims.confirm(port, up)
-        generation = self.installed.physical.generation
+        generation = self.datapath.generation
         if generation != self._reported_generation:
             self.sb.report_installed(self.name, generation)
             self._reported_generation = generation
@@ -317,160 +314,29 @@ class Agent:
         self.mirror.invalidate()
         return StepResult(
             None,
-            self.installed.physical.generation,
+            self.datapath.generation,
             recomputed,
             delta.added,
             delta.removed,
             error=repr(err),
         )
 
-    # -- packets from local interfaces ------------------------------------------------------------
-
-    def handle_frame(self, iface: str, frame: bytes) -> Verdict | None:
-        """One frame received on ``iface``; the pipeline's verdict (None if not handled)."""
-        verdicts = self.handle_frames(iface, (frame,))
-        return verdicts[0] if verdicts else None
-
-    def handle_frames(self, iface: str, frames: Iterable[bytes]) -> list[Verdict]:
-        """A batch received on ``iface``: run the pipeline, send the outputs per destination."""
-        counters = self.port_counters.setdefault(iface, PortCounters())
-        where = self.installed.physical.local_ports.get(iface)
-        out = _Outbox()
-        verdicts = []
-        for frame in frames:
-            counters.rx(len(frame))
-            if where is None:
-                self._count_drop(counters, DropReason.UNKNOWN_PORT)
-                continue
-            verdict = self.pipeline.process(frame, where[0], where[1], self.clock())
-            self._dispatch(verdict, out, counters, from_tunnel=False)
-            verdicts.append(verdict)
-        self._flush(out)
-        return verdicts
-
-    # -- packets from the underlay ----------------------------------------------------------------
-
-    def handle_tunnel(self, payload: bytes, encap: Encap = "geneve") -> list[Verdict]:
-        """A tunnel UDP payload: decapsulate, then :meth:`handle_decapsulated`."""
-        self.tunnel_counters.rx(len(payload))
-        try:
-            packet = decapsulate(encap, payload)
-        except ParseError as err:
-            self._count_drop(self.tunnel_counters, err.reason)
-            return []
-        return self._from_tunnel(packet.vni, packet.in_key, packet.out_key, packet.frame)
-
-    def handle_decapsulated(
-        self, vni: int, ingress: int | None, egress: int | None, frame: bytes
-    ) -> list[Verdict]:
-        """A packet a tunnel endpoint already decoded (``egress`` None: VXLAN): run the
-        destination port's egress pipeline and deliver."""
-        self.tunnel_counters.rx(len(frame))
-        return self._from_tunnel(vni, ingress, egress, frame)
-
-    def _from_tunnel(
-        self, dp: int, ingress: int | None, egress: int | None, frame: bytes
-    ) -> list[Verdict]:
-        physical = self.installed.physical
-        if physical.topology.kinds.get(dp) != "switch":
-            self._count_drop(self.tunnel_counters, DropReason.UNKNOWN_VNI)
-            return []
-        targets: tuple[int, ...]
-        if egress is not None:
-            inport, targets = ingress or NO_PORT, (egress,)
-        elif len(frame) < ETH_HLEN:
-            self._count_drop(self.tunnel_counters, DropReason.TRUNCATED_ETHERNET)
-            return []
-        else:
-            inport, targets = NO_PORT, _l2_targets(physical, dp, frame)
-        if not targets:
-            self._count_drop(self.tunnel_counters, DropReason.UNKNOWN_PORT)
-        out = _Outbox()
-        verdicts = []
-        for outport in targets:
-            iface = physical.local.get((dp, outport))
-            if iface is None:
-                self._count_drop(self.tunnel_counters, DropReason.UNKNOWN_PORT)
-                continue
-            counters = self.port_counters.setdefault(iface, PortCounters())
-            verdict = self.pipeline.process_egress(frame, dp, inport, outport, self.clock())
-            self._dispatch(verdict, out, counters, from_tunnel=True)
-            verdicts.append(verdict)
-        self._flush(out)
-        return verdicts
-
-    # -- dispatch ---------------------------------------------------------------------------------
-
-    def _dispatch(
-        self, verdict: Verdict, out: _Outbox, counters: PortCounters, *, from_tunnel: bool
-    ) -> None:
-        for reason in verdict.drops:
-            self._count_drop(counters, reason)
-        physical = self.installed.physical
-        for emit in verdict.outputs:
-            where = (emit.datapath, emit.port)
-            iface = physical.local.get(where)
-            if iface is not None:
-                out.local.setdefault(iface, []).append(emit.frame)
-                continue
-            remote = physical.remote.get(where)
-            if remote is None or from_tunnel:  # never re-tunnel: no loops between hosts
-                self._count_drop(counters, DropReason.UNKNOWN_PORT)
-                continue
-            if remote.encap == "vxlan" and emit.frame[0] & 1:
-                seen = (remote.ip, emit.datapath, emit.frame)
-                if seen in out.vxlan_seen:
-                    continue  # the receiver floods a VXLAN broadcast to its ports itself
-                out.vxlan_seen.add(seen)
-            out.tunnel.append((remote, emit))
-
-    def _flush(self, out: _Outbox) -> None:
-        for iface, frames in out.local.items():
-            plug = self.plugs.get(iface)
-            counters = self.port_counters.setdefault(iface, PortCounters())
-            if plug is None:
-                for _ in frames:
-                    self._count_drop(counters, DropReason.UNKNOWN_PORT)
-                continue
-            try:
-                plug.port.send_batch(frames)
-            except OSError as err:
-                counters.tx_errors += len(frames)
-                log.warning("send on %s failed: %s", iface, err)
-                continue
-            counters.tx(frames)
-        for remote, emit in out.tunnel:
-            tunnel = self.tunnels.get(remote.encap)
-            try:
-                if tunnel is None:
-                    raise OSError(f"no {remote.encap} tunnel endpoint on this host")
-                tunnel.send(remote.ip, emit.datapath, emit.frame, emit.inport, emit.port)
-            except OSError as err:
-                self.tunnel_counters.tx_errors += 1
-                log.warning("tunnel send to %s failed: %s", remote.ip, err)
-                continue
-            self.tunnel_counters.tx((emit.frame,))
-
-    def _count_drop(self, counters: PortCounters, reason: DropReason) -> None:
-        counters.drops[reason] = counters.drops.get(reason, 0) + 1
-        self.drops[reason] = self.drops.get(reason, 0) + 1
-
     # -- observability ----------------------------------------------------------------------------
 
-    def counters(self) -> dict[str, object]:
-        """Counters as plain data (for the agent's and the API's status endpoints)."""
+    def counters(self, datapath: Mapping[str, object] | None = None) -> dict[str, object]:
+        """Counters as plain data (for the agent's and the API's status endpoints): the
+        datapath's (ports, tunnel, drops; ``datapath`` if already fetched) and the agent's
+        own (flows, SB)."""
         stats = self.reconciler.stats
+        dp = self.datapath.counters() if datapath is None else datapath
         return {
             "chassis": self.name,
-            "generation": {
-                "sb": self.mirror.generation,
-                "installed": self.installed.physical.generation,
-            },
-            "ports": {iface: c.as_dict() for iface, c in sorted(self.port_counters.items())},
-            "tunnel": self.tunnel_counters.as_dict(),
-            "drops": {r.value: n for r, n in sorted(self.drops.items(), key=_by_value)},
+            "generation": {"sb": self.mirror.generation, "installed": self.datapath.generation},
+            "ports": dp.get("ports", {}),
+            "tunnel": dp.get("tunnel", {}),
+            "drops": dp.get("drops", {}),
             "flows": {
-                "installed": len(self.installed.classifier),
+                "installed": dp.get("rules", len(self.reconciler.installed)),
                 "added": stats.added,
                 "removed": stats.removed,
                 "reconciles": stats.runs,
@@ -481,16 +347,3 @@ class Agent:
             },
             "sb": dict(self.sb_stats),
         }
-
-
-def _l2_targets(physical: PhysicalState, dp: int, frame: bytes) -> tuple[int, ...]:
-    """Local ports a VXLAN frame is for: by destination MAC, or every flood member."""
-    if frame[0] & 1:
-        return physical.flood.get(dp, ())
-    return physical.macs.get((dp, int.from_bytes(frame[:6], "big")), ())
-
-
-def _keep_learned(old: Topology, new: Topology) -> None:
-    """Carry MAC bindings learned by the pipeline over to a new topology (SB ones win)."""
-    learned = {k: v for k, v in old.mac_bindings.items() if (k[0], k[1]) in new.ports}
-    new.mac_bindings = learned | new.mac_bindings

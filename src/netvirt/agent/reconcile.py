@@ -33,9 +33,9 @@ ambiguous (the compiler's ``conflicts`` check keeps them so).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol, cast
 
 from netvirt.compiler.lflow import LogicalFlow
 from netvirt.dataplane.classifier import Classifier, Delta
@@ -47,6 +47,7 @@ from netvirt.southbound.model import (
     MulticastGroup,
     PortBinding,
     SBState,
+    ServiceMonitor,
 )
 from netvirt.southbound.source import SBDelta
 
@@ -62,6 +63,7 @@ class SBMirror:
         self._flows: dict[LogicalFlow, None] = {}
         self._chassis: dict[str, Chassis] = {}
         self._mac_bindings: dict[tuple[str, str], MacBinding] = {}
+        self._monitors: dict[str, ServiceMonitor] = {}
 
     @property
     def loaded(self) -> bool:
@@ -78,6 +80,7 @@ class SBMirror:
         self._flows = dict.fromkeys(snapshot.flows)
         self._chassis = dict(snapshot.chassis)
         self._mac_bindings = dict(snapshot.mac_bindings)
+        self._monitors = dict(snapshot.monitors)
         self.generation = snapshot.generation
 
     def apply(self, delta: SBDelta) -> bool:
@@ -105,6 +108,10 @@ class SBMirror:
             self._chassis.pop(name, None)
         for chassis in delta.chassis:
             self._chassis[chassis.name] = chassis
+        for member in delta.monitors_removed:
+            self._monitors.pop(member, None)
+        for monitor in delta.monitors:
+            self._monitors[monitor.member_id] = monitor
         self.generation = delta.generation
         return True
 
@@ -120,6 +127,7 @@ class SBMirror:
             flows=list(self._flows),
             chassis=dict(self._chassis),
             mac_bindings=dict(self._mac_bindings),
+            monitors=dict(self._monitors),
         )
 
 
@@ -133,31 +141,55 @@ class ReconcileStats:
     repairs: int = 0  # times the installed record had to be re-read from the classifier
 
 
-class Reconciler:
-    """Keeps a classifier's rules equal to the desired set, changing only the difference."""
+class RuleHolder(Protocol):
+    """Where rules are installed: a classifier, or a datapath (local or remote) that says
+    which version of its rule set it holds."""
 
-    def __init__(self, classifier: Classifier) -> None:
-        self.classifier = classifier
-        self.installed: dict[Rule, None] = dict.fromkeys(classifier.rules())
-        self._version = classifier.version
+    def rules(self) -> Iterable[Rule]: ...
+
+
+class Reconciler:
+    """Keeps a holder's rules equal to the desired set, changing only the difference.
+
+    ``version`` names the holder's current rule set (a classifier's ``version``,
+    a datapath's boot id + version); when it is not what this reconciler last
+    wrote, its record is re-read from the holder before diffing (a repair)."""
+
+    def __init__(self, holder: RuleHolder, version: Callable[[], Hashable] | None = None) -> None:
+        self.holder = holder
+        self._current = version or (lambda: cast(Classifier, holder).version)
+        self.installed: dict[Rule, None] = {}
+        self._version: Hashable | None = None  # None: not read yet (read at the first plan)
         self.stats = ReconcileStats()
 
-    def reconcile(self, desired: Iterable[Rule]) -> Delta:
-        """Install ``desired`` exactly: add what is missing, remove what is extra."""
-        if self.classifier.version != self._version:
-            self.installed = dict.fromkeys(self.classifier.rules())
-            self.stats.repairs += 1
+    def plan(self, desired: Iterable[Rule]) -> tuple[list[Rule], list[Rule]]:
+        """(add, remove) that make the holder's rules equal ``desired``."""
+        current = self._current()
+        if current != self._version:
+            self.installed = dict.fromkeys(self.holder.rules())
+            if self._version is not None:
+                self.stats.repairs += 1
+            self._version = current
         want = dict.fromkeys(desired)
         remove = [r for r in self.installed if r not in want]
         add = [r for r in want if r not in self.installed]
-        delta = self.classifier.apply(add=add, remove=remove)
+        return add, remove
+
+    def commit(self, add: Sequence[Rule], remove: Sequence[Rule], delta: Delta) -> None:
+        """Record that the holder applied a plan (its version is read again)."""
         for rule in remove:
-            del self.installed[rule]
+            self.installed.pop(rule, None)
         self.installed.update(dict.fromkeys(add))
-        self._version = self.classifier.version
+        self._version = self._current()
         self.stats.runs += 1
         self.stats.added += delta.added
         self.stats.removed += delta.removed
+
+    def reconcile(self, desired: Iterable[Rule]) -> Delta:
+        """Install ``desired`` exactly into a classifier holder: plan, apply, commit."""
+        add, remove = self.plan(desired)
+        delta = cast(Classifier, self.holder).apply(add=add, remove=remove)
+        self.commit(add, remove, delta)
         return delta
 
 

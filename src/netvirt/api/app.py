@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from netvirt import __version__
 from netvirt.api import errors
-from netvirt.api.routes import l2, l3, lbaas, meta, netvirt, qos, security, southbound
+from netvirt.api.routes import hosts, l2, l3, lbaas, meta, netvirt, qos, security, southbound
 from netvirt.northbound.db import Database
 from netvirt.web import routes as web_routes
 
@@ -99,7 +99,7 @@ def create_app(db: Database | None = None) -> FastAPI:
     errors.install(app)
 
     app.add_middleware(BodyLimit)
-    for module in (meta, netvirt, l2, l3, security, qos, lbaas, southbound):
+    for module in (meta, netvirt, hosts, l2, l3, security, qos, lbaas, southbound):
         app.include_router(module.router)
     app.include_router(web_routes.router)  # the GUI under /ui/ (not in the OpenAPI schema)
     return app

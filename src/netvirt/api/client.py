@@ -699,6 +699,20 @@ class NetvirtClient:
         data = self.request("POST", "/v2.0/netvirt/trace", json=body)
         return cast(Json, data["trace"])
 
+    def list_hosts(self) -> list[Json]:
+        """Hosts with heartbeat, installed generation and counters (admin)."""
+        data = self.request("GET", "/v2.0/netvirt/hosts")
+        return cast(list[Json], data["hosts"])
+
+    def get_host(self, name: str) -> Json:
+        data = self.request("GET", f"/v2.0/netvirt/hosts/{_segment(name)}")
+        return cast(Json, data["host"])
+
+    def port_counters(self, port_id: str) -> Json:
+        """Packets, bytes and drops by reason of a port, as its host last reported."""
+        data = self.request("GET", f"/v2.0/netvirt/ports/{_segment(port_id)}/counters")
+        return cast(Json, data["counters"])
+
 
 def _segment(text: str) -> str:
     """One URL path segment: slashes quoted, and ``.``/``..`` too (URLs drop those)."""

@@ -1,8 +1,14 @@
-"""``netvirt agent``: run one host's agent and datapath (see ``netvirt.agent.runner``).
+"""``netvirt agent`` and ``netvirt datapath``: the two halves of a host.
 
-The lab starts one per emulated host. The command runs in the root namespace
-(it reaches the API on 127.0.0.1) and opens its sockets in ``--netns``.
-Heavy imports happen inside the command, so ``netvirt --help`` stays fast.
+``netvirt datapath`` owns the interfaces, the tunnels and the installed flows
+(``netvirt.agent.datapath``); ``netvirt agent --datapath SOCKET`` talks to
+the SB service and installs flows into it over the datapath's control socket
+(``netvirt.agent.controller``), so the agent can restart while traffic flows.
+Without ``--datapath``, ``netvirt agent`` runs both halves in one process
+(``netvirt.agent.runner``). The lab starts a datapath and an agent per
+emulated host; both run in the root namespace (the agent reaches the API on
+127.0.0.1) and the datapath opens its sockets in ``--netns``. Heavy imports
+happen inside the commands, so ``netvirt --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import signal
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Literal, Protocol
 
 import typer
 
@@ -22,67 +28,155 @@ class EncapChoice(StrEnum):
     vxlan = "vxlan"
 
 
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+    def run(self) -> int: ...
+
+
+Name = Annotated[str, typer.Option(help="Chassis name (binding:host_id of local ports)")]
+UnderlayIp = Annotated[
+    str, typer.Option(help="This host's tunnel address (in --netns)", show_default=False)
+]
+Netns = Annotated[
+    str, typer.Option(help="Namespace of the interfaces and the underlay ('' = this one)")
+]
+Encap = Annotated[EncapChoice, typer.Option(help="Encapsulation to register")]
+UnderlayMtu = Annotated[
+    int, typer.Option(help="Underlay MTU, 576-65535 (0 = the underlay interface's)")
+]
+StateStoreUrl = Annotated[
+    str,
+    typer.Option(
+        help="Conntrack state: memory://, redis://host:port/db or redis+cluster://host:port,..."
+    ),
+]
+StatusFile = Annotated[Path | None, typer.Option(help="JSON status, rewritten about once a second")]
+LogLevel = Annotated[str, typer.Option(help="debug, info, warning, error")]
+
+
 def agent(
-    name: Annotated[str, typer.Option(help="Chassis name (binding:host_id of local ports)")],
-    underlay_ip: Annotated[
-        str, typer.Option(help="This host's tunnel address (in --netns)", show_default=False)
-    ],
+    name: Name,
+    underlay_ip: UnderlayIp,
     url: Annotated[str, typer.Option(envvar="NETVIRT_URL", help="The API (netvirt serve)")],
     token: Annotated[str, typer.Option(envvar="NETVIRT_HOST_TOKEN", help="A token with role host")],
     iface_dir: Annotated[
-        Path,
-        typer.Option(help="Plug directory: one file per interface, holding the NB port id"),
-    ],
-    netns: Annotated[
-        str, typer.Option(help="Namespace of the interfaces and the underlay ('' = this one)")
-    ] = "",
-    encap: Annotated[EncapChoice, typer.Option(help="Encapsulation to register")] = (
-        EncapChoice.geneve
-    ),
-    underlay_mtu: Annotated[
-        int,
-        typer.Option(help="Underlay MTU, 576-65535 (0 = the underlay interface's)"),
-    ] = 0,
-    state_store: Annotated[
-        str, typer.Option(help="Conntrack state: memory:// or redis://host:port/db")
-    ] = "memory://",
-    status_file: Annotated[
-        Path | None, typer.Option(help="JSON status, rewritten about once a second")
+        Path | None,
+        typer.Option(
+            help="Plug directory: one file per interface, holding the NB port id "
+            "(one-process mode; a datapath process has its own)"
+        ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    datapath: Annotated[
+        Path | None,
+        typer.Option(help="Control socket of a `netvirt datapath` (omit: one process)"),
+    ] = None,
+    netns: Netns = "",
+    encap: Encap = EncapChoice.geneve,
+    underlay_mtu: UnderlayMtu = 0,
+    state_store: StateStoreUrl = "memory://",
+    status_file: StatusFile = None,
+    log_level: LogLevel = "info",
 ) -> None:
-    """Run a host agent: claim plugged ports, install flows, forward packets."""
-    from netvirt.agent.runner import Config, Runner
+    """Run a host agent: claim plugged ports, compute and install flows (and, without
+    --datapath, forward packets in this process too)."""
+    from netvirt.agent.runner import Config
 
-    if underlay_mtu and not 576 <= underlay_mtu <= 65535:
-        raise typer.BadParameter("must be 0 or 576-65535", param_hint="--underlay-mtu")
-
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
-    )
-    iface_dir.mkdir(parents=True, exist_ok=True)
+    _check_mtu(underlay_mtu)
+    if datapath is None and iface_dir is None:
+        raise typer.BadParameter("give --iface-dir (one process) or --datapath")
+    _logging(name, log_level)
+    if iface_dir is not None:
+        iface_dir.mkdir(parents=True, exist_ok=True)
     config = Config(
         name=name,
         underlay_ip=underlay_ip,
         url=url,
         token=token,
-        iface_dir=iface_dir,
+        iface_dir=iface_dir or Path("."),
         netns=netns or None,
-        encap="vxlan" if encap is EncapChoice.vxlan else "geneve",
+        encap=_encap(encap),
         underlay_mtu=underlay_mtu or None,
         state_store=state_store,
         status_file=status_file,
+        datapath=datapath,
+    )
+    process: _Stoppable
+    if datapath is not None:
+        from netvirt.agent.controller import AgentProcess
+
+        process = AgentProcess(config)
+    else:
+        from netvirt.agent.runner import Runner
+
+        try:
+            process = Runner(config)
+        except ValueError as err:  # a state store URL that names no backend
+            raise typer.BadParameter(str(err), param_hint="--state-store") from err
+    _run(process)
+
+
+def datapath(
+    name: Name,
+    underlay_ip: UnderlayIp,
+    iface_dir: Annotated[
+        Path,
+        typer.Option(help="Plug directory: one file per interface, holding the NB port id"),
+    ],
+    control: Annotated[Path, typer.Option(help="Control socket for the agent (created)")],
+    netns: Netns = "",
+    encap: Encap = EncapChoice.geneve,
+    underlay_mtu: UnderlayMtu = 0,
+    state_store: StateStoreUrl = "memory://",
+    status_file: StatusFile = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Run a host datapath: open plugged interfaces and tunnels, forward packets with the
+    flows an agent installs through --control (and keep forwarding while it restarts)."""
+    from netvirt.agent.datapath import DatapathConfig, DatapathProcess
+
+    _check_mtu(underlay_mtu)
+    _logging(f"{name}-dp", log_level)
+    iface_dir.mkdir(parents=True, exist_ok=True)
+    config = DatapathConfig(
+        name=name,
+        underlay_ip=underlay_ip,
+        iface_dir=iface_dir,
+        netns=netns or None,
+        encap=_encap(encap),
+        underlay_mtu=underlay_mtu or None,
+        state_store=state_store,
+        status_file=status_file,
+        control=control,
     )
     try:
-        runner = Runner(config)
+        process = DatapathProcess(config)
     except ValueError as err:  # a state store URL that names no backend
         raise typer.BadParameter(str(err), param_hint="--state-store") from err
+    _run(process)
 
+
+def _check_mtu(underlay_mtu: int) -> None:
+    if underlay_mtu and not 576 <= underlay_mtu <= 65535:
+        raise typer.BadParameter("must be 0 or 576-65535", param_hint="--underlay-mtu")
+
+
+def _encap(choice: EncapChoice) -> Literal["geneve", "vxlan"]:
+    return "vxlan" if choice is EncapChoice.vxlan else "geneve"
+
+
+def _logging(name: str, level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _run(process: _Stoppable) -> None:
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         logging.getLogger(__name__).info("signal %d: stopping", signum)
-        runner.stop()
+        process.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    raise typer.Exit(runner.run())
+    raise typer.Exit(process.run())

@@ -26,10 +26,10 @@ from netvirt.lab import build, check, net
 from netvirt.lab.dhcp import DhcpError
 from netvirt.lab.net import RealSystem, System
 from netvirt.lab.state import LabState, existing_labs, lab_root
-from netvirt.lab.topology import LAB_RE, TopologyError, load
+from netvirt.lab.topology import LAB_RE, STATE_CHOICES, TopologyError, load
 
 lab_app = typer.Typer(no_args_is_help=True, help="Emulated hosts and VMs in network namespaces.")
-host_app = typer.Typer(no_args_is_help=True, help="Stop or start a host's agent.")
+host_app = typer.Typer(no_args_is_help=True, help="Stop or start a host's agent and datapath.")
 lab_app.add_typer(host_app, name="host")
 out = console()
 err = Console(stderr=True)
@@ -87,12 +87,23 @@ def up(
     keep_on_error: Annotated[
         bool, typer.Option(help="Leave a failed lab in place for debugging")
     ] = False,
+    state_backend: Annotated[
+        str | None,
+        typer.Option(
+            "--state",
+            help="NF state instead of the file's `state:`: auto, memory, redis, redis-cluster",
+        ),
+    ] = None,
 ) -> None:
     """Build the lab: namespaces, netvirt serve, agents, API objects, DHCP, services."""
     try:
         topo = load(topology)
     except TopologyError as exc:
         raise _fail(str(exc), 2) from None
+    if state_backend is not None:
+        if state_backend not in STATE_CHOICES:
+            raise _fail(f"--state {state_backend!r} is not one of {', '.join(STATE_CHOICES)}", 2)
+        topo = topo.model_copy(update={"state": state_backend})
     if name is not None:
         if not LAB_RE.fullmatch(name):
             raise _fail(f"--name {name!r} must match {LAB_RE.pattern}", 2)
@@ -214,19 +225,23 @@ def host_stop(
     host: str,
     lab: LabOption = None,
     hard: Annotated[bool, typer.Option(help="SIGKILL instead of SIGTERM")] = False,
+    agent_only: Annotated[
+        bool, typer.Option(help="Stop only the agent: the datapath keeps forwarding")
+    ] = False,
 ) -> None:
-    """Kill a host's agent (and so its datapath)."""
+    """Stop a host's agent and datapath (or only its agent)."""
     opened = _open(lab)
     try:
-        opened.host_stop(host, hard=hard)
+        opened.host_stop(host, hard=hard, agent_only=agent_only)
     except FAILURES as exc:
         raise _fail(str(exc)) from None
-    out.print(f"agent of {host} stopped")
+    out.print(f"{'agent' if agent_only else 'agent and datapath'} of {host} stopped")
 
 
 @host_app.command("start")
 def host_start(host: str, lab: LabOption = None) -> None:
-    """Start a host's agent again and wait until it has installed everything."""
+    """Start what is stopped of a host (datapath, agent); wait until it has installed
+    everything."""
     opened = _open(lab)
     try:
         proc = opened.host_start(host)

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from netvirt.cli import agent as agent_cli
-from netvirt.cli import l3, lb, meta, resources, security
+from netvirt.cli import hosts, l3, lb, meta, resources, security
 from netvirt.cli import lab as lab_cli
 from netvirt.northbound import identity
 from netvirt.northbound.context import Context
@@ -30,8 +30,10 @@ app.add_typer(l3.fip_app, name="floating-ip")
 app.add_typer(security.sg_app, name="security-group")
 app.add_typer(security.qos_app, name="qos")
 app.add_typer(lb.lb_app, name="lb")
+app.add_typer(hosts.host_app, name="host")
 app.add_typer(meta.meta_app)
 app.command("agent")(agent_cli.agent)
+app.command("datapath")(agent_cli.datapath)
 app.add_typer(lab_cli.lab_app, name="lab")
 admin_app.add_typer(meta.project_app, name="project")
 admin_app.add_typer(meta.token_app, name="token")

@@ -2,7 +2,8 @@
 
 ``compile_nb(nb)`` turns one NB snapshot into the SB state: datapaths, port
 bindings and flood groups from :func:`build_topology`, then the logical flows
-of every builder, in a fixed order. The result is a pure function of the
+of every builder, in a fixed order, and last the service monitors (which members
+the hosts health-check, ``build/monitors.py``). The result is a pure function of the
 snapshot: flows are deduplicated and put in a canonical order (datapath,
 table, descending priority, then the match), so two
 compiles of equal snapshots are equal whatever order the snapshot's lists
@@ -22,6 +23,7 @@ from collections.abc import Iterable
 from types import ModuleType
 
 from netvirt.compiler.build import acl, arp_nd, dhcp, l2, l3, lb, nat, port_security, qos
+from netvirt.compiler.build.monitors import service_monitors
 from netvirt.compiler.expr.ast import And, BoolSym, Cmp, Const, Expr, Not
 from netvirt.compiler.lflow import FlowSink, LogicalFlow
 from netvirt.compiler.nb import NBSnapshot
@@ -39,6 +41,7 @@ def compile_nb(nb: NBSnapshot) -> SBState:
     for builder in BUILDERS:
         builder.build(nb, sb, sink)
     sb.flows = canonical(sink.flows)
+    sb.monitors = service_monitors(nb, sb)
     return sb
 
 

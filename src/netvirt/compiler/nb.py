@@ -84,6 +84,8 @@ def load(db: Database) -> NBSnapshot:
                     "admin_state_up": member.admin_state_up,
                     "backup": member.backup,
                     "operating_status": member.operating_status,
+                    "monitor_address": member.monitor_address,
+                    "monitor_port": member.monitor_port,
                 }
             )
         return NBSnapshot(

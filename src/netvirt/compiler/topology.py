@@ -7,7 +7,9 @@
   router side ``lrp-<port id>``; load balancer VIP ports are ``vip`` (answered
   by the ARP responder, never bound to a host); floating IP ports are not
   logical ports (the router owns those addresses);
-* a ``_MC_flood`` group per switch with every port that receives broadcast.
+* a ``_MC_flood`` group per switch with every port that receives broadcast;
+* VIF ports carry the bandwidth limits of their effective QoS policy
+  (``build.qos.port_limits``), which the host's datapath enforces.
 
 Port keys are a stable hash of the port id (with deterministic probing), so
 adding or removing one port does not renumber the others and agents'
@@ -19,8 +21,16 @@ from __future__ import annotations
 import ipaddress
 import zlib
 
+from netvirt.compiler.build.qos import policy_id, port_limits
 from netvirt.compiler.nb import NBSnapshot, Obj
-from netvirt.southbound.model import Datapath, MulticastGroup, PortBinding, PortType, SBState
+from netvirt.southbound.model import (
+    BandwidthLimit,
+    Datapath,
+    MulticastGroup,
+    PortBinding,
+    PortType,
+    SBState,
+)
 
 ROUTER_KEY_BASE = 1 << 24
 MAX_PORT_KEY = 0x7FFF
@@ -78,6 +88,13 @@ def _port_type(port: Obj) -> PortType:
     return "vif"
 
 
+def _limits(
+    port: Obj, net: Obj, policies: dict[str, Obj]
+) -> tuple[BandwidthLimit | None, BandwidthLimit | None]:
+    """(egress, ingress) bandwidth limits of a VM port."""
+    return port_limits(policies.get(policy_id(port, net) or ""))
+
+
 def build_topology(nb: NBSnapshot, sb: SBState) -> None:
     """Fill ``sb`` with datapaths, port bindings and multicast groups."""
     for net in nb.networks:
@@ -89,13 +106,15 @@ def build_topology(nb: NBSnapshot, sb: SBState) -> None:
         sb.datapaths[key] = Datapath(
             key, "router", router["id"], router["project_id"], router["name"]
         )
-    nets = {n["id"]: int(n["provider:segmentation_id"]) for n in nb.networks}
-    for net_id, dp_key in nets.items():
+    policies = nb.by_id("qos_policies")
+    for net in nb.networks:
+        net_id, dp_key = net["id"], int(net["provider:segmentation_id"])
         members = [p for p in nb.ports_of(net_id) if p["device_owner"] not in SKIPPED_OWNERS]
         keys = stable_keys([p["id"] for p in members], MAX_PORT_KEY)
         for port in members:
             kind = _port_type(port)
             peer = router_port_name(port["id"]) if kind == "patch" else None
+            egress, ingress = _limits(port, net, policies) if kind == "vif" else (None, None)
             sb.ports[port["id"]] = PortBinding(
                 name=port["id"],
                 key=keys[port["id"]],
@@ -107,6 +126,8 @@ def build_topology(nb: NBSnapshot, sb: SBState) -> None:
                 requested_chassis=port.get("binding:host_id", ""),
                 up=port["status"] == "ACTIVE",
                 nb_id=port["id"],
+                egress_limit=egress,
+                ingress_limit=ingress,
             )
         flood = tuple(sorted(p["id"] for p in members if _port_type(p) != "vip"))
         sb.groups[(dp_key, FLOOD)] = MulticastGroup(dp_key, FLOOD, FLOOD_KEY, flood)

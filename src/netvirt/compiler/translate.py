@@ -38,6 +38,11 @@ def all_rules(sb: SBState, flows: Iterable[LogicalFlow] | None = None) -> list[R
     return out
 
 
+def _pipeline_of(table: int) -> str:
+    """A table's pipeline (a module function, so a Topology pickles to a datapath process)."""
+    return stages.BY_TABLE[table].pipeline
+
+
 def topology(sb: SBState) -> Topology:
     """The datapath's view of datapaths, ports, patch peers and flood groups."""
     topo = Topology(
@@ -47,7 +52,7 @@ def topology(sb: SBState) -> Topology:
             for pipe in ("ingress", "egress")
         },
         next_table=stages.next_table,
-        pipeline_of=lambda table: stages.BY_TABLE[table].pipeline,
+        pipeline_of=_pipeline_of,
     )
     for dp in sb.datapaths.values():
         topo.kinds[dp.key] = dp.kind

@@ -183,14 +183,29 @@ def start_redis(system: System, state: LabState) -> None:
 HOST_TOKEN_ENV = "NETVIRT_HOST_TOKEN"
 
 
-def agent_argv(state: LabState, host: HostRecord, underlay_mtu: int) -> list[str]:
-    """The agent's command line; its token travels in the environment (``--token``'s envvar)."""
-    argv = python_argv("agent", "--name", host.name, "--netns", host.netns)
+def datapath_argv(state: LabState, host: HostRecord, underlay_mtu: int) -> list[str]:
+    """The datapath's command line: interfaces, tunnels, NF state, control socket."""
+    argv = python_argv("datapath", "--name", host.name, "--netns", host.netns)
     argv += ["--underlay-ip", host.underlay_ip, "--encap", host.encap]
-    argv += ["--underlay-mtu", str(underlay_mtu), "--url", state.url]
+    argv += ["--underlay-mtu", str(underlay_mtu), "--control", host.control]
     if state.state_store:
         argv += ["--state-store", state.state_store]
-    return [*argv, "--iface-dir", host.iface_dir, "--status-file", host.status_file]
+    return [*argv, "--iface-dir", host.iface_dir, "--status-file", host.datapath_status_file]
+
+
+def agent_argv(state: LabState, host: HostRecord) -> list[str]:
+    """The agent's command line; its token travels in the environment (``--token``'s envvar)."""
+    argv = python_argv("agent", "--name", host.name, "--netns", host.netns)
+    argv += ["--underlay-ip", host.underlay_ip, "--encap", host.encap, "--url", state.url]
+    return [*argv, "--datapath", host.control, "--status-file", host.status_file]
+
+
+def start_datapath(system: System, state: LabState, name: str) -> ProcessRecord:
+    host = state.hosts[name]
+    log = Path(state.dir) / "logs" / f"datapath-{name}.log"
+    host.datapath = net.start_process(system, f"datapath:{name}", host.datapath_argv, log)
+    state.save()
+    return host.datapath
 
 
 def start_agent(system: System, state: LabState, name: str) -> ProcessRecord:
@@ -258,10 +273,11 @@ def _not_installed(
     state: LabState, system: System, admin: NetvirtClient, wanted: dict[str, str]
 ) -> list[str]:
     for name, host in state.hosts.items():
-        if host.agent is None:
-            raise LabError(f"the agent of {name} is stopped: `netvirt lab host start {name}`")
-        if not net.is_alive(system, host.agent):
-            raise LabError(f"the agent of {name} exited; its log:\n{log_tail(host.agent.log)}")
+        for what, proc in (("agent", host.agent), ("datapath", host.datapath)):
+            if proc is None:
+                raise LabError(f"the {what} of {name} is stopped: `netvirt lab host start {name}`")
+            if not net.is_alive(system, proc):
+                raise LabError(f"the {what} of {name} exited; its log:\n{log_tail(proc.log)}")
     status = admin.status()
     missing: list[str] = []
     reported = {h["host"]: h["installed_generation"] for h in status["hosts"]}
@@ -306,20 +322,30 @@ class Lab:
 
     # -------------------------------------------------------------- host agents
 
-    def host_stop(self, host: str, *, hard: bool = False) -> None:
+    def host_stop(self, host: str, *, hard: bool = False, agent_only: bool = False) -> None:
+        """Stop a host's agent and (unless ``agent_only``) its datapath."""
         record = self._host(host)
-        if record.agent is None or not net.is_alive(self.system, record.agent):
-            raise LabError(f"the agent of {host} is not running")
-        if hard:
-            self.system.signal(record.agent.pid, 9)
-        net.stop_process(self.system, record.agent)
+        procs = [record.agent] if agent_only else [record.agent, record.datapath]
+        running = [p for p in procs if p is not None and net.is_alive(self.system, p)]
+        if not running:
+            what = "agent" if agent_only else "agent and datapath"
+            raise LabError(f"the {what} of {host} are not running")
+        for proc in running:
+            if hard:
+                self.system.signal(proc.pid, 9)
+            net.stop_process(self.system, proc)
         record.agent = None
+        if not agent_only:
+            record.datapath = None
         self.state.save()
 
     def host_start(self, host: str, *, wait: bool = True) -> ProcessRecord:
+        """Start what is stopped of a host (datapath first), then wait until installed."""
         record = self._host(host)
         if record.agent is not None and net.is_alive(self.system, record.agent):
             raise LabError(f"the agent of {host} is already running (pid {record.agent.pid})")
+        if record.datapath is None or not net.is_alive(self.system, record.datapath):
+            start_datapath(self.system, self.state, host)
         proc = start_agent(self.system, self.state, host)
         if wait:
             wait_installed(self.state, self.system, bound={host: self.plugged(host)})
@@ -415,9 +441,11 @@ def _build(topo: Topology, state: LabState, system: System, names: Names, log: L
     for host in topo.hosts:
         record = state.hosts[host.name]
         record.token = tokens[host.name]
-        record.agent_argv = agent_argv(state, record, topo.underlay.mtu)
+        record.datapath_argv = datapath_argv(state, record, topo.underlay.mtu)
+        record.agent_argv = agent_argv(state, record)
+        start_datapath(system, state, host.name)
         start_agent(system, state, host.name)
-    log(f"{len(topo.hosts)} agents started")
+    log(f"{len(topo.hosts)} datapaths and agents started")
     builder = ApiBuilder(state, topo)
     try:
         builder.build()

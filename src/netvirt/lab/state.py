@@ -77,6 +77,17 @@ class HostRecord(Record):
     agent_argv: list[str] = []
     token: str = ""
     agent: ProcessRecord | None = None
+    datapath_argv: list[str] = []
+    datapath: ProcessRecord | None = None
+
+    @property
+    def control(self) -> str:
+        """The datapath's control socket (next to the status file)."""
+        return str(Path(self.status_file).with_name("datapath.sock"))
+
+    @property
+    def datapath_status_file(self) -> str:
+        return str(Path(self.status_file).with_name("datapath.json"))
 
 
 class VmRecord(Record):
@@ -169,11 +180,13 @@ class LabState(Record):
         return cls.model_validate(data)
 
     def all_processes(self) -> list[ProcessRecord]:
-        """Services first, then agents, then the server and Redis: users before providers."""
+        """Services first, then agents and datapaths, then the server and Redis: users before
+        providers."""
         agents = [h.agent for h in self.hosts.values() if h.agent is not None]
+        datapaths = [h.datapath for h in self.hosts.values() if h.datapath is not None]
         services = [p for p in self.processes if p.role.startswith("service:")]
         others = [p for p in self.processes if not p.role.startswith("service:")]
-        return [*services, *agents, *others]
+        return [*services, *agents, *datapaths, *others]
 
     def node_netns(self, node: str) -> str | None:
         """The namespace of a VM, host, ``ext``/``external`` or ``ul``/``underlay``."""

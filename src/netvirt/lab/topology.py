@@ -270,9 +270,13 @@ class Check(Strict):
         return f"{self.src} → {self.to} {self.kind}"
 
 
+StateBackend = Literal["memory", "redis", "redis-cluster"]
+STATE_CHOICES: tuple[str, ...] = ("auto", "memory", "redis", "redis-cluster")
+
+
 class Topology(Strict):
     name: LabName = "lab"
-    state: Literal["auto", "memory", "redis"] = "auto"
+    state: Literal["auto", "memory", "redis", "redis-cluster"] = "auto"
     underlay: Underlay = Underlay()
     hosts: list[Host] = Field(min_length=1, max_length=MAX_HOSTS)
     external: External | None = None
@@ -283,13 +287,14 @@ class Topology(Strict):
 
     # ------------------------------------------------------------------ derived views
 
-    def state_backend(self) -> Literal["memory", "redis"]:
+    def state_backend(self) -> StateBackend:
         """``auto``: Redis when NAT or LB state must be seen by more than one host.
 
         A connection through SNAT, a floating IP or an LB VIP is translated on
         the host where it enters and un-translated where its reply enters,
         which is another host (the gateway, the backend's host); both must
-        see one conntrack/NAT table.
+        see one conntrack/NAT table. ``redis-cluster`` is never chosen by
+        ``auto``: it is asked for (a 3-node Redis Cluster, docs/stateless-nf.md).
         """
         if self.state != "auto":
             return self.state

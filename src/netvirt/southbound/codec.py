@@ -47,12 +47,14 @@ from netvirt.compiler.expr.symbols import SYMBOLS
 from netvirt.compiler.lflow import LogicalFlow, Provenance
 from netvirt.compiler.stages import stage
 from netvirt.southbound.model import (
+    BandwidthLimit,
     Chassis,
     Datapath,
     MacBinding,
     MulticastGroup,
     PortBinding,
     SBState,
+    ServiceMonitor,
 )
 from netvirt.southbound.source import SBDelta
 
@@ -64,6 +66,7 @@ T = TypeVar("T")
 _DATAPATH_KINDS = ("switch", "router")
 _PORT_TYPES = ("vif", "patch", "vip", "external")
 _ENCAPS = ("geneve", "vxlan")
+_MONITOR_TYPES = ("PING", "TCP", "HTTP")
 
 
 class CodecError(ValueError):
@@ -119,10 +122,32 @@ def encode_port(p: PortBinding) -> Wire:
         "requested_chassis": p.requested_chassis,
         "up": p.up,
         "nb_id": p.nb_id,
+    } | _encode_qos(p)
+
+
+def _encode_qos(p: PortBinding) -> Wire:
+    """``{"qos": {"egress": {...}, "ingress": {...}}}`` for a port with limits, else
+    nothing: most ports have none, and an absent key keeps the document small."""
+    limits = {"egress": p.egress_limit, "ingress": p.ingress_limit}
+    qos = {
+        direction: {"max_kbps": limit.max_kbps, "max_burst_kbps": limit.max_burst_kbps}
+        for direction, limit in limits.items()
+        if limit is not None
     }
+    return {"qos": qos} if qos else {}
+
+
+def _decode_limit(d: Wire | None) -> BandwidthLimit | None:
+    if d is None:
+        return None
+    rate, burst = int(d["max_kbps"]), int(d["max_burst_kbps"])
+    if rate <= 0 or burst <= 0:
+        raise CodecError(f"bandwidth limit {d!r} must have a positive rate and burst")
+    return BandwidthLimit(rate, burst)
 
 
 def decode_port(d: Wire) -> PortBinding:
+    qos = d.get("qos") or {}
     return PortBinding(
         name=str(d["name"]),
         key=int(d["key"]),
@@ -134,6 +159,8 @@ def decode_port(d: Wire) -> PortBinding:
         requested_chassis=str(d["requested_chassis"]),
         up=bool(d["up"]),
         nb_id=str(d["nb_id"]),
+        egress_limit=_decode_limit(qos.get("egress")),
+        ingress_limit=_decode_limit(qos.get("ingress")),
     )
 
 
@@ -163,6 +190,53 @@ def encode_mac_binding(m: MacBinding) -> Wire:
 
 def decode_mac_binding(d: Wire) -> MacBinding:
     return MacBinding(str(d["logical_port"]), str(d["ip"]), _parse_mac(d["mac"]))
+
+
+def encode_monitor(m: ServiceMonitor) -> Wire:
+    return {
+        "member_id": m.member_id,
+        "pool_id": m.pool_id,
+        "monitor_id": m.monitor_id,
+        "logical_port": m.logical_port,
+        "member_mac": _mac(m.member_mac),
+        "ip": m.ip,
+        "port": m.port,
+        "type": m.type,
+        "delay": m.delay,
+        "timeout": m.timeout,
+        "max_retries": m.max_retries,
+        "max_retries_down": m.max_retries_down,
+        "source_ip": m.source_ip,
+        "source_mac": _mac(m.source_mac),
+        "http_method": m.http_method,
+        "url_path": m.url_path,
+        "expected_codes": m.expected_codes,
+    }
+
+
+def decode_monitor(d: Wire) -> ServiceMonitor:
+    ip, source_ip = str(d["ip"]), str(d["source_ip"])
+    ipaddress.ip_address(ip)  # ValueError → CodecError
+    ipaddress.ip_address(source_ip)
+    return ServiceMonitor(
+        member_id=str(d["member_id"]),
+        pool_id=str(d["pool_id"]),
+        monitor_id=str(d["monitor_id"]),
+        logical_port=str(d["logical_port"]),
+        member_mac=_parse_mac(d["member_mac"]),
+        ip=ip,
+        port=int(d["port"]),
+        type=cast(Any, _choice(d["type"], _MONITOR_TYPES, "monitor type")),
+        delay=int(d["delay"]),
+        timeout=int(d["timeout"]),
+        max_retries=int(d["max_retries"]),
+        max_retries_down=int(d["max_retries_down"]),
+        source_ip=source_ip,
+        source_mac=_parse_mac(d["source_mac"]),
+        http_method=str(d["http_method"]),
+        url_path=str(d["url_path"]),
+        expected_codes=str(d["expected_codes"]),
+    )
 
 
 # =========================================================================== flows
@@ -303,6 +377,7 @@ def encode_state(sb: SBState) -> Wire:
         "groups": [encode_group(g) for _, g in sorted(sb.groups.items())],
         "chassis": [encode_chassis(c) for _, c in sorted(sb.chassis.items())],
         "mac_bindings": [encode_mac_binding(m) for _, m in sorted(sb.mac_bindings.items())],
+        "monitors": [encode_monitor(m) for _, m in sorted(sb.monitors.items())],
         "flows": encode_flows(sb.flows, sb),
     }
 
@@ -325,6 +400,7 @@ def decode_state(data: Wire) -> SBState:
             mac_bindings={
                 (m.logical_port, m.ip): m for m in map(decode_mac_binding, data["mac_bindings"])
             },
+            monitors={m.member_id: m for m in map(decode_monitor, data["monitors"])},
         )
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         if isinstance(err, CodecError):
@@ -356,6 +432,8 @@ def encode_delta(delta: SBDelta, old: SBState, new: SBState) -> Wire:
         "groups": [encode_group(g) for g in _of(delta.groups, MulticastGroup)],
         "chassis_removed": list(delta.chassis_removed),
         "chassis": [encode_chassis(c) for c in delta.chassis],
+        "monitors_removed": list(delta.monitors_removed),
+        "monitors": [encode_monitor(m) for m in delta.monitors],
         "flows_removed": encode_flows(_of(delta.flows_removed, LogicalFlow), old),
         "flows": encode_flows(_of(delta.flows, LogicalFlow), new),
     }
@@ -377,6 +455,8 @@ def decode_delta(data: Wire) -> SBDelta:
             flows=tuple(decode_flows(data["flows"])),
             chassis=tuple(map(decode_chassis, data["chassis"])),
             chassis_removed=tuple(str(n) for n in data["chassis_removed"]),
+            monitors=tuple(map(decode_monitor, data["monitors"])),
+            monitors_removed=tuple(str(n) for n in data["monitors_removed"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         if isinstance(err, CodecError):
@@ -424,8 +504,10 @@ __all__ = [
     "CodecError",
     "decode",
     "decode_delta",
+    "decode_monitor",
     "decode_state",
     "encode_delta",
+    "encode_monitor",
     "encode_state",
     "plain_match",
     "wire_form",

@@ -5,11 +5,11 @@ what changed since the generation it holds; the agent applies it to its copy.
 Both are pure functions of immutable states (``apply`` never mutates its
 input), so the property above can be tested on real compiled states.
 
-Identity: datapaths, ports, groups and chassis by their keys (a changed object
-is sent whole); flows by (datapath, stage, priority, match, actions) *and*
-provenance, so a flow whose only change is its provenance is removed and
-re-added (the agent's installed flow is untouched by that, the trace shows the
-new provenance). ``apply`` keeps flows in the compiler's canonical order
+Identity: datapaths, ports, groups, chassis and service monitors (by member
+id) by their keys (a changed object is sent whole); flows by (datapath, stage,
+priority, match, actions) *and* provenance, so a flow whose only change is its
+provenance is removed and re-added (the agent's installed flow is untouched by
+that, the trace shows the new provenance). ``apply`` keeps flows in the compiler's canonical order
 (datapath, table, descending priority, match), merging the added flows into
 the kept ones, so the result equals a fresh compile, list order included.
 
@@ -27,7 +27,14 @@ from typing import TypeVar
 
 from netvirt.compiler.compile import MatchKey, match_key
 from netvirt.compiler.lflow import LogicalFlow, Provenance
-from netvirt.southbound.model import Chassis, Datapath, MulticastGroup, PortBinding, SBState
+from netvirt.southbound.model import (
+    Chassis,
+    Datapath,
+    MulticastGroup,
+    PortBinding,
+    SBState,
+    ServiceMonitor,
+)
 from netvirt.southbound.source import SBDelta
 
 K = TypeVar("K")
@@ -61,6 +68,7 @@ def diff(old: SBState, new: SBState) -> SBDelta:
     ports_removed, ports = _changes(old.ports, new.ports)
     groups_removed, groups = _changes(old.groups, new.groups)
     chassis_removed, chassis = _changes(old.chassis, new.chassis)
+    monitors_removed, monitors = _changes(old.monitors, new.monitors)
     old_ids = {_ident(f) for f in old.flows}
     new_ids = {_ident(f) for f in new.flows}
     return SBDelta(
@@ -76,6 +84,8 @@ def diff(old: SBState, new: SBState) -> SBDelta:
         flows=tuple(f for f in new.flows if _ident(f) not in old_ids),
         chassis=chassis,
         chassis_removed=chassis_removed,
+        monitors=monitors,
+        monitors_removed=monitors_removed,
     )
 
 
@@ -126,6 +136,11 @@ def apply(state: SBState, delta: SBDelta) -> SBState:
         chassis.pop(name, None)
     for ch in delta.chassis:
         chassis[_as(ch, Chassis).name] = ch
+    monitors = dict(state.monitors)
+    for member in delta.monitors_removed:
+        monitors.pop(member, None)
+    for monitor in delta.monitors:
+        monitors[_as(monitor, ServiceMonitor).member_id] = monitor
     return replace(
         state,
         generation=delta.generation,
@@ -135,6 +150,7 @@ def apply(state: SBState, delta: SBDelta) -> SBState:
         flows=_flows(state.flows, delta),
         chassis=chassis,
         mac_bindings=dict(state.mac_bindings),
+        monitors=monitors,
     )
 
 
@@ -152,5 +168,7 @@ def is_empty(delta: SBDelta) -> bool:
             delta.flows,
             delta.chassis,
             delta.chassis_removed,
+            delta.monitors,
+            delta.monitors_removed,
         )
     )

@@ -167,6 +167,13 @@ class HttpSB:
         body = {"chassis": chassis, "generation": generation}
         self._request("POST", "/installed", body=body)
 
+    def report_stats(self, chassis: str, stats: dict[str, Any]) -> None:
+        self._request("POST", "/stats", body={"chassis": chassis, "stats": stats})
+
+    def report_member_health(self, chassis: str, member_id: str, status: str) -> None:
+        body = {"chassis": chassis, "status": status}
+        self._request("PUT", f"/members/{quote(member_id, safe='')}/health", body=body)
+
 
 if TYPE_CHECKING:
 

@@ -35,6 +35,21 @@ Theory of operation
 * **report_installed** records the host's installed generation
   (``identity.report``), which ``/v2.0/netvirt/status`` and
   ``?wait=installed`` read.
+* **report_member_health** is a health check result from the host where the
+  member's VIF is bound (``agent/health.py``). Unlike port status it *is*
+  written with a generation bump: the ``lb`` builder leaves OFFLINE/ERROR
+  members out of ``ct_lb``, so the flows change and every host must install
+  them. Only real changes are written (a host repeating the status after a
+  restart costs nothing), and stale reports are dropped silently: a member
+  with no monitor in the newest served state, or whose VIF is not bound to
+  the reporting chassis (it migrated; the new host checks it now).
+* **report_stats** keeps the newest counters of each host in memory, never
+  in the NB store and without a generation bump (they change every few
+  seconds and mean nothing after a restart). Every report of a chassis —
+  stats, registration, ports, installed — is also its heartbeat:
+  :meth:`InMemorySB.last_seen` is when it was last heard of, and a host is
+  alive while that is less than ``alive_after`` seconds old (default
+  :data:`ALIVE_AFTER`; agents send stats every ~2 s).
 
 Thread-safety: every method may be called from any thread (the API serves
 each long-poll on a worker thread). One lock guards history, caches and the
@@ -49,19 +64,26 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
+
+from sqlalchemy.orm import Session
 
 from netvirt.northbound import identity
 from netvirt.northbound.db import Database
 from netvirt.northbound.errors import InvalidInput, not_found
-from netvirt.northbound.schema import Port
+from netvirt.northbound.lbaas_members import set_member_operating_status
+from netvirt.northbound.schema import Member, Port
 from netvirt.southbound import codec
 from netvirt.southbound.diff import NotDiffable, diff
+from netvirt.southbound.hosts import Received
 from netvirt.southbound.model import Chassis, SBState
 from netvirt.southbound.source import SBDelta, SBSource
 
 ENCAPS = ("geneve", "vxlan")
+HEALTH_STATUSES = ("ONLINE", "ERROR")
+ALIVE_AFTER = 10.0  # seconds of silence after which a host is down (5 missed stats reports)
 
 
 class Compiler(Protocol):
@@ -109,8 +131,18 @@ def _delta_size(delta: SBDelta) -> int:
 class InMemorySB:
     """:class:`~netvirt.southbound.source.SBSource` served from the compiler's output."""
 
-    def __init__(self, compiler: Compiler, *, history: int = 16, poll: float = 0.5) -> None:
+    def __init__(
+        self,
+        compiler: Compiler,
+        *,
+        history: int = 16,
+        poll: float = 0.5,
+        clock: Callable[[], float] = time.time,
+        alive_after: float = ALIVE_AFTER,
+    ) -> None:
         self.compiler = compiler
+        self.clock = clock
+        self.alive_after = alive_after
         self.db = compiler.db
         self.history_size = max(1, history)
         self.poll = poll
@@ -120,6 +152,8 @@ class InMemorySB:
         self._snapshot: Change | None = None
         self._chassis: dict[str, Chassis] = {}
         self._bindings: dict[str, tuple[str, bool]] = {}
+        self._seen: dict[str, float] = {}  # chassis -> wall-clock time of its last report
+        self._stats: dict[str, Received] = {}
 
     # ------------------------------------------------------------------ states
 
@@ -212,6 +246,7 @@ class InMemorySB:
         if not chassis.name:
             raise InvalidInput("name", "a chassis needs a name")
         with self._lock:
+            self._seen[chassis.name] = self.clock()
             if self._chassis.get(chassis.name) == chassis:
                 return
             self._chassis[chassis.name] = chassis
@@ -249,10 +284,73 @@ class InMemorySB:
                 row.revision_number += 1
         with self._lock:
             self._bindings[port] = (chassis, up)
+            self._seen[chassis] = self.clock()
 
     def report_installed(self, chassis: str, generation: int) -> None:
         with self.db.write(bump=False) as session:
             identity.report(session, "host", chassis, generation)
+        self.heard_from(chassis)
+
+    def report_member_health(self, chassis: str, member_id: str, status: str) -> None:
+        if status not in HEALTH_STATUSES:
+            raise InvalidInput("status", f"'{status}' is not one of {', '.join(HEALTH_STATUSES)}")
+        self.heard_from(chassis)
+        with self._lock:
+            latest = self._latest()
+        monitor = (latest or self.refresh()).monitors.get(member_id)
+        if monitor is None:
+            return  # the monitor (or member) is gone: a report racing a config change
+        if not self._member_needs(chassis, monitor.logical_port, member_id, status):
+            return
+        with self.db.write() as session:  # bumps: the lb flows change with the status
+            if self._member_needs_in(session, chassis, monitor.logical_port, member_id, status):
+                set_member_operating_status(session, member_id, status)
+
+    def _member_needs(self, chassis: str, port: str, member_id: str, status: str) -> bool:
+        with self.db.read() as session:
+            return self._member_needs_in(session, chassis, port, member_id, status)
+
+    @staticmethod
+    def _member_needs_in(
+        session: Session, chassis: str, port: str, member_id: str, status: str
+    ) -> bool:
+        """The member exists, its VIF is bound to ``chassis`` and its status differs."""
+        row = session.get(Port, port)
+        member = session.get(Member, member_id)
+        if row is None or member is None or row.binding_host_id != chassis:
+            return False
+        return member.operating_status != status
+
+    # ------------------------------------------------------------------ stats, heartbeat
+
+    def report_stats(self, chassis: str, stats: dict[str, Any]) -> None:
+        if not chassis:
+            raise InvalidInput("chassis", "a stats report needs a chassis name")
+        now = self.clock()
+        with self._lock:
+            self._stats[chassis] = Received(dict(stats), now)
+            self._seen[chassis] = now
+
+    def heard_from(self, chassis: str) -> None:
+        """Record a sign of life of ``chassis`` (any report it sent)."""
+        with self._lock:
+            self._seen[chassis] = self.clock()
+
+    def last_seen(self) -> dict[str, float]:
+        """chassis → wall-clock time (``time.time``) of its last report."""
+        with self._lock:
+            return dict(self._seen)
+
+    def alive(self, chassis: str) -> bool:
+        """Heard from within ``alive_after`` seconds."""
+        with self._lock:
+            seen = self._seen.get(chassis)
+        return seen is not None and self.clock() - seen < self.alive_after
+
+    def host_stats(self) -> dict[str, Received]:
+        """chassis → its newest stats report (in memory: empty after a restart)."""
+        with self._lock:
+            return dict(self._stats)
 
 
 if TYPE_CHECKING:

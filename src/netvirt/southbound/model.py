@@ -1,5 +1,5 @@
 """Southbound (SB) data model: logical datapaths, port bindings, multicast groups,
-logical flows, chassis and MAC bindings.
+logical flows, chassis, MAC bindings and service (health) monitors.
 
 Everything here is plain, immutable data keyed by stable tunnel keys, so a
 compile is a pure function of the NB snapshot and two compiles of the same NB
@@ -31,6 +31,18 @@ class Datapath:
 
 
 @dataclass(frozen=True, slots=True)
+class BandwidthLimit:
+    """A QoS ``bandwidth_limit`` in force on one direction of a VIF port, in Neutron's
+    units: ``max_kbps`` kilobits (1000 bits) per second, ``max_burst_kbps``
+    kilobits of burst. The compiler resolves Neutron's "0 = default burst" to
+    the number the datapath uses (80 % of ``max_kbps``, see docs/qos.md), so
+    the datapath never needs to know that convention."""
+
+    max_kbps: int
+    max_burst_kbps: int
+
+
+@dataclass(frozen=True, slots=True)
 class PortBinding:
     """A logical port. ``name`` is the NB port uuid; a router's side of an
     interface is ``lrp-<uuid of the NB interface port>``."""
@@ -45,6 +57,10 @@ class PortBinding:
     requested_chassis: str = ""  # binding:host_id
     up: bool = False
     nb_id: str = ""
+    # QoS bandwidth limits of VIF ports (its policy, else its network's): egress is
+    # traffic from the VM, ingress traffic to the VM (Neutron's directions)
+    egress_limit: BandwidthLimit | None = None
+    ingress_limit: BandwidthLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +85,55 @@ class MacBinding:
     mac: int
 
 
+MonitorType = Literal["PING", "TCP", "HTTP"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceMonitor:
+    """One load-balancer member to health-check, from the host where its VIF is bound.
+
+    The compiler emits one per enabled member of a pool with an enabled health
+    monitor, when the member's address (``monitor_address`` if set) is a fixed IP
+    of a VIF port (``logical_port``; on the member's subnet, or on the VIP's
+    network when the member names no subnet). Members with no such port are not
+    checked: no host could reach them without routing, which probes do not do.
+
+    Probe source (``source_ip``, ``source_mac``): the load balancer's VIP address
+    and the VIP port's MAC. Why: it is an address the load balancer already owns
+    in the tenant's network (no extra address is allocated from a subnet, as an
+    Octavia amphora's member-side port would be), the tenant sees in the
+    member's logs that the load balancer is checking it, and it is never the
+    destination of member traffic other than probe replies (balanced traffic
+    is DNATed, so members answer the clients; a member reaching its own VIP is
+    unsupported hairpin). The host can therefore claim frames addressed to it
+    without stealing anything from the pipeline. When the VIP is on the
+    member's subnet the member ARPs for it and the checker answers with this
+    MAC; otherwise the member routes its replies to its gateway and the checker
+    still recognises them by destination address.
+
+    ``port`` is the member's ``monitor_port`` or ``protocol_port`` (unused by
+    PING). HTTP fields are empty strings for other types.
+    """
+
+    member_id: str
+    pool_id: str
+    monitor_id: str
+    logical_port: str
+    member_mac: int  # the VIF's MAC: probes are sent to it
+    ip: str
+    port: int
+    type: MonitorType
+    delay: int
+    timeout: int
+    max_retries: int
+    max_retries_down: int
+    source_ip: str
+    source_mac: int
+    http_method: str = ""
+    url_path: str = ""
+    expected_codes: str = ""
+
+
 @dataclass
 class SBState:
     generation: int = 0
@@ -78,6 +143,7 @@ class SBState:
     flows: list[LogicalFlow] = field(default_factory=list)
     chassis: dict[str, Chassis] = field(default_factory=dict)
     mac_bindings: dict[tuple[str, str], MacBinding] = field(default_factory=dict)
+    monitors: dict[str, ServiceMonitor] = field(default_factory=dict)  # by member id
 
     def port_key(self, name: str) -> int:
         """Tunnel key of a logical port or multicast group (names in match text)."""

@@ -10,9 +10,9 @@ in generations it asks for a snapshot again (resync), never replays.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from netvirt.southbound.model import Chassis, SBState
+from netvirt.southbound.model import Chassis, SBState, ServiceMonitor
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class SBDelta:
     flows: tuple[object, ...] = ()
     chassis: tuple[Chassis, ...] = field(default=())
     chassis_removed: tuple[str, ...] = ()
+    monitors: tuple[ServiceMonitor, ...] = ()
+    monitors_removed: tuple[str, ...] = ()  # member ids
 
 
 class SBSource(Protocol):
@@ -52,3 +54,14 @@ class SBSource(Protocol):
         ...
 
     def report_installed(self, chassis: str, generation: int) -> None: ...
+
+    def report_stats(self, chassis: str, stats: dict[str, Any]) -> None:
+        """The host's counters (the document of ``Agent.counters``, see docs/southbound.md),
+        sent every few seconds; it doubles as the host's heartbeat. Kept in memory only:
+        it never writes the NB store and never moves the generation."""
+        ...
+
+    def report_member_health(self, chassis: str, member_id: str, status: str) -> None:
+        """A health check on ``chassis`` found the member ``status`` (ONLINE or ERROR).
+        Stale reports (the member lost its monitor, its port moved) are ignored."""
+        ...

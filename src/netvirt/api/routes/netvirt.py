@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import Field
 
 from netvirt.api.deps import compiler_service, get_context, get_db, require_admin
+from netvirt.api.routes.hosts import with_heartbeats
 from netvirt.model.types import RequestModel
 from netvirt.northbound import identity
 from netvirt.northbound.context import Context
@@ -91,9 +92,13 @@ def whoami(ctx: Context = Depends(get_context)) -> dict[str, Any]:
 
 
 @router.get("/status", summary="Realization status: NB, compiled and installed generations")
-def status(_ctx: Context = Depends(get_context), db: Database = Depends(get_db)) -> dict[str, Any]:
+def status(
+    request: Request, _ctx: Context = Depends(get_context), db: Database = Depends(get_db)
+) -> dict[str, Any]:
+    """Each host also carries ``last_seen`` and ``alive`` (its heartbeat, see hosts.py)."""
     with db.read() as session:
-        return {"status": identity.status(session)}
+        data = identity.status(session)
+    return {"status": with_heartbeats(request, data)}
 
 
 @router.post("/status/reports", status_code=204, summary="Report a realized generation (admin)")

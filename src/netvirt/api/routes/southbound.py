@@ -20,6 +20,7 @@ from pydantic import Field
 from netvirt.api.deps import compiler_service, get_db
 from netvirt.model.types import IPAddress, RequestModel
 from netvirt.northbound import identity
+from netvirt.southbound.hosts import StatsDoc
 from netvirt.southbound.memory import InMemorySB
 from netvirt.southbound.model import Chassis
 
@@ -70,6 +71,16 @@ class PortReport(RequestModel):
 class InstalledReport(RequestModel):
     chassis: ChassisName
     generation: int = Field(ge=0, le=2**31 - 1)
+
+
+class StatsReport(RequestModel):
+    chassis: ChassisName
+    stats: StatsDoc
+
+
+class MemberHealthReport(RequestModel):
+    chassis: ChassisName
+    status: Literal["ONLINE", "ERROR"]
 
 
 @router.get("/snapshot", summary="The whole SB state (host credentials)")
@@ -124,4 +135,37 @@ def report_installed(
     service: InMemorySB = Depends(southbound_service),
 ) -> Response:
     service.report_installed(body.chassis, body.generation)
+    return Response(status_code=204)
+
+
+@router.put(
+    "/members/{member_id}/health",
+    status_code=204,
+    summary="Report a load balancer member's health check result (host credentials)",
+)
+def report_member_health(
+    member_id: str,
+    body: MemberHealthReport,
+    _host: str = Depends(get_host),
+    service: InMemorySB = Depends(southbound_service),
+) -> Response:
+    """Stale reports (no monitor any more, the member's port bound elsewhere) are 204 too:
+    they race with configuration changes and must not make the agent retry."""
+    service.report_member_health(body.chassis, member_id, body.status)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/stats",
+    status_code=204,
+    summary="Report a host's counters; also its heartbeat (host credentials)",
+)
+def report_stats(
+    body: StatsReport,
+    _host: str = Depends(get_host),
+    service: InMemorySB = Depends(southbound_service),
+) -> Response:
+    """Kept in memory, newest per chassis (no store write, no generation bump); sizes are
+    bounded by the document's model and the API's body limit (docs/southbound.md)."""
+    service.report_stats(body.chassis, body.stats.model_dump())
     return Response(status_code=204)

@@ -1,10 +1,14 @@
-"""QoS DSCP marking (``ls_in_qos_mark``).
+"""QoS: DSCP marking (``ls_in_qos_mark``) and the bandwidth limits of VM ports.
 
 A VM port's effective policy is its own ``qos_policy_id``, else its network's
 (as Neutron: a network policy applies to the network's VM ports, not to
 router or other ``network:*`` ports). A ``dscp_marking`` rule rewrites the
-DSCP of every IP packet the VM sends (100): ``ip.dscp = N``. Bandwidth
-limits are the datapath's job (a later issue); they produce no flows here.
+DSCP of every IP packet the VM sends (100): ``ip.dscp = N``.
+
+Bandwidth limits produce no flows: token buckets are per-port state of the
+datapath, not a match/action. :func:`port_limits` resolves them (with
+Neutron's default burst) and ``topology.build_topology`` puts them on the
+port binding, where the host's datapath reads them (docs/qos.md).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from netvirt.compiler.expr.ast import BoolSym, conj
 from netvirt.compiler.lflow import FlowSink, Provenance
 from netvirt.compiler.nb import NBSnapshot, Obj
 from netvirt.dataplane.actions import Next, SetField
-from netvirt.southbound.model import SBState
+from netvirt.southbound.model import BandwidthLimit, SBState
 
 BUILDER = "qos"
 
@@ -31,13 +35,38 @@ def build(nb: NBSnapshot, sb: SBState, sink: FlowSink) -> None:
 
 
 def effective_policy(switch: Switch, port: LPort) -> str | None:
-    own = port.nb.get("qos_policy_id")
+    return policy_id(port.nb, switch.net)
+
+
+def policy_id(port: Obj, net: Obj) -> str | None:
+    """The id of the policy in force on ``port`` (its own, else its network's)."""
+    own = port.get("qos_policy_id")
     if own:
         return str(own)
-    if str(port.nb.get("device_owner", "")).startswith("network:"):
+    if str(port.get("device_owner", "")).startswith("network:"):
         return None
-    net_policy = switch.net.get("qos_policy_id")
+    net_policy = net.get("qos_policy_id")
     return str(net_policy) if net_policy else None
+
+
+DEFAULT_BURST_PERCENT = 80  # Neutron's burst when a rule says 0 (good enough for TCP)
+
+
+def default_burst(max_kbps: int) -> int:
+    """Neutron's default burst: 80 % of the rate, in kbit (rounded down, at least 1)."""
+    return max(1, max_kbps * DEFAULT_BURST_PERCENT // 100)
+
+
+def port_limits(policy: Obj | None) -> tuple[BandwidthLimit | None, BandwidthLimit | None]:
+    """(egress, ingress) limits of a policy; a rate of 0 means no limit (as OVS)."""
+    limits: dict[str, BandwidthLimit] = {}
+    for rule in (policy or {}).get("rules", []):
+        rate = int(rule.get("max_kbps") or 0)
+        if rule.get("type") != "bandwidth_limit" or rate <= 0:
+            continue
+        burst = int(rule.get("max_burst_kbps") or 0) or default_burst(rate)
+        limits[str(rule.get("direction") or "egress")] = BandwidthLimit(rate, burst)
+    return limits.get("egress"), limits.get("ingress")
 
 
 def dscp_mark(policy: Obj) -> int | None:

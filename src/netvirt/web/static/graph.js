@@ -22,9 +22,13 @@ export function statusClass(raw) {
   return "unknown";
 }
 
-/** up: has installed the compiled generation; lagging: behind but reporting; down: behind and silent. */
+/** down: silent (the API's heartbeat says not alive); up: alive and has installed the
+ * compiled generation; lagging: alive but behind. Without a heartbeat field (an older
+ * server) a host behind and silent for STALE_MS is down. */
 export function hostState(host, status, now) {
+  if (host.alive === false) return "DOWN";
   if (host.installed_generation >= status.compiled_generation) return "UP";
+  if (host.alive === true) return "LAGGING";
   const age = now - Date.parse(host.reported_at);
   return Number.isFinite(age) && age > STALE_MS ? "DOWN" : "LAGGING";
 }

@@ -1,0 +1,516 @@
+"""The datapath's event loop: ports, tunnels and the forwarder of one host.
+
+Theory of operation
+-------------------
+:class:`DatapathLoop` owns everything that moves packets on a host: the
+tunnel endpoints bound to the underlay address inside the host's namespace
+(Geneve on 6081 and VXLAN on 4789, so hosts of either encapsulation reach
+it), one port per plugged interface (``ifaces.PlugDir``: one file per
+interface naming its NB port; AF_PACKET or TAP), and the
+:class:`~netvirt.agent.forwarder.Forwarder` with what is installed. Its loop
+waits on the port fds, the tunnel fds and an eventfd (epoll, short timeout),
+drains up to a batch per ready fd into the forwarder, then runs periodic
+work (reopening tunnels, scanning the plug directory, state sweeps, the
+status file) and whatever its subclass adds in :meth:`DatapathLoop.periodic`.
+
+Two ways to run it:
+
+* :class:`DatapathProcess` (``netvirt datapath``) adds the control socket
+  (``agent.dpctl``): an agent in another process installs flows through it.
+  With no agent connected the loop keeps forwarding with what is installed;
+  that is what makes an agent restart invisible to traffic.
+* ``runner.Runner`` (``netvirt agent`` without ``--datapath``) runs the agent
+  core in the same loop (one process, as in tests).
+
+Restart of the datapath itself: nothing is persisted; a new process opens
+the same ports, an agent installs the flows again. Conntrack state survives
+only in a shared store (``--state-store redis://``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from netvirt.agent.dpctl import ControlServer
+from netvirt.agent.forwarder import Forwarder
+from netvirt.agent.ifaces import (
+    Carry,
+    CarryPort,
+    CarryTunnel,
+    IoPort,
+    PlugDir,
+    PortTable,
+    TunnelIo,
+    afpacket_in,
+    detect_mtu,
+    tunnel_in,
+)
+from netvirt.agent.physical import Encap, PhysicalState, Tunnel
+from netvirt.dataplane.classifier import Delta
+from netvirt.dataplane.flow import Rule
+from netvirt.dataplane.ports.base import Frame
+from netvirt.state.store import StateStore
+
+log = logging.getLogger(__name__)
+
+ENCAPS: tuple[Encap, ...] = ("geneve", "vxlan")
+DEFAULT_UNDERLAY_MTU = 1500
+LOG_EVERY = 5.0  # seconds between tracebacks of failures at packet rate
+SWEEP_INTERVAL = 10.0
+
+
+@dataclass
+class DatapathConfig:
+    """What a host's datapath is told (``netvirt datapath`` / ``netvirt agent``)."""
+
+    name: str
+    underlay_ip: str
+    iface_dir: Path
+    netns: str | None = None
+    encap: Encap = "geneve"
+    underlay_mtu: int | None = None  # None: the MTU of the interface holding underlay_ip
+    state_store: str = "memory://"
+    status_file: Path | None = None
+    control: Path | None = None  # the control socket (DatapathProcess)
+    scan_interval: float = 0.5
+    status_interval: float = 1.0
+    tick: float = 0.1
+    batch: int = 64
+
+
+@dataclass
+class LoopStats:
+    iterations: int = 0
+    steps: int = 0
+    errors: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+    def error(self, message: str) -> None:
+        self.errors += 1
+        self.last_error, self.last_error_at = message, time.time()
+
+
+@dataclass
+class _Handlers:
+    ports: dict[int, str] = field(default_factory=dict)  # fd -> iface
+    tunnels: dict[int, Encap] = field(default_factory=dict)  # fd -> encap
+    other: set[int] = field(default_factory=set)  # fds of subclasses (control socket)
+
+
+class DatapathLoop:
+    """One host's packet loop; see the module docstring.
+
+    ``store``, ``open_port`` and ``open_tunnel`` replace the configured state
+    store, AF_PACKET ports and UDP tunnels (tests use in-memory twins)."""
+
+    def __init__(
+        self,
+        config: DatapathConfig,
+        *,
+        store: StateStore | None = None,
+        open_port: Callable[[str], IoPort] | None = None,
+        open_tunnel: Callable[[Encap, str, int], TunnelIo] | None = None,
+    ) -> None:
+        self.dp_config = config
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        if store is None:
+            from netvirt.state import open_store
+
+            store = open_store(config.state_store)
+        self.store = store
+        self.open_port = open_port or (lambda iface: afpacket_in(config.netns, iface))
+        self.open_tunnel = open_tunnel or (
+            lambda encap, ip, mtu: tunnel_in(config.netns, encap, ip, mtu)
+        )
+        self.carry = Carry()
+        self.tunnels: dict[Encap, CarryTunnel] = {e: CarryTunnel(e, self.carry) for e in ENCAPS}
+        self.tunnel_errors: dict[str, str] = {}
+        self.underlay_mtu: int | None = config.underlay_mtu
+        self.plug_dir = PlugDir(config.iface_dir)
+        self.ports = PortTable(self.open_port)
+        tunnels: dict[str, Tunnel] = {str(e): t for e, t in self.tunnels.items()}
+        self.forwarder = Forwarder(self.store, tunnels, time.time, encap=config.encap)
+        self.stats = LoopStats()
+        self.started_at = time.time()
+        self._stopping = False
+        self._running = False
+        self._epoll: select.epoll | None = None
+        self._handlers = _Handlers()
+        self._logged_at = -LOG_EVERY
+        self._next_scan = self._next_status = self._next_tunnel = 0.0
+        self._next_sweep = time.monotonic() + SWEEP_INTERVAL
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Interrupt the loop's wait (any thread, signal handlers too)."""
+        with contextlib.suppress(OSError):
+            os.eventfd_write(self._wake_fd, 1)
+
+    def stop(self) -> None:
+        """Ask the loop to end (safe from a signal handler)."""
+        self._stopping = True
+        self.wake()
+
+    def run(self) -> int:
+        """Run until :meth:`stop`; returns the process exit code."""
+        self.start()
+        try:
+            while not self._stopping:
+                self.run_once()
+        finally:
+            self.close()
+        return 0
+
+    def start(self) -> None:
+        """Build the wait set (:meth:`run` does it; tests drive :meth:`run_once`)."""
+        self._running = True
+        self._rebuild_epoll()
+        config = self.dp_config
+        log.info(
+            "datapath %s: netns %s, underlay %s (%s), plug dir %s",
+            config.name,
+            config.netns or "-",
+            config.underlay_ip,
+            config.encap,
+            config.iface_dir,
+        )
+
+    def run_once(self, timeout: float | None = None) -> None:
+        """One loop iteration: wait, handle ready fds, then the periodic work."""
+        assert self._epoll is not None
+        wait = self.dp_config.tick if timeout is None else timeout
+        for fd, _events in self._epoll.poll(wait):
+            self._ready(fd)
+        self.stats.iterations += 1
+        now = time.monotonic()
+        if now >= self._next_tunnel:
+            self._guarded("opening tunnels", self._open_tunnels, now)
+        if now >= self._next_scan:
+            self._guarded("plug scan", self._scan, now)
+        self.periodic(now)
+        if now >= self._next_sweep:
+            self._guarded("state sweep", self._sweep, now)
+        if now >= self._next_status:
+            self._next_status = now + self.dp_config.status_interval
+            self._guarded("status", lambda _now: self.write_status(), now)
+
+    def periodic(self, now: float) -> None:
+        """Subclasses' work once per iteration (the in-process agent steps here)."""
+
+    def _guarded(self, what: str, task: Callable[[float], None], now: float) -> None:
+        """Run periodic work; a failure is counted and logged, never the end of the loop
+        (each task schedules its next run before it starts, so a failing one does not spin)."""
+        try:
+            task(now)
+        except Exception as err:
+            self.stats.error(f"{what}: {type(err).__name__}: {err}")
+            log.exception("%s failed", what)
+
+    def close(self) -> None:
+        """Close every socket; the plug directory is left alone."""
+        self._stopping = True
+        self._running = False
+        self.write_status()  # the last counters, with "running": false
+        self.ports.close_all()
+        for carry in self.tunnels.values():
+            if carry.tunnel is not None:
+                carry.tunnel.close()
+                carry.tunnel = None
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+        self.store.close()
+        os.close(self._wake_fd)
+        log.info("datapath %s stopped", self.dp_config.name)
+
+    # -- packets ----------------------------------------------------------------------------
+
+    def extra_fds(self) -> Iterable[int]:
+        """More fds to wait on (subclasses); :meth:`extra_ready` handles them."""
+        return ()
+
+    def extra_ready(self, fd: int) -> None:
+        """A readable fd of :meth:`extra_fds`."""
+
+    def _rebuild_epoll(self) -> None:
+        if self._epoll is not None:
+            self._epoll.close()
+        self._epoll = select.epoll()
+        self._epoll.register(self._wake_fd, select.EPOLLIN)
+        handlers = _Handlers()
+        for iface, entry in self.ports.open.items():
+            handlers.ports[entry.port.fileno()] = iface
+        for encap, carry in self.tunnels.items():
+            if carry.tunnel is not None:
+                handlers.tunnels[carry.tunnel.fileno()] = encap
+        handlers.other = set(self.extra_fds())
+        for fd in (*handlers.ports, *handlers.tunnels, *handlers.other):
+            self._epoll.register(fd, select.EPOLLIN)
+        self._handlers = handlers
+
+    def _ready(self, fd: int) -> None:
+        if fd == self._wake_fd:
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(self._wake_fd)
+            return
+        iface = self._handlers.ports.get(fd)
+        try:
+            if iface is not None:
+                self._from_port(iface)
+            elif fd in self._handlers.tunnels:
+                self._from_tunnel(self._handlers.tunnels[fd])
+            elif fd in self._handlers.other:
+                self.extra_ready(fd)
+        except Exception as err:  # a bug or a failing state store: count it, keep forwarding
+            self.stats.error(f"{type(err).__name__}: {err}")
+            now = time.monotonic()
+            if now - self._logged_at >= LOG_EVERY:  # at packet rate: log now and then
+                self._logged_at = now
+                log.exception("packet handling failed (%d errors so far)", self.stats.errors)
+        finally:
+            self.carry.current = None
+
+    def _from_port(self, iface: str) -> None:
+        entry = self.ports.open.get(iface)
+        if entry is None:
+            return
+        try:
+            frames = entry.port.recv_batch(self.dp_config.batch)
+        except OSError as err:  # the interface went away or down: reopen at the next scan
+            self.ports.fail(iface, err)
+            self.forwarder.unplug(iface)
+            self.plugs_changed()
+            self._rebuild_epoll()
+            return
+        self.ingest(iface, frames)
+
+    def ingest(self, iface: str, frames: Iterable[Frame]) -> None:
+        """Hand frames from a local interface to the forwarder: plain frames in batches,
+        frames with offload metadata one by one (their outputs inherit it, see
+        ``ifaces.Carry``)."""
+        plain: list[bytes] = []
+        handle = self.forwarder.handle_frames
+        for frame in frames:
+            if frame.vnet is None:
+                plain.append(frame.data)
+                continue
+            if plain:
+                handle(iface, plain)
+                plain = []
+            self.carry.current = frame
+            try:
+                handle(iface, (frame.data,))
+            finally:
+                self.carry.current = None
+        if plain:
+            handle(iface, plain)
+
+    def _from_tunnel(self, encap: Encap) -> None:
+        tunnel = self.tunnels[encap].tunnel
+        if tunnel is None:
+            return
+        for packet in tunnel.recv_batch(self.dp_config.batch):
+            self.carry.current = packet.frame
+            try:
+                self.forwarder.handle_decapsulated(
+                    packet.vni, packet.ingress, packet.egress, packet.frame.data
+                )
+            finally:
+                self.carry.current = None
+
+    # -- periodic work ----------------------------------------------------------------------
+
+    def plugs_changed(self) -> None:
+        """The plugged set changed (subclasses tell their agent)."""
+
+    def _open_tunnels(self, now: float) -> None:
+        self._next_tunnel = now + 1.0
+        missing = [e for e, carry in self.tunnels.items() if carry.tunnel is None]
+        if not missing:
+            self._next_tunnel = float("inf")
+            return
+        config = self.dp_config
+        if self.underlay_mtu is None:
+            self.underlay_mtu = detect_mtu(config.netns, config.underlay_ip)
+        mtu = self.underlay_mtu or DEFAULT_UNDERLAY_MTU
+        opened = False
+        for encap in missing:
+            try:
+                self.tunnels[encap].tunnel = self.open_tunnel(encap, config.underlay_ip, mtu)
+            except Exception as err:  # OSError, or NetnsError for a missing namespace
+                message = f"cannot open the {encap} endpoint on {config.underlay_ip}: {err}"
+                if self.tunnel_errors.get(encap) != message:
+                    log.warning("%s (retrying)", message)
+                    if encap == config.encap:
+                        self.stats.error(message)
+                self.tunnel_errors[encap] = message
+                continue
+            self.tunnel_errors.pop(encap, None)
+            opened = True
+            log.info("%s endpoint open on %s (underlay MTU %d)", encap, config.underlay_ip, mtu)
+        if opened:
+            self._rebuild_epoll()
+
+    def _scan(self, now: float) -> None:
+        self._next_scan = now + self.dp_config.scan_interval
+        change = self.ports.sync(self.plug_dir.scan())
+        if not change:
+            return
+        for iface in change.closed:
+            self.forwarder.unplug(iface)
+        for _iface, entry in change.opened:
+            self.forwarder.plug(CarryPort(entry.port, self.carry), entry.port_id)
+        self.plugs_changed()
+        self._rebuild_epoll()
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + SWEEP_INTERVAL
+        sweep = getattr(self.store, "sweep", None)
+        if sweep is not None:
+            sweep()
+
+    # -- status -----------------------------------------------------------------------------
+
+    def datapath_status(self) -> dict[str, Any]:
+        """The datapath's part of a status document."""
+        config = self.dp_config
+        return {
+            "name": config.name,
+            "pid": os.getpid(),
+            "running": self._running and not self._stopping,
+            "started_at": self.started_at,
+            "updated_at": time.time(),
+            "netns": config.netns,
+            "encap": config.encap,
+            "underlay_ip": config.underlay_ip,
+            "underlay_mtu": self.underlay_mtu,
+            "installed_generation": self.forwarder.generation,
+            "ports": {i: e.port_id for i, e in sorted(self.ports.open.items())},
+            "unplugged": dict(sorted(self.ports.failed.items())),
+            "tunnels": {
+                encap: {"open": carry.tunnel is not None, "error": self.tunnel_errors.get(encap)}
+                for encap, carry in self.tunnels.items()
+            },
+            "loop": {
+                "iterations": self.stats.iterations,
+                "steps": self.stats.steps,
+                "errors": self.stats.errors,
+            },
+            "io": self.io_counters(),
+        }
+
+    def status(self) -> dict[str, object]:
+        """The status document (what ``--status-file`` holds)."""
+        doc = self.datapath_status()
+        doc["counters"] = self.forwarder.counters()
+        doc["last_error"] = self.stats.last_error
+        return doc
+
+    def io_counters(self) -> dict[str, object]:
+        ports = {i: e.port.counters.as_dict() for i, e in sorted(self.ports.open.items())}
+        tunnels = {
+            encap: carry.tunnel.counters.as_dict()
+            for encap, carry in self.tunnels.items()
+            if carry.tunnel is not None
+        }
+        return {"ports": ports, "tunnels": tunnels}
+
+    def write_status(self) -> None:
+        """Write the status file atomically (no-op without one); never raises."""
+        path = self.dp_config.status_file
+        if path is None:
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.status(), indent=1, sort_keys=True, default=str))
+            os.replace(tmp, path)
+        except OSError as err:
+            log.warning("cannot write status file %s: %s", path, err)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+class DatapathProcess(DatapathLoop):
+    """``netvirt datapath``: the packet loop plus the control socket for an agent."""
+
+    def __init__(
+        self,
+        config: DatapathConfig,
+        *,
+        store: StateStore | None = None,
+        open_port: Callable[[str], IoPort] | None = None,
+        open_tunnel: Callable[[Encap, str, int], TunnelIo] | None = None,
+    ) -> None:
+        if config.control is None:
+            raise ValueError("a datapath process needs a control socket path")
+        super().__init__(config, store=store, open_port=open_port, open_tunnel=open_tunnel)
+        self.events: list[object] = []
+        self.control = ControlServer(
+            config.control,
+            {
+                "hello": self._hello,
+                "poll": self._poll,
+                "rules": self.forwarder.rules,
+                "install": self._install,
+                "counters": self._counters,
+                "events": self._events,
+            },
+        )
+
+    def extra_fds(self) -> Iterable[int]:
+        return self.control.fds()
+
+    def extra_ready(self, fd: int) -> None:
+        if self.control.ready(fd):
+            self._rebuild_epoll()
+
+    def close(self) -> None:
+        self.control.close()
+        super().close()
+
+    # -- control ops ------------------------------------------------------------------------
+
+    def _hello(self) -> dict[str, object]:
+        return self._poll() | {"chassis": self.dp_config.name}
+
+    def _poll(self) -> dict[str, object]:
+        fwd = self.forwarder
+        return {"version": fwd.rule_version, "generation": fwd.generation, "plugs": fwd.plugged()}
+
+    def _install(
+        self, physical: PhysicalState, add: list[Rule], remove: list[Rule]
+    ) -> dict[str, object]:
+        delta: Delta = self.forwarder.install(physical, add, remove)
+        self.write_status()  # the new generation is visible at once
+        return {
+            "added": delta.added,
+            "removed": delta.removed,
+            "version": self.forwarder.rule_version,
+            "generation": self.forwarder.generation,
+        }
+
+    def _counters(self) -> dict[str, object]:
+        return self.forwarder.counters() | {"io": self.io_counters()}
+
+    def _events(self) -> list[object]:
+        events, self.events = self.events, []
+        return events
+
+    def status(self) -> dict[str, object]:
+        doc = super().status()
+        doc["control"] = {
+            "agent_connected": self.control.client is not None,
+            **self.control.stats,
+        }
+        return doc
