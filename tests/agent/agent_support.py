@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from netvirt.agent import Agent
 from netvirt.agent.physical import Encap, encapsulate
@@ -61,6 +62,8 @@ class FakeSB:
         self.chassis: dict[str, Chassis] = {}
         self.port_reports: list[tuple[str, str, bool]] = []
         self.installed: dict[str, int] = {}
+        self.health: dict[str, tuple[str, str]] = {}  # member id -> (chassis, status)
+        self.stats: dict[str, dict[str, Any]] = {}
         self.fail = False
         self.mode = "delta"  # delta | full | gap
         self.snapshots = 0
@@ -108,6 +111,14 @@ class FakeSB:
     def report_installed(self, chassis: str, generation: int) -> None:
         self._check()
         self.installed[chassis] = generation
+
+    def report_member_health(self, chassis: str, member_id: str, status: str) -> None:
+        self._check()
+        self.health[member_id] = (chassis, status)
+
+    def report_stats(self, chassis: str, stats: dict[str, Any]) -> None:
+        self._check()
+        self.stats[chassis] = stats
 
 
 @dataclass

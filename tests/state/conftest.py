@@ -1,8 +1,11 @@
-"""Fixtures for the StateStore contract: the same tests run on memory and on a real Redis.
+"""Fixtures for the StateStore contract: the same tests on memory, Redis and Redis Cluster.
 
 The Redis server is Debian's ``redis-server``, started once per session on a
-free loopback port with persistence off, and flushed before every test. Time
-is abstracted by ``Harness.advance``: a fake clock for the memory store, a real
+free loopback port with persistence off, and flushed before every test. The
+cluster is three ``redis-server --cluster-enabled yes`` masters on loopback
+ports of 7100-7199 (client and bus ports), joined with CLUSTER ADDSLOTSRANGE
+and MEET, started once per session and flushed before every test. Time is
+abstracted by ``Harness.advance``: a fake clock for the memory store, a real
 sleep for Redis (whose clock we cannot drive).
 """
 
@@ -15,8 +18,9 @@ import pytest
 import redis
 
 from netvirt.state import MemoryStore
+from netvirt.state.cluster import RedisClusterStore
 from netvirt.state.redis import RedisStore
-from state.state_support import FakeClock, Harness, RedisServer, redis_binary
+from state.state_support import FakeClock, Harness, RedisClusterServers, RedisServer, redis_binary
 
 
 @pytest.fixture(scope="session")
@@ -53,10 +57,38 @@ def redis_store(redis_raw: redis.Redis, redis_url: str) -> Iterator[RedisStore]:
     store.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster(
+    redis_bin: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisClusterServers]:
+    servers = RedisClusterServers(redis_bin, tmp_path_factory.mktemp("nvc-cluster"))
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture
+def cluster(redis_cluster: RedisClusterServers) -> RedisClusterServers:
+    """The session's cluster, every master flushed (version counters included)."""
+    redis_cluster.flush()
+    return redis_cluster
+
+
+@pytest.fixture
+def cluster_store(cluster: RedisClusterServers) -> Iterator[RedisClusterStore]:
+    store = RedisClusterStore.from_url(cluster.url)
+    yield store
+    store.close()
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def harness(request: pytest.FixtureRequest) -> Harness:
     if request.param == "memory":
         clock = FakeClock()
         return Harness("memory", MemoryStore(clock), clock.advance)
+    if request.param == "cluster":
+        return Harness("cluster", request.getfixturevalue("cluster_store"), time.sleep)
     store: RedisStore = request.getfixturevalue("redis_store")
     return Harness("redis", store, time.sleep)

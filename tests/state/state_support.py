@@ -1,7 +1,8 @@
-"""Helpers shared by the StateStore tests: a fake clock, the harness, a redis-server runner."""
+"""Helpers shared by the StateStore tests: a fake clock, the harness, redis-server runners."""
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -9,12 +10,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from netvirt.state import StateStore
+from netvirt.state.cluster_setup import ClusterNode, cluster_url, form_cluster, node_argv
 
 REDIS_SERVER = "/usr/bin/redis-server"
+CLUSTER_PORTS = range(7100, 7200)  # this worker's loopback range for test clusters
 
 
 class FakeClock:
@@ -91,3 +95,82 @@ class RedisServer:
             raise RuntimeError("redis-server did not answer PING within 10 s")
         finally:
             client.close()
+
+
+def free_ports(count: int, ports: range = CLUSTER_PORTS) -> list[int]:
+    """``count`` loopback ports of ``ports`` that nobody listens on, from a random start."""
+    start = random.randrange(len(ports))
+    found: list[int] = []
+    for offset in range(len(ports)):
+        port = ports[(start + offset) % len(ports)]
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise RuntimeError(f"fewer than {count} free loopback ports in {ports}")
+
+
+class RedisClusterServers:
+    """A throwaway Redis Cluster: ``count`` masters on loopback, no persistence."""
+
+    def __init__(self, binary: str, workdir: Path, count: int = 3) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        ports = free_ports(2 * count)
+        self.nodes = [
+            ClusterNode("127.0.0.1", ports[2 * i], ports[2 * i + 1]) for i in range(count)
+        ]
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        return cluster_url(self.nodes)
+
+    def start(self) -> None:
+        for index in range(len(self.nodes)):
+            self.start_node(index)
+        form_cluster(self.nodes)
+
+    def start_node(self, index: int) -> None:
+        """(Re)start one node; a restarted node rejoins from its nodes-<port>.conf, empty."""
+        node = self.nodes[index]
+        args = node_argv(self.binary, node, self.workdir)
+        args += ["--logfile", str(self.workdir / f"redis-{node.port}.log")]
+        self.procs[index] = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def stop_node(self, index: int) -> None:
+        proc = self.procs.pop(index, None)
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        for index in list(self.procs):
+            self.stop_node(index)
+
+    def client(self, index: int) -> redis.Redis:
+        node = self.nodes[index]
+        return redis.Redis(host=node.host, port=node.port, socket_timeout=2.0)
+
+    def each(self, command: str) -> list[Any]:
+        """Run ``command`` on every master; answers in node order."""
+        answers = []
+        for index in range(len(self.nodes)):
+            client = self.client(index)
+            try:
+                answers.append(client.execute_command(command))
+            finally:
+                client.close()
+        return answers
+
+    def flush(self) -> None:
+        self.each("FLUSHALL")
+
+    def dbsizes(self) -> list[int]:
+        return [int(n) for n in self.each("DBSIZE")]

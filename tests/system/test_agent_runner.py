@@ -482,6 +482,14 @@ class ScriptedSB:
         self._check()
         self.calls.append(("installed", generation))
 
+    def report_member_health(self, chassis: str, member_id: str, status: str) -> None:
+        self._check()
+        self.calls.append(("health", member_id, status))
+
+    def report_stats(self, chassis: str, stats: dict[str, Any]) -> None:
+        self._check()
+        self.calls.append(("stats", chassis))
+
 
 @pytest.fixture
 def queued() -> Iterator[tuple[QueuedSB, ScriptedSB]]:

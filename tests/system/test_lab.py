@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from netvirt.api.client import NetvirtClient
 from netvirt.dataplane import netns
+from netvirt.lab.build import member_statuses
 from system.labrun import LabRun, wait_reachable
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
@@ -88,6 +91,7 @@ def test_minimal_lab_up_traffic_and_clean_down(lab: LabRun) -> None:
     assert time.monotonic() - started < 110
 
 
+@pytest.mark.timeout(240)
 def test_quickstart_nat_isolation_and_migration(lab: LabRun) -> None:
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed: run scripts/setup.sh")
@@ -146,8 +150,47 @@ def test_quickstart_nat_isolation_and_migration(lab: LabRun) -> None:
     assert wait_reachable(lab, "blue-cl", "10.0.0.11")
     assert curl(lab, "blue-cl", "http://10.0.0.11/") == "web2"
 
+    # LB health checks on the members' hosts (web2 now on hv3): its web server stops, so it
+    # leaves the VIP within max_retries_down x delay + timeout = 3 x 2 + 1 s, and comes back
+    _health_checks_follow_the_member(lab)
+
     # an agent stopped and started again: traffic through its host comes back
     lab.ok("host", "stop", "hv1")
     assert lab.sh("blue-cl", "ping", "-n", "-c", "1", "-W", "1", "10.0.0.10").returncode != 0
     lab.ok("host", "start", "hv1")
     assert wait_reachable(lab, "blue-cl", "10.0.0.10")
+
+
+def _member_status(lab: LabRun, name: str) -> str:
+    state = lab.state()
+    with NetvirtClient(state.url, state.admin_token, timeout=10) as admin:
+        return member_statuses(admin)[name]
+
+
+def _wait_status(lab: LabRun, name: str, status: str, within: float) -> float:
+    started = time.monotonic()
+    while (seen := _member_status(lab, name)) != status:
+        assert time.monotonic() - started < within, f"{name} still {seen} after {within}s"
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def _health_checks_follow_the_member(lab: LabRun) -> None:
+    state = lab.state()
+    assert _member_status(lab, "web2") == "ONLINE"
+    service = next(p for p in state.processes if p.role.startswith("service:web2:http"))
+    os.kill(service.pid, signal.SIGTERM)
+    took = _wait_status(lab, "web2", "ERROR", within=12)
+    print(f"\nweb2 ERROR {took:.1f}s after its web server stopped (bound: 7 s + install)")
+    assert {curl(lab, "blue-cl", "http://10.0.0.100/") for _ in range(6)} == {"web1"}
+    root = Path(state.dir) / "www" / "web2"
+    argv = [sys.executable, "-m", "http.server", "80", "--bind", "0.0.0.0", "--directory"]
+    server = netns.popen_in(state.vms["web2"].netns, [*argv, str(root)])
+    try:
+        took = _wait_status(lab, "web2", "ONLINE", within=12)
+        print(f"web2 ONLINE {took:.1f}s after its web server came back")
+        served = {curl(lab, "blue-cl", "http://10.0.0.100/") for _ in range(10)}
+        assert served == {"web1", "web2"}
+    finally:
+        server.kill()
+        server.communicate()

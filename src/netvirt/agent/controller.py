@@ -111,12 +111,14 @@ class AgentProcess:
                 os.eventfd_read(self._wake_fd)
         now = time.monotonic()
         self.stats.iterations += 1
-        if self._sync_datapath(now):
-            self._guarded("agent step", now)
         if now >= self._next_status:
             self._next_status = now + self.config.status_interval
             self._refresh_counters()
             self.write_status()
+        if self._sync_datapath(now):
+            self._guarded("agent step", now)
+            events = self.datapath.take_health_events()
+            self.control.report(self.agent, events, now, self.dp_counters or None)
 
     # -- the datapath -----------------------------------------------------------------------
 

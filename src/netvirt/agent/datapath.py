@@ -198,6 +198,8 @@ class DatapathLoop:
             self._guarded("opening tunnels", self._open_tunnels, now)
         if now >= self._next_scan:
             self._guarded("plug scan", self._scan, now)
+        if self.forwarder.health.active:
+            self._guarded("health checks", self._health, now)
         self.periodic(now)
         if now >= self._next_sweep:
             self._guarded("state sweep", self._sweep, now)
@@ -268,6 +270,8 @@ class DatapathLoop:
         try:
             if iface is not None:
                 self._from_port(iface)
+                if self.forwarder.health_pending:  # answers to the VM's replies go out now
+                    self.forwarder.health_tick()
             elif fd in self._handlers.tunnels:
                 self._from_tunnel(self._handlers.tunnels[fd])
             elif fd in self._handlers.other:
@@ -333,6 +337,11 @@ class DatapathLoop:
 
     def plugs_changed(self) -> None:
         """The plugged set changed (subclasses tell their agent)."""
+
+    def _health(self, now: float) -> None:
+        deadline = self.forwarder.health.next_deadline()
+        if deadline is not None and deadline <= self.forwarder.clock():
+            self.forwarder.health_tick()
 
     def _open_tunnels(self, now: float) -> None:
         self._next_tunnel = now + 1.0
@@ -486,13 +495,19 @@ class DatapathProcess(DatapathLoop):
 
     def _poll(self) -> dict[str, object]:
         fwd = self.forwarder
-        return {"version": fwd.rule_version, "generation": fwd.generation, "plugs": fwd.plugged()}
+        return {
+            "version": fwd.rule_version,
+            "generation": fwd.generation,
+            "plugs": fwd.plugged(),
+            "health": fwd.take_health_events(),
+        }
 
     def _install(
         self, physical: PhysicalState, add: list[Rule], remove: list[Rule]
     ) -> dict[str, object]:
         delta: Delta = self.forwarder.install(physical, add, remove)
         self.write_status()  # the new generation is visible at once
+        self.forwarder.health_tick()  # new members are probed at once
         return {
             "added": delta.added,
             "removed": delta.removed,

@@ -19,14 +19,15 @@ is private. The ops:
 
 ``hello``     who the datapath is: chassis name, boot id, rule version,
               installed generation, plugged interfaces.
-``poll``      rule version, installed generation, plugged interfaces (the
-              agent polls every loop tick; it is small).
+``poll``      rule version, installed generation, plugged interfaces, and the
+              health-check verdict changes since the last poll (the agent
+              polls every loop tick; it is small).
 ``rules``     the installed rules (once per agent start or datapath restart:
               the reconciler's record of what is installed).
 ``install``   ``(physical, add, remove)``: apply a rule difference and switch
               topology and dispatch maps, atomically between packet batches.
 ``counters``  the datapath's counters (ports, tunnel, drops, I/O).
-``events``    queued events for the agent (e.g. health-check results), drained.
+``events``    other queued events for the agent, drained (none yet).
 
 One client at a time: a new connection replaces the old one (a restarted
 agent whose predecessor's socket is not closed yet). The datapath serves
@@ -237,6 +238,7 @@ class RemoteDatapath:
         self.sock: socket.socket | None = None
         self.view = DatapathView()
         self.connects = 0
+        self.health_events: list[tuple[str, str]] = []
 
     @property
     def connected(self) -> bool:
@@ -275,7 +277,13 @@ class RemoteDatapath:
         assert isinstance(state, dict)
         self.view.version, self.view.generation = state["version"], state["generation"]
         self.view.plugs = dict(state["plugs"])
+        self.health_events.extend(state.get("health", ()))
         return before != self.view.plugs
+
+    def take_health_events(self) -> list[tuple[str, str]]:
+        """Health-check verdict changes (member id, status) the datapath reported."""
+        events, self.health_events = self.health_events, []
+        return events
 
     def events(self) -> list[Any]:
         result = self._call("events")

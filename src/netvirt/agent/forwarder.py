@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from netvirt.agent.bindings import Plug
+from netvirt.agent.health import HealthChecker
 from netvirt.agent.physical import (
     NO_PORT,
     Encap,
@@ -57,6 +58,7 @@ from netvirt.dataplane.drops import DropReason, ParseError
 from netvirt.dataplane.flow import Rule
 from netvirt.dataplane.nf import Conntrack, FlowKeyConntrack
 from netvirt.dataplane.pipeline import Emit, Pipeline, Topology, Verdict
+from netvirt.dataplane.policer import PortPolicers
 from netvirt.state.store import StateStore
 
 log = logging.getLogger(__name__)
@@ -152,6 +154,10 @@ class Forwarder:
         self.tunnel_counters = PortCounters()
         self.drops: dict[DropReason, int] = {}
         self.installs = 0
+        self.health = HealthChecker()
+        self.health_events: list[tuple[str, str]] = []  # (member id, status) for the agent
+        self.health_pending = False  # offer() queued answers: run health_tick soon
+        self.policers = PortPolicers()
 
     # -- local interfaces --------------------------------------------------------------------
 
@@ -190,6 +196,8 @@ class Forwarder:
         _keep_learned(self.pipeline.topology, physical.topology)
         self.installed.physical = physical
         self.pipeline.topology = physical.topology
+        self.health.update(physical.monitors, physical.monitor_ifaces)
+        self.policers.update(physical.limits)
         self.installs += 1
         if delta.added or delta.removed:
             log.info(
@@ -207,14 +215,22 @@ class Forwarder:
         """A batch received on ``iface``: run the pipeline, send the outputs per destination."""
         counters = self.port_counters.setdefault(iface, PortCounters())
         where = self.installed.physical.local_ports.get(iface)
+        policers, health = self.policers, self.health
         out = _Outbox()
         verdicts = []
         for frame in frames:
             counters.rx(len(frame))
+            now = self.clock()
+            if not policers.police_rx(iface, len(frame), now):
+                self._count_drop(counters, DropReason.QOS_POLICED)
+                continue
+            if health.active and health.offer(iface, frame, now):
+                self.health_pending = True
+                continue
             if where is None:
                 self._count_drop(counters, DropReason.UNKNOWN_PORT)
                 continue
-            verdict = self.pipeline.process(frame, where[0], where[1], self.clock())
+            verdict = self.pipeline.process(frame, where[0], where[1], now)
             self._dispatch(verdict, out, counters, from_tunnel=False)
             verdicts.append(verdict)
         self._flush(out)
@@ -304,13 +320,9 @@ class Forwarder:
                 for _ in frames:
                     self._count_drop(counters, DropReason.UNKNOWN_PORT)
                 continue
-            try:
-                plug.port.send_batch(frames)
-            except OSError as err:
-                counters.tx_errors += len(frames)
-                log.warning("send on %s failed: %s", iface, err)
-                continue
-            counters.tx(frames)
+            if iface in self.policers.tx:
+                frames = self._police_tx(iface, frames, counters)
+            self._send(plug, frames, counters)
         for remote, emit in out.tunnel:
             tunnel = self.tunnels.get(remote.encap)
             try:
@@ -322,6 +334,49 @@ class Forwarder:
                 log.warning("tunnel send to %s failed: %s", remote.ip, err)
                 continue
             self.tunnel_counters.tx((emit.frame,))
+
+    def _police_tx(self, iface: str, frames: list[bytes], counters: PortCounters) -> list[bytes]:
+        now, passed = self.clock(), []
+        for frame in frames:
+            if self.policers.police_tx(iface, len(frame), now):
+                passed.append(frame)
+            else:
+                self._count_drop(counters, DropReason.QOS_POLICED)
+        return passed
+
+    def _send(self, plug: Plug, frames: Sequence[bytes], counters: PortCounters) -> None:
+        if not frames:
+            return
+        try:
+            plug.port.send_batch(frames)
+        except OSError as err:
+            counters.tx_errors += len(frames)
+            log.warning("send on %s failed: %s", plug.port.name, err)
+            return
+        counters.tx(frames)
+
+    # -- health checks ----------------------------------------------------------------------------
+
+    def health_tick(self, now: float | None = None) -> float | None:
+        """Send the health checker's due frames (probes and answers) straight to the member
+        interfaces, bypassing the pipeline; queue its verdict changes for the agent. Returns
+        when it next has work (None: idle). The loop calls it after a batch in which the
+        checker took frames, and on a timer."""
+        self.health_pending = False
+        if not self.health.active:
+            return None
+        now = self.clock() if now is None else now
+        for iface, frame in self.health.due(now):
+            plug = self.plugs.get(iface)
+            if plug is not None:
+                sender = getattr(plug.port, "port", plug.port)  # not through offload carry
+                self._send(Plug(sender, plug.logical_port), [frame], self.port_counters[iface])
+        self.health_events.extend(self.health.changes())
+        return self.health.next_deadline()
+
+    def take_health_events(self) -> list[tuple[str, str]]:
+        events, self.health_events = self.health_events, []
+        return events
 
     def _count_drop(self, counters: PortCounters, reason: DropReason) -> None:
         counters.drops[reason] = counters.drops.get(reason, 0) + 1
@@ -338,6 +393,8 @@ class Forwarder:
             "drops": {r.value: n for r, n in sorted(self.drops.items(), key=_by_value)},
             "rules": len(self.installed.classifier),
             "installs": self.installs,
+            "health": {"checks": self.health.counters.as_dict(), "members": self.health.statuses()},
+            "qos": self.policers.counters(),
         }
 
 

@@ -404,6 +404,11 @@ class HealthChecker:
         if member.probe is not None:
             self._end_probe(member, member.probe, reset=True, now=member.probe.deadline)
 
+    @property
+    def active(self) -> bool:
+        """Anything to check, send or recognise (the datapath skips the checker otherwise)."""
+        return bool(self._members or self._outbox or self._lingering)
+
     def statuses(self) -> dict[str, str | None]:
         """Each checked member's current verdict (None until a streak completes)."""
         return {member_id: m.status for member_id, m in self._members.items()}

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, cast
 
 from netvirt.agent.bindings import Bindings
+from netvirt.agent.health import local_monitors
 from netvirt.compiler import translate
 from netvirt.compiler.expr.normalize import ExprError
 from netvirt.compiler.lflow import LogicalFlow
@@ -51,7 +52,8 @@ from netvirt.dataplane.flow import Rule
 from netvirt.dataplane.headers.geneve import PROTO_ETHERNET, GeneveHeader, netvirt_header, ports
 from netvirt.dataplane.headers.vxlan import VxlanHeader
 from netvirt.dataplane.pipeline import Topology
-from netvirt.southbound.model import SBState
+from netvirt.dataplane.policer import Limits
+from netvirt.southbound.model import SBState, ServiceMonitor
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,10 @@ class PhysicalState:
     macs: dict[tuple[int, int], tuple[int, ...]] = field(default_factory=dict)  # (dp, mac)
     flood: dict[int, tuple[int, ...]] = field(default_factory=dict)  # switch -> local members
     notes: list[str] = field(default_factory=list)
+    # LB members bound here that this host health-checks, and their interfaces
+    monitors: list[ServiceMonitor] = field(default_factory=list)
+    monitor_ifaces: dict[str, str] = field(default_factory=dict)  # logical port -> iface
+    limits: dict[str, Limits] = field(default_factory=dict)  # iface -> (egress, ingress) QoS
 
 
 def empty_state() -> PhysicalState:
@@ -212,7 +218,22 @@ def compute(
     rules = (translator or FlowTranslator()).rules(flows, sb, notes)
     state = PhysicalState(sb.generation, dps, rules, _topology(sb, bindings, dps), notes=notes)
     _port_maps(sb, bindings, state)
+    _port_services(sb, bindings, state)
     return state
+
+
+def _port_services(sb: SBState, bindings: Bindings, state: PhysicalState) -> None:
+    """Per-port work of the datapath beyond flows: health checks of LB members bound here
+    (``agent.health``) and QoS bandwidth limits (``dataplane.policer``)."""
+    for monitor in local_monitors(sb, bindings.chassis):
+        state.monitors.append(monitor)
+        iface = bindings.local.get(monitor.logical_port)
+        if iface is not None:
+            state.monitor_ifaces[monitor.logical_port] = iface
+    for port, iface in bindings.local.items():
+        pb = sb.ports.get(port)
+        if pb is not None and (pb.egress_limit or pb.ingress_limit):
+            state.limits[iface] = (pb.egress_limit, pb.ingress_limit)
 
 
 def _kind(name: str, bindings: Bindings) -> str:

@@ -39,7 +39,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -415,6 +415,7 @@ class Control:
         self.sb = QueuedSB(remote, chassis, wake, poll_timeout=config.poll_timeout)
         self.plugs_changed = False
         self._next_step = 0.0
+        self._next_stats = 0.0
 
     def step_if_due(self, agent: Agent, stats: LoopStats, now: float) -> None:
         """Step the agent when the SB moved, plugs changed, or the periodic step is due."""
@@ -433,6 +434,24 @@ class Control:
             stats.steps += 1
             if result.error is not None and not result.error.startswith("SBLost"):
                 stats.error(f"southbound: {result.error}")
+
+    def report(
+        self,
+        agent: Agent,
+        health: Iterable[tuple[str, str]],
+        now: float,
+        datapath_counters: Mapping[str, object] | None = None,
+    ) -> None:
+        """Queue the datapath's health-check verdicts, and every ``stats_interval`` the
+        host's counters (they are also its heartbeat, see ``southbound.hosts``)."""
+        for member_id, status in health:
+            self.sb.report_member_health(self.config.name, member_id, status)
+        if now < self._next_stats or agent.mirror.generation is None:
+            return
+        self._next_stats = now + self.config.stats_interval
+        bindings = agent.bindings
+        bound = {} if bindings is None else {i: p for p, i in sorted(bindings.local.items())}
+        self.sb.report_stats(self.config.name, agent.counters(datapath_counters) | {"bound": bound})
 
     def close(self) -> None:
         self.sb.stop()
@@ -512,6 +531,7 @@ class Runner(DatapathLoop):
 
     def _step(self, now: float) -> None:
         self.control.step_if_due(self.agent, self.stats, now)
+        self.control.report(self.agent, self.forwarder.take_health_events(), now)
 
     def plugs_changed(self) -> None:
         self.control.plugs_changed = True

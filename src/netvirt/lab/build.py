@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from netvirt.api.client import ApiError, NetvirtClient
-from netvirt.lab import dhcp, net
+from netvirt.lab import dhcp, net, redis_cluster
 from netvirt.lab.api import ApiBuilder
 from netvirt.lab.net import Names, System
 from netvirt.lab.state import (
@@ -181,6 +181,7 @@ def start_redis(system: System, state: LabState) -> None:
 
 
 HOST_TOKEN_ENV = "NETVIRT_HOST_TOKEN"
+MEMBERS_TIMEOUT = 60.0  # seconds for health checks to bring every LB member ONLINE
 
 
 def datapath_argv(state: LabState, host: HostRecord, underlay_mtu: int) -> list[str]:
@@ -438,6 +439,9 @@ def _build(topo: Topology, state: LabState, system: System, names: Names, log: L
     if topo.state_backend() == "redis":
         start_redis(system, state)
         log(f"redis-server for shared NF state ({state.state_store})")
+    elif topo.state_backend() == "redis-cluster":
+        redis_cluster.start_cluster(system, state)
+        log(f"redis cluster of 3 nodes for shared NF state ({state.state_store})")
     for host in topo.hosts:
         record = state.hosts[host.name]
         record.token = tokens[host.name]
@@ -458,6 +462,8 @@ def _build(topo: Topology, state: LabState, system: System, names: Names, log: L
     leases = address_vms(state)
     log(f"DHCP: {len(leases)} leases")
     start_services(state, system)
+    if wait_members_online(state):
+        log("load balancer members ONLINE (health checks on the hosts)")
     state.ready = True
     state.save()
 
@@ -544,6 +550,32 @@ def start_services(state: LabState, system: System) -> None:
     state.save()
     for proc, port_number in started:
         _wait(f"{proc.role} listening", listening(proc, port_number), 10.0)
+
+
+def member_statuses(admin: NetvirtClient) -> dict[str, str]:
+    """Operating status of every member of a monitored pool, by member name."""
+    monitors = [m for m in admin.list_healthmonitors() if m["admin_state_up"]]
+    monitored = {pool["id"] for m in monitors for pool in m["pools"]}
+    out: dict[str, str] = {}
+    for pool_id in sorted(monitored):
+        for member in admin.list_members(pool_id):
+            out[member["name"] or member["id"]] = member["operating_status"]
+    return out
+
+
+def wait_members_online(state: LabState, timeout: float = MEMBERS_TIMEOUT) -> bool:
+    """Until every member of a monitored pool is ONLINE (its host's health checks passed:
+    only then does the VIP use it). False when there is no monitored pool."""
+    deadline = time.monotonic() + timeout
+    with NetvirtClient(state.url, state.admin_token, timeout=10) as admin:
+        while True:
+            statuses = member_statuses(admin)
+            if all(s == "ONLINE" for s in statuses.values()):
+                return bool(statuses)
+            if time.monotonic() > deadline:
+                down = ", ".join(f"{n} {s}" for n, s in sorted(statuses.items()) if s != "ONLINE")
+                raise LabError(f"load balancer members not ONLINE within {timeout:g}s: {down}")
+            time.sleep(0.2)
 
 
 def _listening(pid: int, port: int) -> bool:

@@ -1,8 +1,10 @@
 """Connection state for network functions (conntrack, NAT, LB affinity).
 
-``open_store(url)`` picks the backend: ``memory://`` (this process only) or
+``open_store(url)`` picks the backend: ``memory://`` (this process only),
 ``redis://host:port/db`` (shared by every host; ``rediss://`` for TLS,
-``?prefix=`` to namespace keys). See docs/state-store.md for the contract.
+``?prefix=`` to namespace keys) or ``redis+cluster://host:port,host:port``
+(a Redis Cluster, sharded; ``rediss+cluster://`` for TLS). See
+docs/state-store.md for the contract and docs/stateless-nf.md for the design.
 """
 
 from __future__ import annotations
@@ -42,4 +44,8 @@ def open_store(url: str) -> StateStore:
         from netvirt.state.redis import RedisStore
 
         return RedisStore.from_url(url)
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        from netvirt.state.cluster import RedisClusterStore
+
+        return RedisClusterStore.from_url(url)
     raise ValueError(f"unknown state store scheme {scheme!r} in {url!r}")

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from netvirt.state.stats import StoreStats
 from netvirt.state.store import (
     AllocateOp,
     Batch,
@@ -64,20 +65,28 @@ class MemoryStore:
         self._slots: dict[str, _Slot] = {}
         self._claims: dict[tuple[str, str], _Claim] = {}
         self._last_version = 0
+        self._stats = StoreStats("memory")
 
     # -- StateStore ----------------------------------------------------------------------
 
     def get(self, key: str) -> Entry | None:
         with self._lock:
-            return self._get(key, self._clock())
+            found = self._get(key, self._clock())
+        self._stats.call(1)
+        self._stats.lookups(found is not None, found is None)
+        return found
 
     def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
         with self._lock:
             now = self._clock()
-            return [self._get(key, now) for key in keys]
+            found = [self._get(key, now) for key in keys]
+        self._stats.call(len(keys))
+        self._count_lookups(found)
+        return found
 
     def put(self, key: str, value: bytes, ttl: float | None = None) -> int:
         check_ttl(ttl)
+        self._stats.call(1)
         with self._lock:
             return self._put(key, value, ttl, self._clock())
 
@@ -85,27 +94,31 @@ class MemoryStore:
         check_ttl(ttl)
         with self._lock:
             now = self._clock()
-            return [self._put(key, value, ttl, now) for key, value in items]
+            versions = [self._put(key, value, ttl, now) for key, value in items]
+        self._stats.call(len(versions))
+        return versions
 
     def compare_and_set(
         self, key: str, expected_version: int, value: bytes, ttl: float | None = None
     ) -> CasResult:
         check_version(expected_version)
         check_ttl(ttl)
+        self._stats.call(1)
         with self._lock:
             return self._cas(key, expected_version, value, ttl, self._clock())
 
     def delete(self, key: str) -> bool:
-        with self._lock:
-            return self._delete(key, self._clock())
+        return self.delete_many([key]) == 1
 
     def delete_many(self, keys: Sequence[str]) -> int:
+        self._stats.call(len(keys))
         with self._lock:
             now = self._clock()
             return sum(self._delete(key, now) for key in keys)
 
     def expire(self, key: str, ttl: float) -> bool:
         check_positive_ttl(ttl)
+        self._stats.call(1)
         with self._lock:
             return self._expire(key, ttl, self._clock())
 
@@ -114,16 +127,22 @@ class MemoryStore:
     ) -> str | None:
         check_owner(owner)
         check_ttl(ttl)
+        self._stats.call(1)
         with self._lock:
             return self._allocate(pool_key, tuple(candidates), owner, ttl, self._clock())
 
     def release(self, pool_key: str, member: str, owner: str) -> bool:
         check_owner(owner)
+        self._stats.call(1)
         with self._lock:
             return self._release(pool_key, member, owner, self._clock())
 
     def batch(self) -> Batch:
         return Batch(self._execute)
+
+    def stats(self) -> dict[str, object]:
+        """Calls, operations and get hits/misses; no round trips ever (see stats.py)."""
+        return self._stats.snapshot()
 
     def close(self) -> None:
         """Nothing to release; present for the protocol."""
@@ -151,7 +170,19 @@ class MemoryStore:
     def _execute(self, ops: Sequence[Op]) -> list[object]:
         with self._lock:
             now = self._clock()
-            return [self._apply(op, now) for op in ops]
+            results = [self._apply(op, now) for op in ops]
+        self._stats.call(len(ops))
+        self._count_lookups(r for op, r in zip(ops, results, strict=True) if isinstance(op, GetOp))
+        return results
+
+    def _count_lookups(self, found: Iterable[object]) -> None:
+        hits = misses = 0
+        for result in found:
+            if result is None:
+                misses += 1
+            else:
+                hits += 1
+        self._stats.lookups(hits, misses)
 
     def _apply(self, op: Op, now: float) -> object:
         match op:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
@@ -44,6 +45,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from netvirt.state.stats import StoreStats
 from netvirt.state.store import (
     AllocateOp,
     Batch,
@@ -180,6 +182,7 @@ class RedisStore:
         self._prefix = prefix
         self._counter = f"{prefix}version"
         self._scripts_loaded = False
+        self._stats = StoreStats("redis")
 
     @classmethod
     def from_url(
@@ -215,9 +218,12 @@ class RedisStore:
     def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
         if not keys:
             return []
-        with _translated_errors():
+        self._stats.call(len(keys))
+        with self._round_trip(len(keys)):
             blobs = self._client.mget([self._data_key(k) for k in keys])
-        return [_unpack(cast(bytes | None, blob)) for blob in blobs]
+        found = [_unpack(cast(bytes | None, blob)) for blob in blobs]
+        self._count_lookups(found)
+        return found
 
     def put(self, key: str, value: bytes, ttl: float | None = None) -> int:
         return self.put_many([(key, value)], ttl)[0]
@@ -227,6 +233,7 @@ class RedisStore:
         pairs = list(items)
         if not pairs:
             return []
+        self._stats.call(len(pairs))
         last = int(self._script("put", *self._put_call(pairs, ttl)))
         return list(range(last - len(pairs) + 1, last + 1))
 
@@ -234,6 +241,7 @@ class RedisStore:
         self, key: str, expected_version: int, value: bytes, ttl: float | None = None
     ) -> CasResult:
         op = CasOp(key, check_version(expected_version), value, check_ttl(ttl))
+        self._stats.call(1)
         return self._decode_cas(op, self._script("cas", *self._cas_call(op)))
 
     def delete(self, key: str) -> bool:
@@ -242,27 +250,37 @@ class RedisStore:
     def delete_many(self, keys: Sequence[str]) -> int:
         if not keys:
             return 0
-        with _translated_errors():
+        self._stats.call(len(keys))
+        with self._round_trip(len(keys)):
             return int(self._client.delete(*[self._data_key(k) for k in keys]))
 
     def expire(self, key: str, ttl: float) -> bool:
-        with _translated_errors():
-            return bool(self._client.pexpire(self._data_key(key), _px(check_positive_ttl(ttl))))
+        px = _px(check_positive_ttl(ttl))
+        self._stats.call(1)
+        with self._round_trip(1):
+            return bool(self._client.pexpire(self._data_key(key), px))
 
     def allocate(
         self, pool_key: str, candidates: Iterable[str], owner: str, ttl: float | None = None
     ) -> str | None:
         op = AllocateOp(pool_key, tuple(candidates), check_owner(owner), check_ttl(ttl))
+        self._stats.call(1)
         if not op.candidates:
             return None
         return self._decode_allocate(op, self._script("allocate", *self._allocate_call(op)))
 
     def release(self, pool_key: str, member: str, owner: str) -> bool:
         keys = [self._member_key(pool_key, member)]
-        return bool(self._script("release", keys, [check_owner(owner)]))
+        check_owner(owner)
+        self._stats.call(1)
+        return bool(self._script("release", keys, [owner]))
 
     def batch(self) -> Batch:
         return Batch(self._execute)
+
+    def stats(self) -> dict[str, object]:
+        """Round trips, keys per round trip, get hits/misses, latency (see stats.py)."""
+        return self._stats.snapshot()
 
     def close(self) -> None:
         with _translated_errors():
@@ -270,23 +288,48 @@ class RedisStore:
 
     # -- scripts ---------------------------------------------------------------------------
 
+    @contextmanager
+    def _round_trip(self, keys: int, requests: int = 1) -> Iterator[None]:
+        """Time one exchange with the server, count it, translate its errors."""
+        started = time.perf_counter()
+        try:
+            with _translated_errors():
+                yield
+        except StateStoreError as exc:
+            unavailable = isinstance(exc, StateStoreUnavailable)
+            self._stats.failure("unavailable" if unavailable else "error")
+            raise
+        finally:
+            self._stats.round_trip(keys, time.perf_counter() - started, requests)
+
+    def _count_lookups(self, found: Iterable[object]) -> None:
+        hits = misses = 0
+        for entry in found:
+            if entry is None:
+                misses += 1
+            else:
+                hits += 1
+        self._stats.lookups(hits, misses)
+
     def _load_scripts(self) -> None:
-        with _translated_errors():
-            for name, text in _SCRIPTS.items():
+        for name, text in _SCRIPTS.items():
+            with self._round_trip(0):
                 sha = self._client.script_load(text)
-                if sha != _SHAS[name]:
-                    raise StateStoreError(f"script {name}: server sha {sha} != {_SHAS[name]}")
+            if sha != _SHAS[name]:
+                raise StateStoreError(f"script {name}: server sha {sha} != {_SHAS[name]}")
         self._scripts_loaded = True
 
     def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         if not self._scripts_loaded:
             self._load_scripts()
-        with _translated_errors():
+        with self._round_trip(1):
             try:
                 return self._client.evalsha(_SHAS[name], len(keys), *keys, *args)
             except NoScriptError:
-                self._load_scripts()
-                return self._client.evalsha(_SHAS[name], len(keys), *keys, *args)
+                pass  # the server lost its scripts; the script did not run
+        self._load_scripts()
+        with self._round_trip(1):
+            return self._client.evalsha(_SHAS[name], len(keys), *keys, *args)
 
     def _put_call(
         self, pairs: Sequence[tuple[str, bytes]], ttl: float | None
@@ -322,25 +365,29 @@ class RedisStore:
     # fewer commands for redis-py to pack and parse (its per-command cost dominates).
 
     def _execute(self, ops: Sequence[Op]) -> list[object]:
+        self._stats.call(len(ops))
         if not self._scripts_loaded:
             self._load_scripts()
         segments = _segments(ops)
-        raw = self._run_pipeline(segments)
+        raw = self._run_pipeline(segments, len(ops))
         if any(isinstance(r, NoScriptError) for r in raw):
             # The server lost its script cache (restart, SCRIPT FLUSH): the script ops
             # did not run, the others did. Running the missing ones now would reorder
             # the batch, so report it like a connection lost mid-batch.
+            self._stats.failure("unavailable")
             self._load_scripts()
             raise StateStoreUnavailable("redis lost its scripts; batch partially applied")
         results: list[object] = []
         for segment, reply in zip(segments, raw, strict=True):
             if isinstance(reply, Exception):
+                self._stats.failure("error")
                 raise StateStoreError(f"redis error in batch: {reply}") from reply
             results += self._decode(segment, reply)
+        self._count_lookups(r for op, r in zip(ops, results, strict=True) if isinstance(op, GetOp))
         return results
 
-    def _run_pipeline(self, segments: Sequence[Sequence[Op]]) -> list[Any]:
-        with _translated_errors():
+    def _run_pipeline(self, segments: Sequence[Sequence[Op]], keys: int) -> list[Any]:
+        with self._round_trip(keys, len(segments)):
             pipe: Any = self._client.pipeline(transaction=False)
             for segment in segments:
                 pipe.execute_command(*self._command(segment))

@@ -12,11 +12,13 @@ them in one round trip with ``get_many`` or a mixed :class:`Batch`.
 Data model:
 
 * An entry is ``(value: bytes, version: int)``. Every successful write (put,
-  compare-and-set) gives the key a new version drawn from one store-wide
-  counter, so versions are strictly increasing per key and never reused for a
-  key, even after a delete or an expiry. That makes compare-and-set free of the
-  ABA problem: a stale writer holding the version of an expired connection can
-  never overwrite the entry of a new connection with the same key.
+  compare-and-set) gives the key a new version, strictly increasing per key
+  and never reused for a key, even after a delete or an expiry. That makes
+  compare-and-set free of the ABA problem: a stale writer holding the version
+  of an expired connection can never overwrite the entry of a new connection
+  with the same key. Across keys, a write's version exceeds every version the
+  same store object has seen: memory and single Redis draw from one
+  store-wide counter, the cluster from per-slot counters and a client clock.
 * Version ``0`` means "absent": ``compare_and_set(key, 0, ...)`` creates only.
 * A TTL (seconds, > 0) may accompany any write; ``None`` means no expiry. An
   expired key reads as absent. A write without TTL clears an earlier TTL.
@@ -270,5 +272,9 @@ class StateStore(Protocol):
         ...
 
     def batch(self) -> Batch: ...
+
+    def stats(self) -> dict[str, object]:
+        """Counters: calls, round trips, keys per round trip, hits/misses, latency (stats.py)."""
+        ...
 
     def close(self) -> None: ...
