@@ -56,7 +56,9 @@ def test_examples_are_valid_and_pick_their_state_store() -> None:
     assert quick.gateway_host() is not None
     assert {p.networks[0].cidr for p in quick.projects} == {"10.0.0.0/24"}
     assert len({vm.host for vm in quick.vms if vm.name in quick.load_balancers[0].members}) == 2
-    assert all(lb.health_monitor is None for lb in quick.load_balancers)
+    monitor = quick.load_balancers[0].health_monitor  # the members' hosts check them
+    assert monitor is not None
+    assert monitor.type == "HTTP"
     assert minimal.checks
     assert len({vm.host for vm in minimal.vms}) == 2
 

@@ -322,7 +322,8 @@ class QueuedSB:
                 refused = not _retryable(err)
                 self.report_health.failure(err, reachable=refused)
                 if refused:
-                    log.warning("SB refused %s report %s: %s", report.kind, report.args, err)
+                    args = report.args if report.kind != "stats" else report.args[:1]
+                    log.warning("SB refused %s report %s: %s", report.kind, args, err)
                     continue
                 log.warning("SB %s report failed (retry in %.2fs): %s", report.kind, delay, err)
                 self._requeue(report)
