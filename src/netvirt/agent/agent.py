@@ -335,6 +335,9 @@ class Agent:
             "ports": dp.get("ports", {}),
             "tunnel": dp.get("tunnel", {}),
             "drops": dp.get("drops", {}),
+            "state": dp.get("state", {}),
+            "health": dp.get("health", {}),
+            "qos": dp.get("qos", {}),
             "flows": {
                 "installed": dp.get("rules", len(self.reconciler.installed)),
                 "added": stats.added,

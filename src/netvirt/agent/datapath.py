@@ -79,6 +79,7 @@ class DatapathConfig:
     encap: Encap = "geneve"
     underlay_mtu: int | None = None  # None: the MTU of the interface holding underlay_ip
     state_store: str = "memory://"
+    state_cache: float = 0.5  # seconds a shared store's reads may serve (state/cached.py)
     status_file: Path | None = None
     control: Path | None = None  # the control socket (DatapathProcess)
     scan_interval: float = 0.5
@@ -127,6 +128,11 @@ class DatapathLoop:
             from netvirt.state import open_store
 
             store = open_store(config.state_store)
+            if config.state_cache > 0 and not config.state_store.startswith("memory:"):
+                from netvirt.dataplane.nf.codec import stable_record
+                from netvirt.state.cached import CachedStore
+
+                store = CachedStore(store, config.state_cache, cacheable=stable_record)
         self.store = store
         self.open_port = open_port or (lambda iface: afpacket_in(config.netns, iface))
         self.open_tunnel = open_tunnel or (

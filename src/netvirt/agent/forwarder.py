@@ -149,6 +149,7 @@ class Forwarder:
         self.pipeline = Pipeline(
             self.installed.classifier, self.installed.physical.topology, self.conntrack
         )
+        self.store = state_store
         self.plugs: dict[str, Plug] = {}
         self.port_counters: dict[str, PortCounters] = {}
         self.tunnel_counters = PortCounters()

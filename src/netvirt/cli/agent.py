@@ -128,6 +128,14 @@ def datapath(
     encap: Encap = EncapChoice.geneve,
     underlay_mtu: UnderlayMtu = 0,
     state_store: StateStoreUrl = "memory://",
+    state_cache: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a shared store's reads may be reused (0: read every packet's state)",
+            min=0.0,
+            max=10.0,
+        ),
+    ] = 0.5,
     status_file: StatusFile = None,
     log_level: LogLevel = "info",
 ) -> None:
@@ -146,6 +154,7 @@ def datapath(
         encap=_encap(encap),
         underlay_mtu=underlay_mtu or None,
         state_store=state_store,
+        state_cache=state_cache,
         status_file=status_file,
         control=control,
     )

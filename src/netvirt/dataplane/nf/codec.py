@@ -276,6 +276,18 @@ def encode(entry: CtEntry, kind: int = PRIMARY) -> bytes:
     return b"".join(parts)
 
 
+def stable_record(value: bytes) -> bool:
+    """A conntrack record whose next packets usually change nothing: ESTABLISHED (TCP) or
+    REPLIED. Only those may be served from a host's read cache (``state.cached``): a
+    packet judged on a stale transitional record (SYN_SENT while the peer's host already
+    wrote SYN_RECV) could be refused without ever writing, so it must see the store."""
+    try:
+        entry, _kind = decode(value)
+    except CodecError:
+        return False
+    return entry.state in (CtState.ESTABLISHED, CtState.REPLIED)
+
+
 def decode(value: bytes, version: int = 0) -> tuple[CtEntry, int]:
     """Unpack a record: the entry (with ``version``) and its kind (PRIMARY or MIRROR)."""
     try:
