@@ -119,7 +119,12 @@ def pipeline_stages(kind: DatapathKind, pipeline: Pipeline) -> list[Stage]:
 
 
 def next_table(table: int) -> int | None:
-    """The table after ``table`` in the same pipeline, or None at its end."""
+    """The table after ``table`` in the same pipeline, or None at its end (a dict lookup:
+    the datapath asks this once per table per packet)."""
+    return _NEXT[table]
+
+
+def _following(table: int) -> int | None:
     current = BY_TABLE[table]
     following = BY_TABLE.get(table + 1)
     if following is None or (following.kind, following.pipeline) != (
@@ -128,3 +133,6 @@ def next_table(table: int) -> int | None:
     ):
         return None
     return following.table
+
+
+_NEXT: dict[int, int | None] = {table: _following(table) for table in BY_TABLE}

@@ -169,9 +169,10 @@ class Pipeline:
         started = self._start(verdict, frame, datapath, inport, now)
         if started is not None:
             ctx, key, kind = started
-            verdict.note(
-                TraceEvent("enter", datapath, None, detail=f"{kind} ingress", key=tuple(key))
-            )
+            if verdict.trace is not None:
+                verdict.note(
+                    TraceEvent("enter", datapath, None, detail=f"{kind} ingress", key=tuple(key))
+                )
             self._run(ctx, key, self.topology.first_table[(kind, "ingress")])
         return verdict
 
@@ -198,7 +199,8 @@ class Pipeline:
             ctx, key, kind = started
             key[_OUTPORT] = outport
             detail = f"{kind} egress to {outport:#x}"
-            verdict.note(TraceEvent("enter", datapath, None, detail=detail, key=tuple(key)))
+            if verdict.trace is not None:
+                verdict.note(TraceEvent("enter", datapath, None, detail=detail, key=tuple(key)))
             self._run(ctx, key, self.topology.first_table[(kind, "egress")])
         return verdict
 
@@ -233,7 +235,8 @@ class Pipeline:
             if rule is None:
                 self._drop(ctx.verdict, DropReason.EXPLICIT_DROP, key[_METADATA], table, "no flow")
                 return
-            ctx.verdict.note(TraceEvent("stage", key[_METADATA], table, rule, key=tuple(key)))
+            if ctx.verdict.trace is not None:
+                ctx.verdict.note(TraceEvent("stage", key[_METADATA], table, rule, key=tuple(key)))
             table = self._execute(ctx, key, rule.actions, table)
 
     def _execute(self, ctx: _Ctx, key: list[int], acts: Iterable[object], table: int) -> int | None:
@@ -313,7 +316,8 @@ class Pipeline:
             assert isinstance(act, A.CtDnat | A.CtSnat)
             ct.ct_nat(zone, key, ctx.now, act)
             detail = f"{type(act).__name__} zone={zone:#x}"
-        ctx.verdict.note(TraceEvent("ct", key[_METADATA], table, detail=detail, key=tuple(key)))
+        if ctx.verdict.trace is not None:
+            ctx.verdict.note(TraceEvent("ct", key[_METADATA], table, detail=detail, key=tuple(key)))
         return True
 
     # -- MAC bindings ------------------------------------------------------------
@@ -337,7 +341,8 @@ class Pipeline:
     def _output(self, ctx: _Ctx, key: list[int], table: int) -> None:
         dp = key[_METADATA]
         kind = self.topology.kinds[dp]
-        ctx.verdict.note(TraceEvent("output", dp, table, detail=f"outport={key[_OUTPORT]:#x}"))
+        if ctx.verdict.trace is not None:
+            ctx.verdict.note(TraceEvent("output", dp, table, detail=f"outport={key[_OUTPORT]:#x}"))
         if self.topology.pipeline_of(table) == "ingress":
             out = key[_OUTPORT]
             members = self.topology.groups.get((dp, out), ()) if out >= MULTICAST_BASE else (out,)
@@ -395,7 +400,8 @@ class Pipeline:
             return
         frame = rewrite_frame(ctx.packet, ctx.orig, key)
         ctx.verdict.outputs.append(Emit(dp, out, port.name, frame, key[_INPORT]))
-        ctx.verdict.note(TraceEvent("deliver", dp, table, detail=port.name, key=tuple(key)))
+        if ctx.verdict.trace is not None:
+            ctx.verdict.note(TraceEvent("deliver", dp, table, detail=port.name, key=tuple(key)))
 
     # -- generated packets ---------------------------------------------------------
     def _generate(self, ctx: _Ctx, key: list[int], act: object, table: int) -> bool:
