@@ -459,3 +459,56 @@ def test_dhcp_lease_matches_the_subnet_and_network(lab: Lab) -> None:
     assert state.vms["a1"].lease["router"] == "10.1.0.254"
     assert state.vms["a1"].lease["dns"] == "192.0.2.53 192.0.2.54"
     assert seen_mtus == {1400, 1442}
+
+
+# ---------------------------------------------------------------------- 6. QoS
+
+
+def _iperf_rate(lab: Lab, client: str, server: str, *, reverse: bool) -> float:
+    """Bits/s received by the receiving side of a 4 s iperf3 TCP test."""
+    srv = netns.popen_in(lab.vm(server).netns, ["iperf3", "-s", "-1", "-p", str(IPERF_PORT + 1)])
+    try:
+        deadline = time.monotonic() + 10
+        while not _listening(lab, server, IPERF_PORT + 1):
+            assert time.monotonic() < deadline, "iperf3 server not listening"
+            time.sleep(0.1)
+        argv = ["iperf3", "-c", lab.vm(server).ip, "-p", str(IPERF_PORT + 1), "-t", "4", "-J"]
+        run = lab.sh(client, *argv, *(["-R"] if reverse else []))
+    finally:
+        srv.kill()
+        srv.communicate()
+    report = json.loads(run.stdout)
+    assert "error" not in report, report.get("error")
+    return float(report["end"]["sum_received"]["bits_per_second"])
+
+
+def test_qos_bandwidth_limits_police_both_directions(lab: Lab) -> None:
+    if shutil.which("iperf3") is None:
+        pytest.skip("iperf3 is not installed: run scripts/setup.sh")
+    state = lab.state()
+    egress_kbps, ingress_kbps = 20_000, 8_000
+    with NetvirtClient(state.url, state.admin_token, timeout=10) as admin:
+        port = admin.get_port(lab.vm("a1").port_id)
+        policy = admin.create_qos_policy(name="a1-limits", project_id=port["project_id"])
+        try:
+            for direction, kbps in (("egress", egress_kbps), ("ingress", ingress_kbps)):
+                admin.create_bandwidth_limit_rule(
+                    policy["id"], max_kbps=kbps, max_burst_kbps=kbps // 10, direction=direction
+                )
+            admin.update_port(port["id"], qos_policy_id=policy["id"], wait="installed")
+            sent = _iperf_rate(lab, "a1", "a2", reverse=False)  # a1's egress
+            received = _iperf_rate(lab, "a1", "a2", reverse=True)  # a1's ingress
+            counters = lab.status("hv1", newer_than=time.time())["counters"]
+        finally:
+            admin.update_port(port["id"], qos_policy_id=None, wait="installed")
+            admin.delete_qos_policy(policy["id"])
+    print(
+        f"\nQoS on a1: egress {sent / 1e6:.1f} Mbit/s (limit {egress_kbps / 1000:g}),"
+        f" ingress {received / 1e6:.1f} Mbit/s (limit {ingress_kbps / 1000:g})"
+    )
+    # TCP over a policer stays under the rate (plus the burst) and does not collapse
+    assert 0.2 * egress_kbps * 1000 < sent < 1.15 * egress_kbps * 1000
+    assert 0.2 * ingress_kbps * 1000 < received < 1.15 * ingress_kbps * 1000
+    iface = next(i for i, p in counters["ports"].items() if i.endswith("a1"))
+    assert counters["ports"][iface]["drops"].get("qos_policed", 0) > 0
+    assert set(counters["qos"][iface]) == {"egress", "ingress"}
