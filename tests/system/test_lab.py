@@ -168,11 +168,18 @@ def _member_status(lab: LabRun, name: str) -> str:
 
 
 def _wait_status(lab: LabRun, name: str, status: str, within: float) -> float:
+    """Until the member has ``status`` in the API and every host installed that change."""
     started = time.monotonic()
     while (seen := _member_status(lab, name)) != status:
         assert time.monotonic() - started < within, f"{name} still {seen} after {within}s"
         time.sleep(0.2)
-    return time.monotonic() - started
+    took = time.monotonic() - started
+    state = lab.state()
+    with NetvirtClient(state.url, state.admin_token, timeout=10) as admin:
+        while (now := admin.status())["installed_generation"] < now["nb_generation"]:
+            assert time.monotonic() - started < within, "the new status was not installed"
+            time.sleep(0.1)
+    return took
 
 
 def _health_checks_follow_the_member(lab: LabRun) -> None:

@@ -13,6 +13,11 @@ Open vSwitch's ``external_ids:iface-id``). A logical VIF port is
 * **unbound** otherwise (plugged nowhere we know of, or requested by an
   unregistered chassis): packets for it are dropped as ``UNKNOWN_PORT``.
 
+A ``localnet`` port (an external network's uplink, docs/gateways.md) may be
+plugged on many chassis at once and has no requested chassis: it is local
+wherever it is plugged, and elsewhere reached *via a gateway* (the forwarder
+picks a live one per flow). It is never claimed: no single chassis holds it.
+
 A port plugged here but requested by another chassis is not claimed: during a
 migration the port follows ``binding:host_id`` as soon as the API changes it,
 even before the old host's VM is unplugged (as OVN's requested-chassis).
@@ -55,6 +60,7 @@ class Bindings:
     remote: dict[str, Chassis] = field(default_factory=dict)  # logical port -> its chassis
     unbound: dict[str, str] = field(default_factory=dict)  # logical port -> why
     ignored: dict[str, str] = field(default_factory=dict)  # interface -> why not claimed
+    via_gateway: set[str] = field(default_factory=set)  # localnet ports not plugged here
 
 
 def bind(sb: SBState, chassis: str, plugs: Mapping[str, str]) -> Bindings:
@@ -70,6 +76,12 @@ def bind(sb: SBState, chassis: str, plugs: Mapping[str, str]) -> Bindings:
         else:
             by_port[port] = iface
     for pb in sb.ports.values():
+        if pb.type == "localnet":
+            if pb.name in by_port:
+                result.local[pb.name] = by_port[pb.name]
+            else:
+                result.via_gateway.add(pb.name)
+            continue
         if pb.type != "vif":
             continue
         requested = pb.requested_chassis
@@ -105,7 +117,11 @@ class Claims:
         the claim is forgotten silently: the new host's report is the one that
         counts.
         """
-        out = [(port, True) for port in sorted(bindings.local) if port not in self.reported]
+        out = [
+            (port, True)
+            for port in sorted(bindings.local)
+            if port not in self.reported and not _shared(sb, port)
+        ]
         for port in sorted(self.reported):
             if port in bindings.local:
                 continue
@@ -126,3 +142,9 @@ class Claims:
     def forget(self) -> None:
         """After a resync: report everything again."""
         self.reported.clear()
+
+
+def _shared(sb: SBState, port: str) -> bool:
+    """A port plugged on several chassis at once (localnet): nobody claims it."""
+    pb = sb.ports.get(port)
+    return pb is not None and pb.type == "localnet"

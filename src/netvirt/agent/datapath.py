@@ -146,6 +146,7 @@ class DatapathLoop:
         self.ports = PortTable(self.open_port)
         tunnels: dict[str, Tunnel] = {str(e): t for e, t in self.tunnels.items()}
         self.forwarder = Forwarder(self.store, tunnels, time.time, encap=config.encap)
+        self.forwarder.gateways.clock = time.monotonic  # liveness must not follow wall time
         self.stats = LoopStats()
         self.started_at = time.time()
         self._stopping = False
@@ -206,6 +207,7 @@ class DatapathLoop:
             self._guarded("plug scan", self._scan, now)
         if self.forwarder.health.active:
             self._guarded("health checks", self._health, now)
+        self._guarded("gateway hellos", self.forwarder.gateway_tick, now)
         self.periodic(now)
         if now >= self._next_sweep:
             self._guarded("state sweep", self._sweep, now)
@@ -230,6 +232,7 @@ class DatapathLoop:
         self._stopping = True
         self._running = False
         self.write_status()  # the last counters, with "running": false
+        self._guarded("gateway goodbye", lambda _now: self.forwarder.gateway_goodbye(), 0.0)
         self.ports.close_all()
         for carry in self.tunnels.values():
             if carry.tunnel is not None:

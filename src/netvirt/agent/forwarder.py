@@ -28,6 +28,9 @@ receiver picks the local port(s) by destination MAC (every local flood member
 for broadcast/multicast) and runs their egress pipelines the same way; a
 sender deduplicates broadcast copies per chassis for VXLAN, since the
 receiver floods them locally itself.
+An external network's uplink (a ``localnet`` port) that is not plugged here
+goes to a live gateway chassis picked per flow by :class:`GatewayPlane`;
+tunnel packets with VNI 0 are gateway hellos, fed to it (docs/gateways.md).
 
 Counters: per interface rx/tx packets and bytes and drops by reason (a
 tunnel packet's drops count on its destination interface), the same for the
@@ -42,6 +45,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from netvirt.agent.bindings import Plug
+from netvirt.agent.gateways import HELLO_VNI, GatewayPlane
 from netvirt.agent.health import HealthChecker
 from netvirt.agent.physical import (
     NO_PORT,
@@ -145,11 +149,11 @@ class Forwarder:
         self.clock = clock
         self.boot = os.urandom(8).hex()
         self.installed = installed or Installed()
+        self.store = state_store
         self.conntrack = FlowKeyConntrack(Conntrack(state_store))
         self.pipeline = Pipeline(
             self.installed.classifier, self.installed.physical.topology, self.conntrack
         )
-        self.store = state_store
         self.plugs: dict[str, Plug] = {}
         self.port_counters: dict[str, PortCounters] = {}
         self.tunnel_counters = PortCounters()
@@ -159,6 +163,8 @@ class Forwarder:
         self.health_events: list[tuple[str, str]] = []  # (member id, status) for the agent
         self.health_pending = False  # offer() queued answers: run health_tick soon
         self.policers = PortPolicers()
+        # scale-out gateways: hellos, liveness, the choice of a gateway per flow
+        self.gateways = GatewayPlane(clock, plugged=lambda iface: iface in self.plugs)
 
     # -- local interfaces --------------------------------------------------------------------
 
@@ -199,6 +205,9 @@ class Forwarder:
         self.pipeline.topology = physical.topology
         self.health.update(physical.monitors, physical.monitor_ifaces)
         self.policers.update(physical.limits)
+        self.gateways.update(
+            physical.chassis, physical.uplinks, physical.peers, physical.via_gateway
+        )
         self.installs += 1
         if delta.added or delta.removed:
             log.info(
@@ -261,6 +270,10 @@ class Forwarder:
         self, dp: int, ingress: int | None, egress: int | None, frame: bytes
     ) -> list[Verdict]:
         physical = self.installed.physical
+        if dp == HELLO_VNI:  # a gateway's hello (agent.gateways), not a packet to forward
+            if not self.gateways.receive(frame):
+                self._count_drop(self.tunnel_counters, DropReason.MALFORMED_TUNNEL)
+            return []
         if physical.topology.kinds.get(dp) != "switch":
             self._count_drop(self.tunnel_counters, DropReason.UNKNOWN_VNI)
             return []
@@ -303,6 +316,11 @@ class Forwarder:
                 out.local.setdefault(iface, []).append(emit.frame)
                 continue
             remote = physical.remote.get(where)
+            if remote is None and where in physical.via_gateway and not from_tunnel:
+                remote = self.gateways.choose(where, emit.frame)  # an uplink elsewhere
+                if remote is None:
+                    self._count_drop(counters, DropReason.NO_GATEWAY)
+                    continue
             if remote is None or from_tunnel:  # never re-tunnel: no loops between hosts
                 self._count_drop(counters, DropReason.UNKNOWN_PORT)
                 continue
@@ -379,6 +397,29 @@ class Forwarder:
         events, self.health_events = self.health_events, []
         return events
 
+    # -- scale-out gateways -----------------------------------------------------------------------
+
+    def gateway_tick(self, now: float | None = None) -> None:
+        """Send this chassis' gateway hellos when due (the loop calls it every iteration;
+        a chassis serving no localnet port sends none)."""
+        self._send_hellos(self.gateways.due(now))
+
+    def gateway_goodbye(self) -> None:
+        """Tell every peer to stop choosing this chassis now (a clean stop)."""
+        self._send_hellos(self.gateways.goodbye())
+
+    def _send_hellos(self, hellos: Iterable[tuple[Remote, bytes]]) -> None:
+        for remote, frame in hellos:
+            tunnel = self.tunnels.get(remote.encap)
+            try:
+                if tunnel is None:
+                    raise OSError(f"no {remote.encap} tunnel endpoint on this host")
+                tunnel.send(remote.ip, HELLO_VNI, frame)
+            except OSError:
+                self.tunnel_counters.tx_errors += 1
+                continue
+            self.tunnel_counters.tx((frame,))
+
     def _count_drop(self, counters: PortCounters, reason: DropReason) -> None:
         counters.drops[reason] = counters.drops.get(reason, 0) + 1
         self.drops[reason] = self.drops.get(reason, 0) + 1
@@ -396,6 +437,8 @@ class Forwarder:
             "installs": self.installs,
             "health": {"checks": self.health.counters.as_dict(), "members": self.health.statuses()},
             "qos": self.policers.counters(),
+            "state": self.store.stats(),
+            "gateways": self.gateways.status(),
         }
 
 

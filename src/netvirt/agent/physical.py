@@ -22,6 +22,10 @@ For those datapaths :func:`compute` produces
   ``unbound`` (dropped as ``UNKNOWN_PORT``, with a note in
   :attr:`PhysicalState.notes`). Unbound ports are left out of flood groups:
   a broadcast has nowhere to go for them;
+* a ``localnet`` port (an external network's uplink) is ``vif`` where it is
+  plugged (a gateway) and ``tunnel`` elsewhere, listed in
+  :attr:`PhysicalState.via_gateway`: the forwarder sends each flow to a live
+  gateway chosen by ``agent.gateways`` (docs/gateways.md);
 * the maps the agent dispatches with: local (datapath, port key) ↔ interface,
   remote (datapath, port key) → chassis, and per switch the local ports by
   MAC and the local flood members (a VXLAN packet carries only the VNI, so
@@ -111,6 +115,12 @@ class PhysicalState:
     monitors: list[ServiceMonitor] = field(default_factory=list)
     monitor_ifaces: dict[str, str] = field(default_factory=dict)  # logical port -> iface
     limits: dict[str, Limits] = field(default_factory=dict)  # iface -> (egress, ingress) QoS
+    # scale-out gateways (agent.gateways, docs/gateways.md): this chassis, every other one,
+    # the localnet ports plugged here, and those reached through a live gateway chassis
+    chassis: str = ""
+    peers: dict[str, Remote] = field(default_factory=dict)
+    uplinks: dict[str, str] = field(default_factory=dict)  # localnet port here -> iface
+    via_gateway: dict[tuple[int, int], str] = field(default_factory=dict)  # (dp, key) -> port
 
 
 def empty_state() -> PhysicalState:
@@ -219,7 +229,23 @@ def compute(
     state = PhysicalState(sb.generation, dps, rules, _topology(sb, bindings, dps), notes=notes)
     _port_maps(sb, bindings, state)
     _port_services(sb, bindings, state)
+    _gateways(sb, bindings, state)
     return state
+
+
+def _gateways(sb: SBState, bindings: Bindings, state: PhysicalState) -> None:
+    """What the gateway plane needs: who may send hellos to whom, what is served here."""
+    state.chassis = bindings.chassis
+    state.peers = {
+        name: Remote(c.name, c.ip, c.encap)
+        for name, c in sb.chassis.items()
+        if name != bindings.chassis
+    }
+    state.uplinks = {p: i for p, i in bindings.local.items() if sb.ports[p].type == "localnet"}
+    for name in sorted(bindings.via_gateway):
+        pb = sb.ports[name]
+        if pb.datapath in state.datapaths:
+            state.via_gateway[(pb.datapath, pb.key)] = name
 
 
 def _port_services(sb: SBState, bindings: Bindings, state: PhysicalState) -> None:
@@ -239,7 +265,7 @@ def _port_services(sb: SBState, bindings: Bindings, state: PhysicalState) -> Non
 def _kind(name: str, bindings: Bindings) -> str:
     if name in bindings.local:
         return "vif"
-    if name in bindings.remote:
+    if name in bindings.remote or name in bindings.via_gateway:
         return "tunnel"
     return "unbound"
 
@@ -254,7 +280,7 @@ def _topology(sb: SBState, bindings: Bindings, dps: frozenset[int]) -> Topology:
     for (dp, key), info in full.ports.items():
         if dp not in dps:
             continue
-        if sb.ports[info.name].type == "vif":
+        if sb.ports[info.name].type in ("vif", "localnet"):
             info = replace(info, kind=_kind(info.name, bindings))
             if info.kind == "unbound":
                 unbound.add((dp, key))

@@ -289,7 +289,7 @@ def print_summary(state: LabState, *, system: System | None = None, tokens: bool
             host.netns,
             host.underlay_ip,
             host.encap,
-            "yes" if host.gateway else "",
+            _gateway(state, host.name) if host.gateway else "",
             f"pid {host.agent.pid}" if alive and host.agent else Text("stopped", style="red"),
             str(installed.get(host.name, "")),
         )
@@ -301,6 +301,14 @@ def print_summary(state: LabState, *, system: System | None = None, tokens: bool
             f"{api['compiled_generation']}, installed on every host {api['installed_generation']}"
         )
     _print_next_steps(state, tokens)
+
+
+def _gateway(state: LabState, host: str) -> str:
+    """``yes``, and whether the external namespace routes over its uplink now."""
+    ext = state.external
+    if ext is None or host not in ext.links:
+        return "yes"
+    return "yes (routed)" if host in ext.active else "yes (not routed)"
 
 
 def _print_vms(state: LabState) -> None:

@@ -6,7 +6,11 @@
   router interface/gateway ports become ``patch`` ports whose peer is the
   router side ``lrp-<port id>``; load balancer VIP ports are ``vip`` (answered
   by the ARP responder, never bound to a host); floating IP ports are not
-  logical ports (the router owns those addresses);
+  logical ports (the router owns those addresses); the port an admin made
+  for the upstream router of an external network (``device_owner``
+  ``network:external_gateway``, holding the subnet's gateway IP) is
+  ``localnet``: the network's connection to the physical network, plugged on
+  the uplink of every gateway chassis at once (docs/gateways.md);
 * a ``_MC_flood`` group per switch with every port that receives broadcast;
 * VIF ports carry the bandwidth limits of their effective QoS policy
   (``build.qos.port_limits``), which the host's datapath enforces.
@@ -38,6 +42,7 @@ FLOOD = "_MC_flood"
 FLOOD_KEY = 0x8000
 ROUTER_OWNERS = ("network:router_interface", "network:router_gateway")
 SKIPPED_OWNERS = ("network:floatingip",)
+EXTERNAL_GATEWAY_OWNER = "network:external_gateway"
 
 
 def mac_int(mac: str) -> int:
@@ -79,12 +84,14 @@ def port_cidrs(nb: NBSnapshot, port: Obj) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _port_type(port: Obj) -> PortType:
+def _port_type(port: Obj, net: Obj) -> PortType:
     owner = port["device_owner"]
     if owner in ROUTER_OWNERS:
         return "patch"
     if owner == "Octavia":
         return "vip"
+    if owner == EXTERNAL_GATEWAY_OWNER and net.get("router:external"):
+        return "localnet"
     return "vif"
 
 
@@ -112,7 +119,7 @@ def build_topology(nb: NBSnapshot, sb: SBState) -> None:
         members = [p for p in nb.ports_of(net_id) if p["device_owner"] not in SKIPPED_OWNERS]
         keys = stable_keys([p["id"] for p in members], MAX_PORT_KEY)
         for port in members:
-            kind = _port_type(port)
+            kind = _port_type(port, net)
             peer = router_port_name(port["id"]) if kind == "patch" else None
             egress, ingress = _limits(port, net, policies) if kind == "vif" else (None, None)
             sb.ports[port["id"]] = PortBinding(
@@ -129,7 +136,7 @@ def build_topology(nb: NBSnapshot, sb: SBState) -> None:
                 egress_limit=egress,
                 ingress_limit=ingress,
             )
-        flood = tuple(sorted(p["id"] for p in members if _port_type(p) != "vip"))
+        flood = tuple(sorted(p["id"] for p in members if _port_type(p, net) != "vip"))
         sb.groups[(dp_key, FLOOD)] = MulticastGroup(dp_key, FLOOD, FLOOD_KEY, flood)
     for router in nb.routers:
         dp_key = rkeys[router["id"]]

@@ -47,6 +47,7 @@ class DropReason(enum.Enum):
     PORT_DOWN = "port_down"
     UNKNOWN_VNI = "unknown_vni"
     LOOP_LIMIT = "loop_limit"
+    NO_GATEWAY = "no_gateway"
     # Policy.
     ACL_DENY = "acl_deny"
     PORT_SECURITY_MAC = "port_security_mac"
@@ -95,6 +96,7 @@ _DESCRIPTIONS: dict[DropReason, str] = {
     DropReason.PORT_DOWN: "logical port is administratively or operationally down",
     DropReason.UNKNOWN_VNI: "tunnel VNI maps to no local datapath",
     DropReason.LOOP_LIMIT: "pipeline recursion or resubmit limit reached",
+    DropReason.NO_GATEWAY: "no live gateway chassis serves the external network (localnet port)",
     DropReason.ACL_DENY: "denied by a security group or ACL",
     DropReason.PORT_SECURITY_MAC: "source MAC not allowed on the port",
     DropReason.PORT_SECURITY_IP: "source IP not allowed on the port",

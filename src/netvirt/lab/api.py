@@ -17,6 +17,7 @@ from typing import Any
 
 from netvirt.api.client import ApiError, NetvirtClient
 from netvirt.lab import net
+from netvirt.lab.net import Names
 from netvirt.lab.state import ExternalRecord, LabState, LbRecord, VmRecord
 from netvirt.lab.topology import LoadBalancer, Project, Topology, Vm
 
@@ -67,9 +68,9 @@ class ApiBuilder:
 
     def _external(self) -> None:
         ext = self.topo.external
-        gw_host = self.topo.gateway_host()
+        gateways = [h.name for h in self.topo.gateway_hosts()]
         assert ext is not None
-        assert gw_host is not None
+        assert gateways
         external: dict[str, Any] = {"name": ext.name, "router:external": True}
         network = self.admin.create_network(**external)
         subnet = self.admin.create_subnet(
@@ -86,14 +87,14 @@ class ApiBuilder:
             "device_owner": EXTERNAL_OWNER,
             "fixed_ips": [{"subnet_id": subnet["id"], "ip_address": ext.gateway()}],
             "port_security_enabled": False,
-            "binding:host_id": gw_host.name,
-        }
+        }  # no binding: the localnet port is plugged on every gateway (docs/gateways.md)
         port = self.admin.create_port(**port_attrs)
         self.external_net = network["id"]
         self.state.external = ExternalRecord(
             netns="",
-            host=gw_host.name,
+            host=gateways[0],
             host_iface=net.EXT_IFACE,
+            links={h: Names(self.state.name).external_link(h) for h in gateways},
             network_id=network["id"],
             subnet_id=subnet["id"],
             port_id=port["id"],

@@ -231,15 +231,19 @@ def wait_installed(
 
     ``bound`` adds interfaces that a host's agent must report bound in its
     status file (a port that was ACTIVE elsewhere stays ACTIVE while it moves).
+    Every gateway's uplink must be bound too: the external network's localnet
+    port is plugged on all of them and claimed by none, so it is never ACTIVE.
     """
     wanted = {vm.port_id: name for name, vm in state.vms.items()}
+    needed = dict(bound or {})
     if state.external is not None:
-        wanted[state.external.port_id] = "external"
+        for host in set(state.external.links) & set(running_hosts(state)):
+            needed[host] = sorted({*needed.get(host, []), state.external.host_iface})
     deadline = time.monotonic() + timeout
     with NetvirtClient(state.url, state.admin_token, timeout=10) as admin:
         while True:
             missing = _not_installed(state, system, admin, wanted)
-            missing += _not_bound(state, bound or {})
+            missing += _not_bound(state, needed)
             if not missing:
                 return
             if time.monotonic() > deadline:
@@ -273,7 +277,9 @@ def _not_bound(state: LabState, bound: dict[str, list[str]]) -> list[str]:
 def _not_installed(
     state: LabState, system: System, admin: NetvirtClient, wanted: dict[str, str]
 ) -> list[str]:
-    for name, host in state.hosts.items():
+    running = running_hosts(state)
+    for name in running:
+        host = state.hosts[name]
         for what, proc in (("agent", host.agent), ("datapath", host.datapath)):
             if proc is None:
                 raise LabError(f"the {what} of {name} is stopped: `netvirt lab host start {name}`")
@@ -282,10 +288,11 @@ def _not_installed(
     status = admin.status()
     missing: list[str] = []
     reported = {h["host"]: h["installed_generation"] for h in status["hosts"]}
-    for name in state.hosts:
+    for name in running:
         if reported.get(name, -1) < status["nb_generation"]:
             missing.append(f"{name} installed {reported.get(name, 'nothing')}")
-    if status["installed_generation"] < status["nb_generation"]:
+    everyone = len(running) == len(state.hosts)  # a stopped host's report stays behind
+    if everyone and status["installed_generation"] < status["nb_generation"]:
         missing.append(
             f"generation {status['nb_generation']} (installed {status['installed_generation']})"
         )
@@ -294,6 +301,11 @@ def _not_installed(
     if down:
         missing.append(f"ports not ACTIVE: {', '.join(sorted(down))}")
     return missing
+
+
+def running_hosts(state: LabState) -> list[str]:
+    """Hosts whose agent the lab has not stopped (`lab host stop`): the ones to wait for."""
+    return [name for name, host in state.hosts.items() if host.agent is not None]
 
 
 # ---------------------------------------------------------------------- the lab itself
@@ -324,17 +336,30 @@ class Lab:
     # -------------------------------------------------------------- host agents
 
     def host_stop(self, host: str, *, hard: bool = False, agent_only: bool = False) -> None:
-        """Stop a host's agent and (unless ``agent_only``) its datapath."""
+        """Stop a host's agent and (unless ``agent_only``) its datapath.
+
+        A gateway also leaves the external namespace's ECMP route and its link there
+        goes down, as an upstream router's BFD would notice: gently (``hard`` false)
+        the route drops it first and its datapath says goodbye to its peers as it
+        stops; killed, the route and link follow the kill.
+        """
         record = self._host(host)
         procs = [record.agent] if agent_only else [record.agent, record.datapath]
         running = [p for p in procs if p is not None and net.is_alive(self.system, p)]
         if not running:
             what = "agent" if agent_only else "agent and datapath"
             raise LabError(f"the {what} of {host} are not running")
+        uplink = self._has_uplink(host) and not agent_only
+        if uplink and not hard:
+            self._route_gateway(host, active=False)
         for proc in running:
             if hard:
                 self.system.signal(proc.pid, 9)
             net.stop_process(self.system, proc)
+        if uplink:
+            if hard:
+                self._route_gateway(host, active=False)
+            net.set_uplink(self.system, self.names, host, up=False)
         record.agent = None
         if not agent_only:
             record.datapath = None
@@ -345,18 +370,37 @@ class Lab:
         record = self._host(host)
         if record.agent is not None and net.is_alive(self.system, record.agent):
             raise LabError(f"the agent of {host} is already running (pid {record.agent.pid})")
+        uplink = self._has_uplink(host)
+        if uplink:
+            net.set_uplink(self.system, self.names, host, up=True)
         if record.datapath is None or not net.is_alive(self.system, record.datapath):
             start_datapath(self.system, self.state, host)
         proc = start_agent(self.system, self.state, host)
         if wait:
             wait_installed(self.state, self.system, bound={host: self.plugged(host)})
+        if uplink:  # ready: the upstream router may send it flows now
+            self._route_gateway(host, active=True)
         return proc
 
     def plugged(self, host: str) -> list[str]:
         """The interfaces the lab plugged on ``host``."""
         ifaces = [vm.host_iface for vm in self.state.vms.values() if vm.host == host]
         ext = self.state.external
-        return ifaces + ([ext.host_iface] if ext is not None and ext.host == host else [])
+        return ifaces + ([ext.host_iface] if ext is not None and host in ext.links else [])
+
+    def _has_uplink(self, host: str) -> bool:
+        ext = self.state.external
+        return ext is not None and host in ext.links
+
+    def _route_gateway(self, host: str, *, active: bool) -> None:
+        """Add ``host`` to (or remove it from) the external namespace's ECMP route."""
+        ext = self.state.external
+        assert ext is not None
+        ext.active = [
+            h for h in ext.links if (h == host and active) or (h != host and h in ext.active)
+        ]
+        net.route_external(self.system, self.names, ext.subnet_cidr, ext.active)
+        self.state.save()
 
     def _host(self, host: str) -> HostRecord:
         if host not in self.state.hosts:
@@ -498,9 +542,12 @@ def _build_vms(state: LabState, system: System, names: Names) -> None:
         state.save()
     ext = state.external
     if ext is not None:
-        cidr = f"{ext.ip}/{ext.prefixlen}"
-        ext.netns = net.add_external(system, state, names, ext.host, ext.mac, cidr, ext.mtu)
-        write_plug(Path(state.hosts[ext.host].iface_dir), ext.host_iface, ext.port_id)
+        cidr, gateways = f"{ext.ip}/{ext.prefixlen}", list(ext.links)
+        ext.netns = net.add_external(system, state, names, gateways, ext.mac, cidr, ext.mtu)
+        for host in gateways:  # one localnet port, plugged on every gateway's uplink
+            write_plug(Path(state.hosts[host].iface_dir), ext.host_iface, ext.port_id)
+        net.route_external(system, names, ext.subnet_cidr, gateways)
+        ext.active = gateways
         state.save()
 
 

@@ -4,9 +4,11 @@ Layout (``P`` = ``nvl-<lab>-``; every device lives inside a lab namespace,
 none in the machine's own)::
 
     P ul      underlay: bridge br0, one port hv-<host> per host (MTU 65535)
-    P <host>  a host: ul0 (underlay IP), vm-<vm> per VM, ext-gw on the gateway
+    P <host>  a host: ul0 (underlay IP), vm-<vm> per VM, ext-gw on each gateway
     P <vm>    a VM: eth0 (the NB port's MAC, the network's MTU), lo
-    P ext     the "Internet": eth0 holding the external subnet's gateway IP
+    P ext     the "Internet": gw-<host> per gateway host (the peer of its ext-gw),
+              each holding the external subnet's gateway IP, and an ECMP route
+              for the external subnet over the links of the active gateways
 
 The host end of a VM's veth is up without an address: the host's agent
 reads and writes it with AF_PACKET. IPv6 is off on host namespaces so their
@@ -75,6 +77,10 @@ class Names:
     def vm_port(self, vm: str) -> str:
         """The host-side end of a VM's veth (the agent's interface name)."""
         return _ifname(f"vm-{vm}")
+
+    def external_link(self, host: str) -> str:
+        """A gateway's link in the external namespace (the peer of its ``ext-gw``)."""
+        return _ifname(f"gw-{host}")
 
 
 def _ifname(name: str) -> str:
@@ -233,14 +239,61 @@ def add_vm(
     return ns
 
 
+# The external namespace is the upstream router of every gateway: one link per gateway
+# and an L4-hashed multipath route for the external subnet over those that are active.
+# Replies may come back through another gateway than their request: no rp_filter.
+EXTERNAL_SYSCTLS = (
+    "net.ipv4.fib_multipath_hash_policy=1",
+    "net.ipv4.conf.all.rp_filter=0",
+    "net.ipv4.conf.default.rp_filter=0",
+    "net.ipv4.conf.all.ignore_routes_with_linkdown=1",
+)
+
+
 def add_external(
-    system: System, state: LabState, names: Names, host: str, mac: str, cidr: str, mtu: int
+    system: System,
+    state: LabState,
+    names: Names,
+    hosts: Sequence[str],
+    mac: str,
+    cidr: str,
+    mtu: int,
 ) -> str:
-    """The external namespace, plugged on the gateway host, holding ``cidr``."""
+    """The external namespace with a link to each gateway host; ``cidr`` (the gateway IP
+    with its prefix) on every link, routed over none of them yet (:func:`route_external`)."""
     ns = add_namespace(system, state, names.external_ns)
-    _veth(system, EXT_IFACE, names.ns(host), VM_IFACE, ns, mtu, mac_b=mac)
-    system.ip("address", "add", cidr, "dev", VM_IFACE, netns=ns)
+    for setting in EXTERNAL_SYSCTLS:
+        system.ip("netns", "exec", ns, "sysctl", "-qw", setting)
+    for host in hosts:
+        add_uplink(system, names, host, mac, cidr, mtu)
     return ns
+
+
+def add_uplink(system: System, names: Names, host: str, mac: str, cidr: str, mtu: int) -> None:
+    """A gateway's uplink: ``ext-gw`` on the host, ``gw-<host>`` (MAC ``mac``, the upstream
+    port's) in the external namespace, holding ``cidr`` without a prefix route."""
+    link, ns = names.external_link(host), names.external_ns
+    _veth(system, EXT_IFACE, names.ns(host), link, ns, mtu, mac_b=mac)
+    system.ip("address", "add", cidr, "dev", link, "noprefixroute", netns=ns)
+
+
+def set_uplink(system: System, names: Names, host: str, up: bool) -> None:
+    """Carrier of a gateway's link, seen from the external namespace (the lab's stand-in
+    for the upstream router's BFD session with that gateway)."""
+    state = "up" if up else "down"
+    system.ip("link", "set", "dev", names.external_link(host), state, netns=names.external_ns)
+
+
+def route_external(system: System, names: Names, subnet: str, hosts: Sequence[str]) -> None:
+    """Route ``subnet`` over the links of ``hosts`` (one flow per link by L4 hash)."""
+    ns = names.external_ns
+    if not hosts:
+        system.ip("route", "del", subnet, netns=ns, check=False)
+        return
+    hops = [arg for host in hosts for arg in ("nexthop", "dev", names.external_link(host))]
+    if len(hosts) == 1:
+        hops = hops[1:]  # a single path: plain "dev LINK"
+    system.ip("route", "replace", subnet, *hops, netns=ns)
 
 
 def move_vm(system: System, names: Names, vm: str, old_host: str, new_host: str) -> None:

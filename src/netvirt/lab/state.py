@@ -18,6 +18,7 @@ in a directory only root can enter (the lab needs root anyway).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -110,6 +111,10 @@ class VmRecord(Record):
 
 
 class ExternalRecord(Record):
+    """The external namespace. ``host``/``host_iface``: the first gateway and the uplink's
+    name on every gateway; ``links``: gateway → its link's name in the external namespace;
+    ``active``: the gateways its ECMP route uses now (docs/gateways.md)."""
+
     netns: str
     host: str
     host_iface: str
@@ -120,6 +125,13 @@ class ExternalRecord(Record):
     ip: str
     prefixlen: int
     mtu: int
+    links: dict[str, str] = {}
+    active: list[str] = []
+
+    @property
+    def subnet_cidr(self) -> str:
+        """The external subnet (what the external namespace routes over the gateways)."""
+        return f"{ipaddress.IPv4Interface(f'{self.ip}/{self.prefixlen}').network}"
 
 
 class LbRecord(Record):

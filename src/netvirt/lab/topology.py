@@ -8,7 +8,8 @@ parsed in two passes so that every error names the field it is about:
 2. **references** — :func:`cross_check` checks what refers to what (a VM's
    host, project, network and groups; routers' networks; LB members; checks'
    endpoints) and a few rules the platform would refuse later anyway
-   (overlapping subnets behind one router, a second gateway host).
+   (overlapping subnets behind one router, an external network without a
+   gateway host).
 
 All errors of both passes are collected into one :class:`TopologyError`,
 ``path: message`` per line (``vms[2].host: unknown host 'hv9' …``), before
@@ -319,6 +320,10 @@ class Topology(Strict):
     def gateway_host(self) -> Host | None:
         return next((h for h in self.hosts if h.gateway), None)
 
+    def gateway_hosts(self) -> list[Host]:
+        """Every host with an uplink to the external network (scale-out gateways)."""
+        return [h for h in self.hosts if h.gateway]
+
     def network(self, project: str, name: str) -> Network:
         return next(n for n in self.project(project).networks if n.name == name)
 
@@ -352,8 +357,6 @@ def _check_hosts(topo: Topology) -> Iterator[tuple[str, str]]:
             yield path, f"{name!r} is taken (hosts and VMs share one set of names)"
         seen.add(name)
     gateways = [h.name for h in topo.hosts if h.gateway]
-    if len(gateways) > 1:
-        yield "hosts", f"only one host may be the gateway (got {', '.join(gateways)})"
     if topo.external is not None and not gateways:
         yield "hosts", "an external network needs a host with gateway: true"
     capacity = ipaddress.IPv4Network(topo.underlay.cidr).num_addresses - 12

@@ -64,7 +64,7 @@ PortTable = dict[int, dict[str, int]]  # datapath -> name -> key
 T = TypeVar("T")
 
 _DATAPATH_KINDS = ("switch", "router")
-_PORT_TYPES = ("vif", "patch", "vip", "external")
+_PORT_TYPES = ("vif", "patch", "vip", "external", "localnet")
 _ENCAPS = ("geneve", "vxlan")
 _MONITOR_TYPES = ("PING", "TCP", "HTTP")
 

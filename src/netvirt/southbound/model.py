@@ -18,7 +18,10 @@ from typing import Literal
 
 from netvirt.compiler.lflow import LogicalFlow
 
-PortType = Literal["vif", "patch", "vip", "external"]
+# "localnet": an external network's connection to the physical network, plugged on every
+# gateway chassis' uplink at once and reached through a live gateway from other hosts
+# (docs/gateways.md). "external" is reserved (unused).
+PortType = Literal["vif", "patch", "vip", "external", "localnet"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from netvirt.southbound.model import SBState
 
 BUILDER = "arp_nd"
 ARP_REQUEST, ARP_REPLY = 1, 2
+SENDERS = ("vif", "localnet")  # ports whose own requests for their address are not answered
 
 
 def build(nb: NBSnapshot, sb: SBState, sink: FlowSink) -> None:
@@ -69,7 +70,7 @@ def _arp(switch: Switch, port: LPort, sink: FlowSink) -> None:
         return
     stage, prov = "ls_in_arp_rsp", port_provenance(BUILDER, port)
     request = conj(Cmp("arp.op", "==", (Value(ARP_REQUEST),)), ips_cmp("arp.tpa", v4))
-    if port.pb.type == "vif":
+    if port.pb.type in SENDERS:
         sink.add(switch.key, stage, 100, conj(port.inport(), request), (Next(),), prov)
     sink.add(switch.key, stage, 50, request, arp_reply_actions(port.mac), prov)
 
@@ -79,7 +80,7 @@ def _nd(switch: Switch, port: LPort, sink: FlowSink) -> None:
     router = port.pb.type == "patch"
     for address in port.fixed_of(6):
         solicit = conj(BoolSym("nd_ns"), ips_cmp("nd.target", [address]))
-        if port.pb.type == "vif":
+        if port.pb.type in SENDERS:
             sink.add(switch.key, stage, 100, conj(port.inport(), solicit), (Next(),), prov)
         target = int(ipaddress.IPv6Address(address))
         advert = NdAdvert(target, port.mac, router, reply_to_sender())
