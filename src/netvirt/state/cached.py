@@ -44,7 +44,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from netvirt.state.store import (
-    AllocateOp,
     Batch,
     CasOp,
     CasResult,
@@ -54,7 +53,6 @@ from netvirt.state.store import (
     GetOp,
     Op,
     PutOp,
-    ReleaseOp,
     StateStore,
 )
 
@@ -183,7 +181,7 @@ class CachedStore:
             return list(self.get_many([op.key for op in ops if isinstance(op, GetOp)]))
         inner = self.inner.batch()
         for op in ops:
-            _queue(inner, op)
+            inner.add(op)
         results = inner.execute()
         now = self.clock()
         for op, result in zip(ops, results, strict=True):
@@ -223,22 +221,3 @@ class CachedStore:
     def close(self) -> None:
         self._cache.clear()
         self.inner.close()
-
-
-def _queue(batch: Batch, op: Op) -> None:
-    if isinstance(op, GetOp):
-        batch.get(op.key)
-    elif isinstance(op, PutOp):
-        batch.put(op.key, op.value, op.ttl)
-    elif isinstance(op, CasOp):
-        batch.cas(op.key, op.expected_version, op.value, op.ttl)
-    elif isinstance(op, DeleteOp):
-        batch.delete(op.key)
-    elif isinstance(op, ExpireOp):
-        batch.expire(op.key, op.ttl)
-    elif isinstance(op, AllocateOp):
-        batch.allocate(op.pool_key, op.candidates, op.owner, op.ttl)
-    elif isinstance(op, ReleaseOp):
-        batch.release(op.pool_key, op.member, op.owner)
-    else:  # pragma: no cover - the Op union is closed
-        raise TypeError(f"unknown store operation {op!r}")

@@ -190,6 +190,11 @@ class Batch:
         self._ops.append(op)
         return Pending(self, len(self._ops) - 1)
 
+    def add(self, op: Op) -> Pending[object]:
+        """Queue an operation that is already built (and so already checked): what a
+        caller that gathers operations first, or a wrapping store, passes on."""
+        return self._queue(op)
+
     def get(self, key: str) -> Pending[Entry | None]:
         return self._queue(GetOp(key))
 

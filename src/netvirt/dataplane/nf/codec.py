@@ -34,7 +34,6 @@ from typing import NamedTuple, TypeVar
 
 from netvirt.state.store import (
     AllocateOp,
-    Batch,
     CasOp,
     DeleteOp,
     ExpireOp,
@@ -413,26 +412,9 @@ def execute(store: StateStore, ops: Sequence[Op]) -> list[object]:
     order = sorted(range(len(ops)), key=lambda i: _RANK[type(ops[i])])
     batch = store.batch()
     for i in order:
-        _queue(batch, ops[i])
+        batch.add(ops[i])
     out = batch.execute()
     results: list[object] = [None] * len(ops)
     for position, i in enumerate(order):
         results[i] = out[position]
     return results
-
-
-def _queue(batch: Batch, op: Op) -> None:
-    if isinstance(op, GetOp):
-        batch.get(op.key)
-    elif isinstance(op, PutOp):
-        batch.put(op.key, op.value, op.ttl)
-    elif isinstance(op, CasOp):
-        batch.cas(op.key, op.expected_version, op.value, op.ttl)
-    elif isinstance(op, DeleteOp):
-        batch.delete(op.key)
-    elif isinstance(op, ExpireOp):
-        batch.expire(op.key, op.ttl)
-    elif isinstance(op, AllocateOp):
-        batch.allocate(op.pool_key, op.candidates, op.owner, op.ttl)
-    else:
-        batch.release(op.pool_key, op.member, op.owner)
