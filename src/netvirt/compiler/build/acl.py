@@ -99,7 +99,7 @@ DIRECTIONS = (Direction("in"), Direction("out"))
 
 def build(nb: NBSnapshot, sb: SBState, sink: FlowSink) -> None:
     groups = {g["id"]: g for g in nb.security_groups}
-    members = _group_members(nb)
+    members = _RuleMatches(_group_members(nb))
     for switch in switches(nb, sb):
         guarded = [p for p in switch.secured() if p.nb.get("security_groups")]
         stateful = [p for p in guarded if _stateful(p, groups)]
@@ -167,7 +167,7 @@ def _rules(
     way: Direction,
     guarded: list[LPort],
     groups: dict[str, Obj],
-    members: dict[str, list[str]],
+    members: _RuleMatches,
     sink: FlowSink,
 ) -> None:
     for group_id in sorted({g for p in guarded for g in p.nb["security_groups"]}):
@@ -179,7 +179,7 @@ def _rules(
         for rule in sorted(group.get("security_group_rules", []), key=lambda r: str(r["id"])):
             if rule["direction"] != way.sg_direction:
                 continue
-            match = rule_match(rule, way.peer, members)
+            match = members.match(rule, way.peer)
             if match is None:
                 continue
             prov = Provenance(BUILDER, "security_group_rule", str(rule["id"]))
@@ -189,6 +189,22 @@ def _rules(
             else:
                 full, acts = conj(way.ports(users), match), (Next(),)
             sink.add(switch.key, way.stage("acl"), PRIO_RULE, full, acts, prov)
+
+
+class _RuleMatches:
+    """``rule_match`` per (rule, direction), computed once per compile: a rule's match does
+    not depend on the switch, and with a remote group it expands every member address, so
+    recomputing it for each switch using the group was quadratic in the size of the cloud."""
+
+    def __init__(self, members: dict[str, list[str]]) -> None:
+        self.members = members
+        self._cache: dict[tuple[str, str], Expr | None] = {}
+
+    def match(self, rule: Obj, peer: str) -> Expr | None:
+        key = (str(rule["id"]), peer)
+        if key not in self._cache:
+            self._cache[key] = rule_match(rule, peer, self.members)
+        return self._cache[key]
 
 
 def _group_members(nb: NBSnapshot) -> dict[str, list[str]]:
