@@ -21,8 +21,6 @@ rules and changes only what the SB changed meanwhile.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import select
@@ -33,6 +31,7 @@ from typing import Any
 from netvirt.agent.agent import Agent
 from netvirt.agent.datapath import LoopStats
 from netvirt.agent.dpctl import DatapathError, DatapathUnavailable, RemoteDatapath
+from netvirt.agent.process import LoopProcess
 from netvirt.agent.runner import Config, Control, agent_status, http_sb, newest_error
 from netvirt.southbound.source import SBSource
 
@@ -40,7 +39,7 @@ log = logging.getLogger(__name__)
 RECONNECT_EVERY = 0.2  # seconds between attempts to reach a missing datapath
 
 
-class AgentProcess:
+class AgentProcess(LoopProcess):
     """One agent process; :meth:`run` until :meth:`stop`."""
 
     def __init__(
@@ -52,8 +51,9 @@ class AgentProcess:
     ) -> None:
         if config.datapath is None and datapath is None:
             raise ValueError("an agent process needs the datapath's control socket")
+        super().__init__()
         self.config = config
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.status_file = config.status_file
         self.control = Control(config, sb if sb is not None else http_sb(config), self.wake)
         self.sb = self.control.sb
         assert config.datapath is not None or datapath is not None
@@ -66,28 +66,9 @@ class AgentProcess:
         self.dp_counters: dict[str, object] = {}
         self.dp_error: str | None = None
         self._connects = 0
-        self._stopping = False
-        self._running = False
         self._next_connect = self._next_status = 0.0
 
     # -- lifecycle --------------------------------------------------------------------------
-
-    def wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.eventfd_write(self._wake_fd, 1)
-
-    def stop(self) -> None:
-        self._stopping = True
-        self.wake()
-
-    def run(self) -> int:
-        self.start()
-        try:
-            while not self._stopping:
-                self.run_once()
-        finally:
-            self.close()
-        return 0
 
     def start(self) -> None:
         self._running = True
@@ -100,15 +81,14 @@ class AgentProcess:
         self.control.close()
         self.write_status()
         self.datapath.close()
-        os.close(self._wake_fd)
+        self.close_wake()
         log.info("agent %s stopped", self.config.name)
 
     def run_once(self, timeout: float | None = None) -> None:
         wait = self.config.tick if timeout is None else timeout
         ready, _, _ = select.select([self._wake_fd], [], [], wait)
         if ready:
-            with contextlib.suppress(BlockingIOError):
-                os.eventfd_read(self._wake_fd)
+            self.drain_wake()
         now = time.monotonic()
         self.stats.iterations += 1
         if now >= self._next_status:
@@ -171,7 +151,7 @@ class AgentProcess:
         doc: dict[str, Any] = {
             "name": config.name,
             "pid": os.getpid(),
-            "running": self._running and not self._stopping,
+            "running": self.running,
             "started_at": self.started_at,
             "updated_at": time.time(),
             "netns": config.netns,
@@ -201,16 +181,3 @@ class AgentProcess:
         }
         doc.update(agent_status(self.agent))
         return doc
-
-    def write_status(self) -> None:
-        path = self.config.status_file
-        if path is None:
-            return
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(self.status(), indent=1, sort_keys=True, default=str))
-            os.replace(tmp, path)
-        except (OSError, DatapathUnavailable, DatapathError) as err:
-            log.warning("cannot write status file %s: %s", path, err)
-            with contextlib.suppress(OSError):
-                tmp.unlink()

@@ -29,8 +29,6 @@ only in a shared store (``--state-store redis://``).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import select
@@ -55,6 +53,7 @@ from netvirt.agent.ifaces import (
     tunnel_in,
 )
 from netvirt.agent.physical import Encap, PhysicalState, Tunnel
+from netvirt.agent.process import LoopProcess
 from netvirt.dataplane.classifier import Delta
 from netvirt.dataplane.flow import Rule
 from netvirt.dataplane.ports.base import Frame
@@ -108,7 +107,7 @@ class _Handlers:
     other: set[int] = field(default_factory=set)  # fds of subclasses (control socket)
 
 
-class DatapathLoop:
+class DatapathLoop(LoopProcess):
     """One host's packet loop; see the module docstring.
 
     ``store``, ``open_port`` and ``open_tunnel`` replace the configured state
@@ -122,8 +121,9 @@ class DatapathLoop:
         open_port: Callable[[str], IoPort] | None = None,
         open_tunnel: Callable[[Encap, str, int], TunnelIo] | None = None,
     ) -> None:
+        super().__init__()
         self.dp_config = config
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.status_file = config.status_file
         if store is None:
             from netvirt.state import open_store
 
@@ -149,8 +149,6 @@ class DatapathLoop:
         self.forwarder.gateways.clock = time.monotonic  # liveness must not follow wall time
         self.stats = LoopStats()
         self.started_at = time.time()
-        self._stopping = False
-        self._running = False
         self._epoll: select.epoll | None = None
         self._handlers = _Handlers()
         self._logged_at = -LOG_EVERY
@@ -158,26 +156,6 @@ class DatapathLoop:
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
 
     # -- lifecycle --------------------------------------------------------------------------
-
-    def wake(self) -> None:
-        """Interrupt the loop's wait (any thread, signal handlers too)."""
-        with contextlib.suppress(OSError):
-            os.eventfd_write(self._wake_fd, 1)
-
-    def stop(self) -> None:
-        """Ask the loop to end (safe from a signal handler)."""
-        self._stopping = True
-        self.wake()
-
-    def run(self) -> int:
-        """Run until :meth:`stop`; returns the process exit code."""
-        self.start()
-        try:
-            while not self._stopping:
-                self.run_once()
-        finally:
-            self.close()
-        return 0
 
     def start(self) -> None:
         """Build the wait set (:meth:`run` does it; tests drive :meth:`run_once`)."""
@@ -242,7 +220,7 @@ class DatapathLoop:
             self._epoll.close()
             self._epoll = None
         self.store.close()
-        os.close(self._wake_fd)
+        self.close_wake()
         log.info("datapath %s stopped", self.dp_config.name)
 
     # -- packets ----------------------------------------------------------------------------
@@ -272,8 +250,7 @@ class DatapathLoop:
 
     def _ready(self, fd: int) -> None:
         if fd == self._wake_fd:
-            with contextlib.suppress(BlockingIOError):
-                os.eventfd_read(self._wake_fd)
+            self.drain_wake()
             return
         iface = self._handlers.ports.get(fd)
         try:
@@ -406,7 +383,7 @@ class DatapathLoop:
         return {
             "name": config.name,
             "pid": os.getpid(),
-            "running": self._running and not self._stopping,
+            "running": self.running,
             "started_at": self.started_at,
             "updated_at": time.time(),
             "netns": config.netns,
@@ -443,20 +420,6 @@ class DatapathLoop:
             if carry.tunnel is not None
         }
         return {"ports": ports, "tunnels": tunnels}
-
-    def write_status(self) -> None:
-        """Write the status file atomically (no-op without one); never raises."""
-        path = self.dp_config.status_file
-        if path is None:
-            return
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(self.status(), indent=1, sort_keys=True, default=str))
-            os.replace(tmp, path)
-        except OSError as err:
-            log.warning("cannot write status file %s: %s", path, err)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
 
 
 class DatapathProcess(DatapathLoop):

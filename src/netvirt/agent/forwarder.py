@@ -225,16 +225,18 @@ class Forwarder:
         """A batch received on ``iface``: run the pipeline, send the outputs per destination."""
         counters = self.port_counters.setdefault(iface, PortCounters())
         where = self.installed.physical.local_ports.get(iface)
-        policers, health = self.policers, self.health
+        # decided once per batch: most ports have neither a policer nor a monitored member
+        policed = iface in self.policers.rx
+        health = self.health if self.health.active else None
         out = _Outbox()
         verdicts = []
         for frame in frames:
             counters.rx(len(frame))
             now = self.clock()
-            if not policers.police_rx(iface, len(frame), now):
+            if policed and not self.policers.police_rx(iface, len(frame), now):
                 self._count_drop(counters, DropReason.QOS_POLICED)
                 continue
-            if health.active and health.offer(iface, frame, now):
+            if health is not None and health.offer(iface, frame, now):
                 self.health_pending = True
                 continue
             if where is None:
