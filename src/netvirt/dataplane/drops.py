@@ -57,6 +57,7 @@ class DropReason(enum.Enum):
     INVALID_CT_STATE = "invalid_ct_state"
     NO_LB_BACKEND = "no_lb_backend"
     QOS_POLICED = "qos_policed"
+    STATE_UNAVAILABLE = "state_unavailable"
     EXPLICIT_DROP = "explicit_drop"
 
     @property
@@ -105,6 +106,7 @@ _DESCRIPTIONS: dict[DropReason, str] = {
     DropReason.INVALID_CT_STATE: "connection tracking marked the packet invalid",
     DropReason.NO_LB_BACKEND: "load balancer VIP has no healthy member",
     DropReason.QOS_POLICED: "dropped by a QoS rate limit",
+    DropReason.STATE_UNAVAILABLE: "the connection state store could not be reached (fail closed)",
     DropReason.EXPLICIT_DROP: "a flow asked for the drop with no more specific reason",
 }
 

@@ -133,9 +133,19 @@ class TraceEvent:
 
 @dataclass
 class Verdict:
+    """What the pipeline did with one packet.
+
+    ``ct`` holds every conntrack result the packet got (the ``ConnTracker``'s
+    ``last`` after each call), and ``cacheable`` turns False when the outcome
+    depends on more than the packet's headers, installed rules and those
+    connections (a generated packet, a learned MAC binding): the datapath's
+    flow cache (``dataplane/fastpath.py``) reads both."""
+
     outputs: list[Emit] = field(default_factory=list)
     drops: list[DropReason] = field(default_factory=list)
     trace: list[TraceEvent] | None = None
+    ct: list[object] = field(default_factory=list)
+    cacheable: bool = True
 
     def note(self, event: TraceEvent) -> None:
         if self.trace is not None:
@@ -271,11 +281,13 @@ class Pipeline:
                 return self._next(ctx, key, table)
             elif isinstance(act, A.CtCommit):
                 self.conntrack.ct_commit(self._zone(key, table), key, ctx.now, act.mark)
+                ctx.verdict.ct.append(getattr(self.conntrack, "last", None))
                 ctx.verdict.note(TraceEvent("ct", key[_METADATA], table, detail="ct_commit"))
             elif isinstance(act, A.CtClear):
                 key[_CT_STATE] = 0
             elif isinstance(act, A.PutMacBinding):
                 self._learn(key)
+                ctx.verdict.cacheable = False
             elif isinstance(act, A.LookupMacBinding):
                 self._lookup_binding(key)
             elif isinstance(act, A.SelectEcmp):
@@ -309,6 +321,7 @@ class Pipeline:
             detail = f"ct_next zone={zone:#x} state={key[_CT_STATE]:#x}"
         elif isinstance(act, A.CtLb):
             if not ct.ct_lb(zone, key, ctx.now, act):
+                ctx.verdict.ct.append(None)  # no backend: never cached
                 self._drop(ctx.verdict, DropReason.NO_LB_BACKEND, key[_METADATA], table)
                 return False
             detail = f"ct_lb -> {key[F('ip4.dst')]:#x}:{key[F('tp.dst')]}"
@@ -316,6 +329,7 @@ class Pipeline:
             assert isinstance(act, A.CtDnat | A.CtSnat)
             ct.ct_nat(zone, key, ctx.now, act)
             detail = f"{type(act).__name__} zone={zone:#x}"
+        ctx.verdict.ct.append(getattr(ct, "last", None))
         if ctx.verdict.trace is not None:
             ctx.verdict.note(TraceEvent("ct", key[_METADATA], table, detail=detail, key=tuple(key)))
         return True
@@ -407,6 +421,7 @@ class Pipeline:
     def _generate(self, ctx: _Ctx, key: list[int], act: object, table: int) -> bool:
         frame: bytes | None
         then: tuple[object, ...]
+        ctx.verdict.cacheable = False  # a new packet, not a rewrite of this one
         if isinstance(act, A.EmitIcmpError):
             try:
                 frame = generate.icmp_error(ctx.packet, key, act)
