@@ -55,6 +55,7 @@ from netvirt.agent.ifaces import (
 from netvirt.agent.physical import Encap, PhysicalState, Tunnel
 from netvirt.agent.process import LoopProcess
 from netvirt.dataplane.classifier import Delta
+from netvirt.dataplane.fastpath import FlowCache
 from netvirt.dataplane.flow import Rule
 from netvirt.dataplane.ports.base import Frame
 from netvirt.state.store import StateStore
@@ -85,6 +86,7 @@ class DatapathConfig:
     status_interval: float = 1.0
     tick: float = 0.1
     batch: int = 64
+    flow_cache: int = 65_536  # entries of the datapath's flow cache (0: every packet slow)
 
 
 @dataclass
@@ -145,7 +147,10 @@ class DatapathLoop(LoopProcess):
         self.plug_dir = PlugDir(config.iface_dir)
         self.ports = PortTable(self.open_port)
         tunnels: dict[str, Tunnel] = {str(e): t for e, t in self.tunnels.items()}
-        self.forwarder = Forwarder(self.store, tunnels, time.time, encap=config.encap)
+        cache = FlowCache(capacity=config.flow_cache) if config.flow_cache > 0 else None
+        self.forwarder = Forwarder(
+            self.store, tunnels, time.time, encap=config.encap, flow_cache=cache
+        )
         self.forwarder.gateways.clock = time.monotonic  # liveness must not follow wall time
         self.stats = LoopStats()
         self.started_at = time.time()
@@ -286,38 +291,18 @@ class DatapathLoop(LoopProcess):
         self.ingest(iface, frames)
 
     def ingest(self, iface: str, frames: Iterable[Frame]) -> None:
-        """Hand frames from a local interface to the forwarder: plain frames in batches,
-        frames with offload metadata one by one (their outputs inherit it, see
-        ``ifaces.Carry``)."""
-        plain: list[bytes] = []
-        handle = self.forwarder.handle_frames
-        for frame in frames:
-            if frame.vnet is None:
-                plain.append(frame.data)
-                continue
-            if plain:
-                handle(iface, plain)
-                plain = []
-            self.carry.current = frame
-            try:
-                handle(iface, (frame.data,))
-            finally:
-                self.carry.current = None
-        if plain:
-            handle(iface, plain)
+        """Hand a batch from a local interface to the forwarder (frames keep their offload
+        metadata; outputs that are rewrites of a frame inherit it)."""
+        self.forwarder.handle_frames(iface, list(frames))
 
     def _from_tunnel(self, encap: Encap) -> None:
         tunnel = self.tunnels[encap].tunnel
         if tunnel is None:
             return
         for packet in tunnel.recv_batch(self.dp_config.batch):
-            self.carry.current = packet.frame
-            try:
-                self.forwarder.handle_decapsulated(
-                    packet.vni, packet.ingress, packet.egress, packet.frame.data
-                )
-            finally:
-                self.carry.current = None
+            self.forwarder.handle_decapsulated(
+                packet.vni, packet.ingress, packet.egress, packet.frame
+            )
 
     # -- periodic work ----------------------------------------------------------------------
 

@@ -32,6 +32,19 @@ An external network's uplink (a ``localnet`` port) that is not plugged here
 goes to a live gateway chassis picked per flow by :class:`GatewayPlane`;
 tunnel packets with VNI 0 are gateway hellos, fed to it (docs/gateways.md).
 
+Flow cache: with ``flow_cache`` set (the datapath process does), a packet
+whose flow the slow path already handled under the same installed state and
+connection states is rewritten and sent from the cache without running the
+pipeline (``dataplane/fastpath.py``); policers and health checks still see
+every packet first. The installed state a cached outcome depends on is
+:meth:`Forwarder.cache_version`: the install count, the MAC bindings and the
+live gateways.
+
+Offload metadata: a frame received with a ``virtio_net_hdr`` (a
+:class:`~netvirt.dataplane.ports.base.Frame` with ``vnet``) keeps it on the
+outputs that are rewrites of it (``ifaces.carry_output``), decided when the
+output is produced, so frames with metadata are handled in batches too.
+
 Counters: per interface rx/tx packets and bytes and drops by reason (a
 tunnel packet's drops count on its destination interface), the same for the
 tunnel, and drops by reason overall.
@@ -41,12 +54,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, cast
 
 from netvirt.agent.bindings import Plug
 from netvirt.agent.gateways import HELLO_VNI, GatewayPlane
 from netvirt.agent.health import HealthChecker
+from netvirt.agent.ifaces import carry_output
 from netvirt.agent.physical import (
     NO_PORT,
     Encap,
@@ -59,14 +74,32 @@ from netvirt.agent.physical import (
 )
 from netvirt.dataplane.classifier import Classifier, Delta
 from netvirt.dataplane.drops import DropReason, ParseError
+from netvirt.dataplane.fastpath import Entry, FlowCache, Output, derive, flow_key
 from netvirt.dataplane.flow import Rule
 from netvirt.dataplane.nf import Conntrack, FlowKeyConntrack
-from netvirt.dataplane.pipeline import Emit, Pipeline, Topology, Verdict
+from netvirt.dataplane.pipeline import Pipeline, Topology, Verdict
 from netvirt.dataplane.policer import PortPolicers
-from netvirt.state.store import StateStore
+from netvirt.dataplane.ports.base import Frame
+from netvirt.state.store import StateStore, StateStoreError
 
 log = logging.getLogger(__name__)
 ETH_HLEN = 14
+
+Item = bytes | Frame  # a frame on its way out: plain bytes, or with offload metadata
+
+
+class _FrameSink(Protocol):
+    """A port that takes frames with their offload metadata (``dataplane.ports``)."""
+
+    def send_batch(self, frames: Sequence[Item]) -> int: ...
+
+
+class _FrameTunnel(Protocol):
+    def send(self, remote: str, vni: int, item: Item, ingress: int = 0, egress: int = 0) -> int: ...
+
+
+def _size(item: Item) -> int:
+    return len(item.data) if isinstance(item, Frame) else len(item)
 
 
 @dataclass
@@ -84,9 +117,9 @@ class PortCounters:
         self.rx_packets += 1
         self.rx_bytes += size
 
-    def tx(self, frames: Sequence[bytes]) -> None:
+    def tx(self, frames: Sequence[Item]) -> None:
         self.tx_packets += len(frames)
-        self.tx_bytes += sum(len(f) for f in frames)
+        self.tx_bytes += sum(map(_size, frames))
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -122,12 +155,22 @@ class RuleVersion:
     version: int
 
 
+@dataclass(frozen=True, slots=True)
+class _ToTunnel:
+    """A cached output's destination on another chassis (``Output.dest``)."""
+
+    remote: Remote
+    vni: int
+    ingress: int
+    egress: int
+
+
 @dataclass
 class _Outbox:
     """Frames collected while handling a batch, sent once per destination."""
 
-    local: dict[str, list[bytes]] = field(default_factory=dict)
-    tunnel: list[tuple[Remote, Emit]] = field(default_factory=list)
+    local: dict[str, list[Item]] = field(default_factory=dict)
+    tunnel: list[tuple[_ToTunnel, Item]] = field(default_factory=list)
     vxlan_seen: set[tuple[str, int, bytes]] = field(default_factory=set)
 
 
@@ -142,6 +185,7 @@ class Forwarder:
         *,
         encap: Encap = "geneve",
         installed: Installed | None = None,
+        flow_cache: FlowCache | None = None,
     ) -> None:
         self.tunnels: dict[str, Tunnel] = (
             dict(tunnel) if isinstance(tunnel, Mapping) else {encap: tunnel}
@@ -165,6 +209,7 @@ class Forwarder:
         self.policers = PortPolicers()
         # scale-out gateways: hellos, liveness, the choice of a gateway per flow
         self.gateways = GatewayPlane(clock, plugged=lambda iface: iface in self.plugs)
+        self.flow_cache = flow_cache
 
     # -- local interfaces --------------------------------------------------------------------
 
@@ -221,32 +266,120 @@ class Forwarder:
 
     # -- packets from local interfaces ------------------------------------------------------------
 
-    def handle_frames(self, iface: str, frames: Iterable[bytes]) -> list[Verdict]:
-        """A batch received on ``iface``: run the pipeline, send the outputs per destination."""
+    def handle_frames(self, iface: str, frames: Iterable[Item]) -> list[Verdict]:
+        """A batch received on ``iface``: run the pipeline (or replay the flow cache), send
+        the outputs per destination. Returns the slow path's verdicts."""
         counters = self.port_counters.setdefault(iface, PortCounters())
         where = self.installed.physical.local_ports.get(iface)
         # decided once per batch: most ports have neither a policer nor a monitored member
         policed = iface in self.policers.rx
         health = self.health if self.health.active else None
+        cache = self._cache_for_batch()
         out = _Outbox()
         verdicts = []
-        for frame in frames:
-            counters.rx(len(frame))
+        for item in frames:
+            frame = item if isinstance(item, Frame) else Frame(item)
+            data = frame.data
+            counters.rx(len(data))
             now = self.clock()
-            if policed and not self.policers.police_rx(iface, len(frame), now):
+            if policed and not self.policers.police_rx(iface, len(data), now):
                 self._count_drop(counters, DropReason.QOS_POLICED)
                 continue
-            if health is not None and health.offer(iface, frame, now):
+            if health is not None and health.offer(iface, data, now):
                 self.health_pending = True
                 continue
             if where is None:
                 self._count_drop(counters, DropReason.UNKNOWN_PORT)
                 continue
-            verdict = self.pipeline.process(frame, where[0], where[1], now)
-            self._dispatch(verdict, out, counters, from_tunnel=False)
+            key: Hashable = None
+            expired: Entry | None = None
+            if cache is not None:
+                found = flow_key(data)
+                if found is not None:
+                    key = (iface, found[0], frame.vnet is not None and frame.vnet.needs_csum)
+                    entry, expired = cache.lookup(key, now)
+                    if entry is not None:
+                        self._replay(entry, frame, out, counters)
+                        continue
+            verdict = self._slow(frame, where[0], where[1], None, now)
+            if expired is not None and _store_down(verdict):
+                cache.counters.stale_served += 1  # type: ignore[union-attr]
+                self._replay(expired, frame, out, counters)
+                continue
+            outputs = self._dispatch(verdict, frame, out, counters, from_tunnel=False)
+            if cache is not None:
+                self._learn(cache, key, found, frame, verdict, outputs, now)
             verdicts.append(verdict)
         self._flush(out)
         return verdicts
+
+    def _slow(self, frame: Frame, dp: int, inport: int, outport: int | None, now: float) -> Verdict:
+        """The pipeline for one frame; a state store that cannot be reached drops it."""
+        try:
+            if outport is None:
+                return self.pipeline.process(frame.data, dp, inport, now)
+            return self.pipeline.process_egress(frame.data, dp, inport, outport, now)
+        except StateStoreError as err:
+            log.debug("state store: %s", err)
+            return Verdict(drops=[DropReason.STATE_UNAVAILABLE], cacheable=False)
+
+    # -- the flow cache ---------------------------------------------------------------------------
+
+    def cache_version(self) -> Hashable:
+        """What cached outcomes depend on besides the packet and its connections."""
+        topology = self.installed.physical.topology
+        return (self.installs, len(topology.mac_bindings), self.gateways.epoch())
+
+    def _cache_for_batch(self) -> FlowCache | None:
+        cache = self.flow_cache
+        if cache is not None:
+            cache.sync(self.cache_version())
+        return cache
+
+    def _replay(self, entry: Entry, frame: Frame, out: _Outbox, counters: PortCounters) -> None:
+        for reason in entry.drops:
+            self._count_drop(counters, reason)
+        data, vnet = frame.data, frame.vnet
+        for output in entry.outputs:
+            wire = output.rewrite.apply(data)
+            item: Item = wire if vnet is None else Frame(wire, vnet)
+            dest = output.dest
+            if isinstance(dest, str):
+                out.local.setdefault(dest, []).append(item)
+            else:
+                out.tunnel.append((cast(_ToTunnel, dest), item))
+
+    def _learn(
+        self,
+        cache: FlowCache,
+        key: Hashable,
+        found: object,
+        frame: Frame,
+        verdict: Verdict,
+        outputs: list[tuple[Hashable, Item]] | None,
+        now: float,
+    ) -> None:
+        """Remember the slow path's outcome for the flow when it is a pure rewrite."""
+        deps = cache.epochs.observe(verdict.ct)  # also for uncacheable outcomes: epochs move
+        if key is None or found is None:
+            return
+        if deps is None or outputs is None or not verdict.cacheable:
+            cache.counters.uncacheable += 1
+            return
+        _key, layout = cast(tuple[bytes, object], found)
+        seeded = frame.vnet is not None and frame.vnet.needs_csum
+        cached: list[Output] = []
+        for dest, item in outputs:
+            wire = item.data if isinstance(item, Frame) else item
+            if isinstance(item, Frame) and item.vnet != frame.vnet:
+                cache.counters.uncacheable += 1  # metadata changed (a pushed tag): not cached
+                return
+            rewrite = derive(frame.data, wire, layout, seeded)  # type: ignore[arg-type]
+            if rewrite is None:
+                cache.counters.uncacheable += 1
+                return
+            cached.append(Output(dest, rewrite))
+        cache.insert(key, Entry(tuple(cached), tuple(verdict.drops), deps, now))
 
     # -- packets from the underlay ----------------------------------------------------------------
 
@@ -258,35 +391,49 @@ class Forwarder:
         except ParseError as err:
             self._count_drop(self.tunnel_counters, err.reason)
             return []
-        return self._from_tunnel(packet.vni, packet.in_key, packet.out_key, packet.frame)
+        return self._from_tunnel(packet.vni, packet.in_key, packet.out_key, Frame(packet.frame))
 
     def handle_decapsulated(
-        self, vni: int, ingress: int | None, egress: int | None, frame: bytes
+        self, vni: int, ingress: int | None, egress: int | None, frame: Item
     ) -> list[Verdict]:
         """A packet a tunnel endpoint already decoded (``egress`` None: VXLAN): run the
         destination port's egress pipeline and deliver."""
-        self.tunnel_counters.rx(len(frame))
-        return self._from_tunnel(vni, ingress, egress, frame)
+        item = frame if isinstance(frame, Frame) else Frame(frame)
+        self.tunnel_counters.rx(len(item.data))
+        return self._from_tunnel(vni, ingress, egress, item)
 
     def _from_tunnel(
-        self, dp: int, ingress: int | None, egress: int | None, frame: bytes
+        self, dp: int, ingress: int | None, egress: int | None, frame: Frame
     ) -> list[Verdict]:
         physical = self.installed.physical
+        data = frame.data
         if dp == HELLO_VNI:  # a gateway's hello (agent.gateways), not a packet to forward
-            if not self.gateways.receive(frame):
+            if not self.gateways.receive(data):
                 self._count_drop(self.tunnel_counters, DropReason.MALFORMED_TUNNEL)
             return []
         if physical.topology.kinds.get(dp) != "switch":
             self._count_drop(self.tunnel_counters, DropReason.UNKNOWN_VNI)
             return []
+        cache = self._cache_for_batch()
+        now = self.clock()
+        key: Hashable = None
+        found = flow_key(data) if cache is not None else None
+        if cache is not None and found is not None:
+            key = (dp, ingress, egress, found[0], frame.vnet is not None and frame.vnet.needs_csum)
+            entry, _expired = cache.lookup(key, now)
+            if entry is not None:
+                out = _Outbox()
+                self._replay(entry, frame, out, self.tunnel_counters)
+                self._flush(out)
+                return []
         targets: tuple[int, ...]
         if egress is not None:
             inport, targets = ingress or NO_PORT, (egress,)
-        elif len(frame) < ETH_HLEN:
+        elif len(data) < ETH_HLEN:
             self._count_drop(self.tunnel_counters, DropReason.TRUNCATED_ETHERNET)
             return []
         else:
-            inport, targets = NO_PORT, _l2_targets(physical, dp, frame)
+            inport, targets = NO_PORT, _l2_targets(physical, dp, data)
         if not targets:
             self._count_drop(self.tunnel_counters, DropReason.UNKNOWN_PORT)
         out = _Outbox()
@@ -297,8 +444,11 @@ class Forwarder:
                 self._count_drop(self.tunnel_counters, DropReason.UNKNOWN_PORT)
                 continue
             counters = self.port_counters.setdefault(iface, PortCounters())
-            verdict = self.pipeline.process_egress(frame, dp, inport, outport, self.clock())
-            self._dispatch(verdict, out, counters, from_tunnel=True)
+            verdict = self._slow(frame, dp, inport, outport, now)
+            outputs = self._dispatch(verdict, frame, out, counters, from_tunnel=True)
+            if cache is not None and len(targets) == 1:
+                # drops are counted on the tunnel when replayed (the interface is not known)
+                self._learn(cache, key, found, frame, verdict, outputs, now)
             verdicts.append(verdict)
         self._flush(out)
         return verdicts
@@ -306,32 +456,56 @@ class Forwarder:
     # -- dispatch ---------------------------------------------------------------------------------
 
     def _dispatch(
-        self, verdict: Verdict, out: _Outbox, counters: PortCounters, *, from_tunnel: bool
-    ) -> None:
+        self,
+        verdict: Verdict,
+        frame: Frame,
+        out: _Outbox,
+        counters: PortCounters,
+        *,
+        from_tunnel: bool,
+    ) -> list[tuple[Hashable, Item]] | None:
+        """Queue the verdict's outputs; returns them with their destinations, or None when
+        one was dropped or deduplicated here (such an outcome is not cached)."""
         for reason in verdict.drops:
             self._count_drop(counters, reason)
         physical = self.installed.physical
+        queued: list[tuple[Hashable, Item]] | None = []
         for emit in verdict.outputs:
+            try:
+                item = carry_output(frame, emit.frame)
+            except ParseError as err:
+                self._count_drop(counters, err.reason)
+                queued = None
+                continue
             where = (emit.datapath, emit.port)
             iface = physical.local.get(where)
             if iface is not None:
-                out.local.setdefault(iface, []).append(emit.frame)
+                out.local.setdefault(iface, []).append(item)
+                if queued is not None:
+                    queued.append((iface, item))
                 continue
             remote = physical.remote.get(where)
             if remote is None and where in physical.via_gateway and not from_tunnel:
                 remote = self.gateways.choose(where, emit.frame)  # an uplink elsewhere
                 if remote is None:
                     self._count_drop(counters, DropReason.NO_GATEWAY)
+                    queued = None
                     continue
             if remote is None or from_tunnel:  # never re-tunnel: no loops between hosts
                 self._count_drop(counters, DropReason.UNKNOWN_PORT)
+                queued = None
                 continue
             if remote.encap == "vxlan" and emit.frame[0] & 1:
                 seen = (remote.ip, emit.datapath, emit.frame)
+                queued = None
                 if seen in out.vxlan_seen:
                     continue  # the receiver floods a VXLAN broadcast to its ports itself
                 out.vxlan_seen.add(seen)
-            out.tunnel.append((remote, emit))
+            dest = _ToTunnel(remote, emit.datapath, emit.inport, emit.port)
+            out.tunnel.append((dest, item))
+            if queued is not None:
+                queued.append((dest, item))
+        return queued
 
     def _flush(self, out: _Outbox) -> None:
         for iface, frames in out.local.items():
@@ -344,32 +518,33 @@ class Forwarder:
             if iface in self.policers.tx:
                 frames = self._police_tx(iface, frames, counters)
             self._send(plug, frames, counters)
-        for remote, emit in out.tunnel:
-            tunnel = self.tunnels.get(remote.encap)
+        for dest, item in out.tunnel:
+            remote = dest.remote
+            tunnel = cast(_FrameTunnel | None, self.tunnels.get(remote.encap))
             try:
                 if tunnel is None:
                     raise OSError(f"no {remote.encap} tunnel endpoint on this host")
-                tunnel.send(remote.ip, emit.datapath, emit.frame, emit.inport, emit.port)
+                tunnel.send(remote.ip, dest.vni, item, dest.ingress, dest.egress)
             except OSError as err:
                 self.tunnel_counters.tx_errors += 1
                 log.warning("tunnel send to %s failed: %s", remote.ip, err)
                 continue
-            self.tunnel_counters.tx((emit.frame,))
+            self.tunnel_counters.tx((item,))
 
-    def _police_tx(self, iface: str, frames: list[bytes], counters: PortCounters) -> list[bytes]:
+    def _police_tx(self, iface: str, frames: list[Item], counters: PortCounters) -> list[Item]:
         now, passed = self.clock(), []
         for frame in frames:
-            if self.policers.police_tx(iface, len(frame), now):
+            if self.policers.police_tx(iface, _size(frame), now):
                 passed.append(frame)
             else:
                 self._count_drop(counters, DropReason.QOS_POLICED)
         return passed
 
-    def _send(self, plug: Plug, frames: Sequence[bytes], counters: PortCounters) -> None:
+    def _send(self, plug: Plug, frames: Sequence[Item], counters: PortCounters) -> None:
         if not frames:
             return
         try:
-            plug.port.send_batch(frames)
+            cast(_FrameSink, plug.port).send_batch(frames)
         except OSError as err:
             counters.tx_errors += len(frames)
             log.warning("send on %s failed: %s", plug.port.name, err)
@@ -430,7 +605,9 @@ class Forwarder:
 
     def counters(self) -> dict[str, object]:
         """The datapath's counters as plain data."""
+        cache = self.flow_cache
         return {
+            "flow_cache": cache.stats() if cache is not None else {},
             "installed_generation": self.generation,
             "ports": {iface: c.as_dict() for iface, c in sorted(self.port_counters.items())},
             "tunnel": self.tunnel_counters.as_dict(),
@@ -442,6 +619,11 @@ class Forwarder:
             "state": self.store.stats(),
             "gateways": self.gateways.status(),
         }
+
+
+def _store_down(verdict: Verdict) -> bool:
+    """The slow path failed only because the state store could not be reached."""
+    return not verdict.outputs and DropReason.STATE_UNAVAILABLE in verdict.drops
 
 
 def _l2_targets(physical: PhysicalState, dp: int, frame: bytes) -> tuple[int, ...]:

@@ -314,6 +314,7 @@ class GatewayPlane:
         self._next_hello = 0.0
         self._candidates: dict[str, tuple[str, ...]] = {}
         self._recheck_at = float("inf")
+        self._epoch = 0  # moves whenever a port's live gateways change
 
     def update(
         self,
@@ -349,11 +350,24 @@ class GatewayPlane:
     def _recompute(self, now: float) -> None:
         self.liveness.expire(now)
         wanted = set(self.ports.values())
-        self._candidates = {
+        candidates = {
             port: tuple(n for n in self.liveness.serving(port, now) if n in self.peers)
             for port in wanted
         }
+        if candidates != self._candidates:
+            self._epoch += 1
+        self._candidates = candidates
         self._recheck_at = self.liveness.next_deadline()
+
+    def epoch(self) -> int:
+        """A number that changes whenever the choice of any flow may change (a gateway
+        came, died or left); expiries due by now are applied first. Flows cached with
+        their gateway (``dataplane/fastpath.py``) are valid while it stays the same."""
+        if self._candidates or self.ports:
+            now = self.clock()
+            if self._recheck_at <= now:
+                self._recompute(now)
+        return self._epoch
 
     # -- choosing ------------------------------------------------------------------------
 

@@ -205,24 +205,33 @@ class PortTable:
 # -- offload metadata through the agent core ----------------------------------------------------
 
 
+def carry_output(original: Frame | None, data: bytes) -> Frame | bytes:
+    """``data`` (a pipeline output for the input ``original``) as what a port or tunnel
+    should send: with the input's offload metadata when it is a rewrite of the input,
+    plain bytes when the input had none.
+
+    Raises ``ParseError`` for an output whose metadata cannot be made consistent
+    (the caller counts it as a drop).
+    """
+    if original is None or original.vnet is None:
+        return data
+    if data is original.data or _rewrite_of(original.data, data):
+        return offload.carry(original, data)
+    return Frame(data)
+
+
 class Carry:
     """The input frame being handled; outputs sent meanwhile inherit its offload metadata."""
 
     def __init__(self) -> None:
         self.current: Frame | None = None
 
-    def wrap(self, data: bytes) -> Frame | bytes:
-        """``data`` (a pipeline output) as what a port or tunnel should send.
-
-        Raises ``ParseError`` for an output whose metadata cannot be made
-        consistent (the caller counts it as a drop).
-        """
-        original = self.current
-        if original is None or original.vnet is None:
+    def wrap(self, data: bytes | Frame) -> Frame | bytes:
+        """``data`` as what a port or tunnel should send (see :func:`carry_output`); a
+        :class:`Frame` already carries its metadata and passes as it is."""
+        if isinstance(data, Frame):
             return data
-        if data is original.data or _rewrite_of(original.data, data):
-            return offload.carry(original, data)
-        return Frame(data)
+        return carry_output(self.current, data)
 
 
 def _rewrite_of(original: bytes, data: bytes) -> bool:
@@ -245,7 +254,7 @@ class CarryPort:
         self.carry = carry
         self.name = port.name
 
-    def send_batch(self, frames: Sequence[bytes]) -> int:
+    def send_batch(self, frames: Sequence[bytes | Frame]) -> int:
         items: list[Frame | bytes] = []
         for data in frames:
             try:
@@ -279,7 +288,9 @@ class CarryTunnel:
         self.carry = carry
         self.tunnel: TunnelIo | None = None
 
-    def send(self, remote: str, vni: int, item: bytes, ingress: int = 0, egress: int = 0) -> int:
+    def send(
+        self, remote: str, vni: int, item: bytes | Frame, ingress: int = 0, egress: int = 0
+    ) -> int:
         tunnel = self.tunnel
         if tunnel is None:
             raise OSError(f"the {self.encap} tunnel endpoint is not open")

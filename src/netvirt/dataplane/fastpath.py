@@ -1,0 +1,337 @@
+"""The datapath's flow cache: the slow path's outcome for a flow, replayed as byte patches.
+
+Theory of operation
+-------------------
+*Why.* The pipeline (``pipeline.py``) walks a dozen classifier tables with
+conntrack for every packet: hundreds of microseconds in CPython. Nearly every
+packet of a connection gets the same treatment as the one before it, so the
+forwarder remembers, per flow, what the slow path did to the packet's bytes
+and where it sent them, and applies that to the next packets without running
+any table (Open vSwitch's exact-match cache plays the same part).
+
+*Key.* :func:`flow_key` takes the frame's header bytes that the slow path may
+read — everything of the Ethernet, IP and L4 headers except what changes from
+one packet of a flow to the next: IPv4 total length, identification and header
+checksum, IPv6 payload length, TCP sequence/ack numbers, window, checksum and
+urgent pointer, UDP length and checksum, ICMP checksum and echo sequence. It
+covers every field of the pipeline's flow key (``key.py``), TTL included, so a
+cached outcome is the slow path's outcome for any packet with that key, given
+the same rules, bindings and connection states. Only the frames the cache can
+serve get a key: unicast IPv4 (no options, not a fragment) and IPv6 (no
+extension headers) carrying TCP without SYN/FIN/RST, UDP, or ICMP echo; all
+others (ARP, ND, DHCP, fragments, connection setup and teardown) always take
+the slow path.
+
+*Outcome.* :func:`derive` compares the slow path's output frame with its input:
+a byte that differs must be in the key (then every packet of the flow gets the
+same value: a patch) or be a checksum (then the difference of the two one's
+complement sums is a constant of the flow, RFC 1624: an adjustment); anything
+else — a different length or payload, a changed non-key byte such as a new IP
+id — means the output is not a rewrite of the input and the flow is not
+cached. The patches are verified on the packet they came from: applying them
+to the input must give the slow path's bytes exactly, or nothing is cached.
+A seeded L4 checksum (``virtio_net_hdr`` NEEDS_CSUM: the field holds the
+pseudo-header sum, not its complement) is adjusted without the complement.
+
+*Validity.* An entry holds while (1) the forwarder's installed state is the
+one it was learned under (rules, topology, MAC bindings, live gateways: the
+``version`` given to :meth:`FlowCache.sync`); (2) every connection the slow
+path consulted is still in the stable state it was in (:class:`ConnEpochs`:
+only ESTABLISHED/REPLIED outcomes are cached; any other outcome for a
+connection, e.g. its FIN, bumps that connection's epoch and so invalidates
+its entries); (3) it is younger than ``max_age``: the slow path then runs again
+for one packet, which refreshes the connection in the state store and picks up
+changes made by other hosts sharing the store (the same bound as the state
+read cache, ``state/cached.py``). An entry whose revalidation fails only
+because the store is unreachable keeps serving its flow (``stale_served``):
+established connections continue while their state cannot be read.
+
+*Bounds.* ``capacity`` entries, oldest inserted evicted first; the connection
+epochs are cleared (and the cache flushed) past ``epoch_limit`` connections.
+
+Thread-safety: none; one cache per datapath loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+from netvirt.dataplane.drops import DropReason
+from netvirt.dataplane.fields import CT_EST, CT_INV, CT_NEW, CT_REL
+
+IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6 = 1, 6, 17, 58
+_TCP_SYN_FIN_RST = 0x07
+_CT_UNSTABLE = CT_NEW | CT_INV | CT_REL
+STABLE_STATES = frozenset({3, 9})  # CtState.ESTABLISHED, CtState.REPLIED (nf.codec)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where a kind of frame keeps its key bytes and checksums (offsets in the frame)."""
+
+    name: str
+    covered: tuple[tuple[int, int], ...]  # [start, end) ranges that are in the key
+    ip_checksum: int | None  # IPv4 header checksum offset
+    l4_checksum: int  # TCP/UDP/ICMP checksum offset
+    end: int  # first byte after the L4 header the key reads
+    udp: bool = False  # a computed 0 is sent as 0xFFFF (RFC 768)
+    seeded: bool = True  # the L4 checksum may be a NEEDS_CSUM seed (not for ICMP)
+
+
+TCP4 = Layout("tcp4", ((0, 16), (20, 24), (26, 38), (46, 48)), 24, 50, 54)
+UDP4 = Layout("udp4", ((0, 16), (20, 24), (26, 38)), 24, 40, 42, udp=True)
+ICMP4 = Layout("icmp4", ((0, 16), (20, 24), (26, 36), (38, 40)), 24, 36, 42, seeded=False)
+TCP6 = Layout("tcp6", ((0, 18), (20, 58), (66, 68)), None, 70, 74)
+UDP6 = Layout("udp6", ((0, 18), (20, 58)), None, 60, 62, udp=True)
+ICMP6 = Layout("icmp6", ((0, 18), (20, 56), (58, 60)), None, 56, 62, seeded=False)
+
+
+def flow_key(data: bytes) -> tuple[bytes, Layout] | None:
+    """The cache key of a frame and its layout; None for a frame the cache never serves.
+
+    The slices below are exactly ``Layout.covered`` (a test checks it); they are
+    written out because this runs for every packet."""
+    if len(data) < 42 or data[0] & 1:
+        return None
+    ethertype = data[12:14]
+    if ethertype == b"\x08\x00":
+        if data[14] != 0x45 or data[20] & 0x3F or data[21]:  # options, MF, fragment offset
+            return None
+        proto = data[23]
+        if proto == IPPROTO_TCP:
+            if len(data) < 54 or data[47] & _TCP_SYN_FIN_RST:
+                return None
+            return data[:16] + data[20:24] + data[26:38] + data[46:48], TCP4
+        if proto == IPPROTO_UDP:
+            if not (data[40] or data[41]):  # no checksum (or a zero seed): rare, not cached
+                return None
+            return data[:16] + data[20:24] + data[26:38], UDP4
+        if proto == IPPROTO_ICMP and data[34] in (0, 8):
+            return data[:16] + data[20:24] + data[26:36] + data[38:40], ICMP4
+        return None
+    if ethertype == b"\x86\xdd" and len(data) >= 62:
+        proto = data[20]
+        if proto == IPPROTO_TCP:
+            if len(data) < 74 or data[67] & _TCP_SYN_FIN_RST:
+                return None
+            return data[:18] + data[20:58] + data[66:68], TCP6
+        if proto == IPPROTO_UDP:
+            return data[:18] + data[20:58], UDP6
+        if proto == IPPROTO_ICMPV6 and data[54] in (128, 129):
+            return data[:18] + data[20:56] + data[58:60], ICMP6
+    return None
+
+
+def _fold(value: int) -> int:
+    value = (value & 0xFFFF) + (value >> 16)
+    return (value & 0xFFFF) + (value >> 16)
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """What the slow path did to one output's bytes: patches and checksum adjustments."""
+
+    patches: tuple[tuple[int, bytes], ...] = ()
+    sums: tuple[tuple[int, int, bool, bool], ...] = ()  # (offset, delta, seeded, udp)
+    end: int = 0  # header bytes rewritten; the rest of the frame is shared
+
+    def apply(self, data: bytes) -> bytes:
+        """``data`` rewritten (``data`` itself when nothing changes)."""
+        if not self.patches and not self.sums:
+            return data
+        end = self.end
+        head = bytearray(data[:end])
+        for offset, value in self.patches:
+            head[offset : offset + len(value)] = value
+        for offset, delta, seeded, udp in self.sums:
+            old = head[offset] << 8 | head[offset + 1]
+            if seeded:
+                new = _fold(old + delta)
+            else:
+                new = ~_fold((~old & 0xFFFF) + delta) & 0xFFFF
+                if udp and not new:
+                    new = 0xFFFF
+            head[offset] = new >> 8
+            head[offset + 1] = new & 0xFF
+        return bytes(head) + data[end:]
+
+
+def derive(data: bytes, output: bytes, layout: Layout, seeded: bool) -> Rewrite | None:
+    """The :class:`Rewrite` turning ``data`` into ``output`` for every packet of the flow;
+    None when ``output`` is not such a rewrite (see the module docstring)."""
+    end = layout.end
+    if len(output) != len(data) or output[end:] != data[end:]:
+        return None
+    if output[:end] == data[:end]:
+        return Rewrite()
+    sums: list[tuple[int, int, bool, bool]] = []
+    checksums = [(layout.ip_checksum, False, False)] if layout.ip_checksum is not None else []
+    checksums.append((layout.l4_checksum, seeded and layout.seeded, layout.udp))
+    skip: set[int] = set()
+    for offset, is_seed, udp in checksums:
+        if offset is None:
+            continue
+        skip.update((offset, offset + 1))
+        old = int.from_bytes(data[offset : offset + 2], "big")
+        new = int.from_bytes(output[offset : offset + 2], "big")
+        if old == new:
+            continue
+        if udp and not is_seed and old == 0:
+            return None  # an IPv4 UDP datagram without checksum: not worth a special case
+        delta = _fold(new + (~old & 0xFFFF)) if is_seed else _fold((~new & 0xFFFF) + old)
+        sums.append((offset, delta, is_seed, udp and not is_seed))
+    covered: set[int] = set()
+    for start, stop in layout.covered:
+        covered.update(range(start, stop))
+    patches: list[tuple[int, bytes]] = []
+    run_start = -1
+    for i in range(end + 1):
+        differs = i < end and i not in skip and output[i] != data[i]
+        if differs and i not in covered:
+            return None  # a byte that varies per packet changed: not a rewrite
+        if differs and run_start < 0:
+            run_start = i
+        elif not differs and run_start >= 0:
+            patches.append((run_start, output[run_start:i]))
+            run_start = -1
+    rewrite = Rewrite(tuple(patches), tuple(sums), end)
+    if rewrite.apply(data) != output:
+        return None  # verified on the packet it was learned from, or not cached at all
+    return rewrite
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One destination of a cached flow: ``dest`` is the forwarder's (opaque here)."""
+
+    dest: Hashable
+    rewrite: Rewrite
+
+
+@dataclass(slots=True)
+class Entry:
+    """A cached outcome: outputs, drops counted, the connections it depends on."""
+
+    outputs: tuple[Output, ...]
+    drops: tuple[DropReason, ...]
+    deps: tuple[tuple[Hashable, int], ...]
+    born: float
+
+
+class ConnEpochs:
+    """Per-connection epochs: which cached outcomes a connection's changes invalidate."""
+
+    def __init__(self, limit: int = 262_144) -> None:
+        self.limit = limit
+        self.generation = 0  # moves when the table is cleared (entries must go too)
+        self._epochs: dict[Hashable, int] = {}
+
+    def observe(self, results: Sequence[object]) -> tuple[tuple[Hashable, int], ...] | None:
+        """The dependencies of an outcome with these conntrack results, or None if any
+        result is not a stable connection (whose epoch is then bumped)."""
+        deps: list[tuple[Hashable, int]] = []
+        stable = True
+        for result in results:
+            entry = getattr(result, "entry", None)
+            if entry is None:
+                stable = False
+                continue
+            conn = (entry.zone, entry.orig, entry.serial)
+            bits = getattr(result, "state", 0)
+            if (
+                int(entry.state) in STABLE_STATES
+                and getattr(result, "drop", None) is None
+                and bits & CT_EST
+                and not bits & _CT_UNSTABLE
+            ):
+                deps.append((conn, self._epochs.get(conn, 0)))
+            else:
+                stable = False
+                self._bump(conn)
+        return tuple(deps) if stable else None
+
+    def _bump(self, conn: Hashable) -> None:
+        if len(self._epochs) >= self.limit and conn not in self._epochs:
+            self._epochs.clear()
+            self.generation += 1
+        self._epochs[conn] = self._epochs.get(conn, 0) + 1
+
+    def valid(self, deps: tuple[tuple[Hashable, int], ...]) -> bool:
+        epochs = self._epochs
+        return all(epochs.get(conn, 0) == epoch for conn, epoch in deps)
+
+
+@dataclass
+class CacheCounters:
+    hits: int = 0
+    misses: int = 0
+    inserts: int = 0
+    uncacheable: int = 0
+    expired: int = 0  # hits on an entry past max_age (the slow path ran again)
+    invalidated: int = 0  # hits on an entry whose connection changed
+    stale_served: int = 0  # expired entries replayed because the state store was down
+    flushes: int = 0
+    evictions: int = 0
+
+
+@dataclass
+class FlowCache:
+    """Key → :class:`Entry`; see the module docstring."""
+
+    capacity: int = 65_536
+    max_age: float = 0.5
+    epochs: ConnEpochs = field(default_factory=ConnEpochs)
+    counters: CacheCounters = field(default_factory=CacheCounters)
+    entries: dict[Hashable, Entry] = field(default_factory=dict)
+    version: Hashable = None
+
+    def sync(self, version: Hashable) -> None:
+        """Flush when what the entries were learned under changed (call once per batch)."""
+        version = (version, self.epochs.generation)
+        if version != self.version:
+            if self.entries:
+                self.entries.clear()
+                self.counters.flushes += 1
+            self.version = version
+
+    def lookup(self, key: Hashable, now: float) -> tuple[Entry | None, Entry | None]:
+        """``(entry to replay, expired entry)``: at most one is set; both None on a miss."""
+        entry = self.entries.get(key)
+        counters = self.counters
+        if entry is None:
+            counters.misses += 1
+            return None, None
+        if entry.deps and not self.epochs.valid(entry.deps):
+            del self.entries[key]
+            counters.invalidated += 1
+            return None, None
+        if now - entry.born > self.max_age:
+            counters.expired += 1
+            return None, entry
+        counters.hits += 1
+        return entry, None
+
+    def insert(self, key: Hashable, entry: Entry) -> None:
+        entries = self.entries
+        if key not in entries and len(entries) >= self.capacity:
+            del entries[next(iter(entries))]
+            self.counters.evictions += 1
+        entries[key] = entry
+        self.counters.inserts += 1
+
+    def stats(self) -> dict[str, int]:
+        counters = self.counters
+        return {
+            "entries": len(self.entries),
+            "capacity": self.capacity,
+            "hits": counters.hits,
+            "misses": counters.misses,
+            "inserts": counters.inserts,
+            "uncacheable": counters.uncacheable,
+            "expired": counters.expired,
+            "invalidated": counters.invalidated,
+            "stale_served": counters.stale_served,
+            "flushes": counters.flushes,
+            "evictions": counters.evictions,
+        }
