@@ -211,7 +211,8 @@ def conn(state: CtState, serial: int = 0) -> object:
         drop: DropReason | None = None
 
     entry = CtEntry(1, t, t.reversed(), state, 0.0, 0.0, 10.0, serial=serial)
-    return Result(0x22 if state is CtState.ESTABLISHED else 0x21, entry)
+    settled = (CtState.ESTABLISHED, CtState.UNREPLIED, CtState.REPLIED)
+    return Result(0x22 if state in settled else 0x21, entry)  # trk+est or trk+new
 
 
 def test_connection_epochs_invalidate_what_a_state_change_touches() -> None:
@@ -225,6 +226,10 @@ def test_connection_epochs_invalidate_what_a_state_change_touches() -> None:
     assert other is not None
     assert epochs.valid(other)
     assert epochs.observe([None]) is None  # no connection (untracked result): not cached
+    unreplied = epochs.observe([conn(CtState.UNREPLIED, serial=9)])
+    assert unreplied is not None  # a datagram flow without replies yet is cached ...
+    assert epochs.observe([conn(CtState.REPLIED, serial=9)]) is not None
+    assert not epochs.valid(unreplied)  # ... until its first reply changes its state
 
 
 def test_the_cache_expires_evicts_and_flushes() -> None:

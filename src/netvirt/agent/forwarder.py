@@ -275,13 +275,18 @@ class Forwarder:
         policed = iface in self.policers.rx
         health = self.health if self.health.active else None
         cache = self._cache_for_batch()
+        lookup = cache.lookup if cache is not None else None
         out = _Outbox()
+        local = out.local
         verdicts = []
+        clock = self.clock
+        received = size = 0
         for item in frames:
-            frame = item if isinstance(item, Frame) else Frame(item)
+            frame = item if type(item) is Frame else Frame(cast(bytes, item))
             data = frame.data
-            counters.rx(len(data))
-            now = self.clock()
+            received += 1
+            size += len(data)
+            now = clock()
             if policed and not self.policers.police_rx(iface, len(data), now):
                 self._count_drop(counters, DropReason.QOS_POLICED)
                 continue
@@ -293,23 +298,40 @@ class Forwarder:
                 continue
             key: Hashable = None
             expired: Entry | None = None
-            if cache is not None:
-                found = flow_key(data)
-                if found is not None:
-                    key = (iface, found[0], frame.vnet is not None and frame.vnet.needs_csum)
-                    entry, expired = cache.lookup(key, now)
-                    if entry is not None:
+            found = flow_key(data) if lookup is not None else None
+            if found is not None:
+                vnet = frame.vnet
+                key = (iface, found[0], vnet is not None and vnet.needs_csum)
+                entry, expired = lookup(key, now)  # type: ignore[misc]
+                if entry is not None:
+                    outputs = entry.outputs
+                    if len(outputs) == 1 and not entry.drops:  # the usual case, inlined
+                        output = outputs[0]
+                        wire = output.rewrite.apply(data)
+                        dest = output.dest
+                        sent: Item = wire if vnet is None else Frame(wire, vnet)
+                        if type(dest) is str:
+                            queue = local.get(dest)
+                            if queue is None:
+                                local[dest] = [sent]
+                            else:
+                                queue.append(sent)
+                        else:
+                            out.tunnel.append((cast(_ToTunnel, dest), sent))
+                    else:
                         self._replay(entry, frame, out, counters)
-                        continue
+                    continue
             verdict = self._slow(frame, where[0], where[1], None, now)
             if expired is not None and _store_down(verdict):
                 cache.counters.stale_served += 1  # type: ignore[union-attr]
                 self._replay(expired, frame, out, counters)
                 continue
-            outputs = self._dispatch(verdict, frame, out, counters, from_tunnel=False)
+            queued = self._dispatch(verdict, frame, out, counters, from_tunnel=False)
             if cache is not None:
-                self._learn(cache, key, found, frame, verdict, outputs, now)
+                self._learn(cache, key, found, frame, verdict, queued, now)
             verdicts.append(verdict)
+        counters.rx_packets += received
+        counters.rx_bytes += size
         self._flush(out)
         return verdicts
 
@@ -518,18 +540,25 @@ class Forwarder:
             if iface in self.policers.tx:
                 frames = self._police_tx(iface, frames, counters)
             self._send(plug, frames, counters)
+        if not out.tunnel:
+            return
+        tunnels, counters = self.tunnels, self.tunnel_counters
+        sent = size = 0
         for dest, item in out.tunnel:
             remote = dest.remote
-            tunnel = cast(_FrameTunnel | None, self.tunnels.get(remote.encap))
+            tunnel = cast(_FrameTunnel | None, tunnels.get(remote.encap))
             try:
                 if tunnel is None:
                     raise OSError(f"no {remote.encap} tunnel endpoint on this host")
                 tunnel.send(remote.ip, dest.vni, item, dest.ingress, dest.egress)
             except OSError as err:
-                self.tunnel_counters.tx_errors += 1
+                counters.tx_errors += 1
                 log.warning("tunnel send to %s failed: %s", remote.ip, err)
                 continue
-            self.tunnel_counters.tx((item,))
+            sent += 1
+            size += _size(item)
+        counters.tx_packets += sent
+        counters.tx_bytes += size
 
     def _police_tx(self, iface: str, frames: list[Item], counters: PortCounters) -> list[Item]:
         now, passed = self.clock(), []

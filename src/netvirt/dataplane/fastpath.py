@@ -36,26 +36,28 @@ pseudo-header sum, not its complement) is adjusted without the complement.
 *Validity.* An entry holds while (1) the forwarder's installed state is the
 one it was learned under (rules, topology, MAC bindings, live gateways: the
 ``version`` given to :meth:`FlowCache.sync`); (2) every connection the slow
-path consulted is still in the stable state it was in (:class:`ConnEpochs`:
-only ESTABLISHED/REPLIED outcomes are cached; any other outcome for a
-connection, e.g. its FIN, bumps that connection's epoch and so invalidates
-its entries); (3) it is younger than ``max_age``: the slow path then runs again
-for one packet, which refreshes the connection in the state store and picks up
+path consulted is still in the state it was in (:class:`ConnEpochs`: only
+outcomes with connections ESTABLISHED, UNREPLIED or REPLIED are cached, and
+any change of a connection's state seen by the slow path — its first reply,
+its FIN — bumps that connection's epoch and so invalidates its entries);
+(3) it is younger than ``max_age``: the slow path then runs again for one
+packet, which refreshes the connection in the state store and picks up
 changes made by other hosts sharing the store (the same bound as the state
 read cache, ``state/cached.py``). An entry whose revalidation fails only
 because the store is unreachable keeps serving its flow (``stale_served``):
 established connections continue while their state cannot be read.
 
 *Bounds.* ``capacity`` entries, oldest inserted evicted first; the connection
-epochs are cleared (and the cache flushed) past ``epoch_limit`` connections.
+epochs are cleared (and the cache flushed) past ``ConnEpochs.limit`` connections.
 
 Thread-safety: none; one cache per datapath loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from netvirt.dataplane.drops import DropReason
 from netvirt.dataplane.fields import CT_EST, CT_INV, CT_NEW, CT_REL
@@ -63,7 +65,9 @@ from netvirt.dataplane.fields import CT_EST, CT_INV, CT_NEW, CT_REL
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6 = 1, 6, 17, 58
 _TCP_SYN_FIN_RST = 0x07
 _CT_UNSTABLE = CT_NEW | CT_INV | CT_REL
-STABLE_STATES = frozenset({3, 9})  # CtState.ESTABLISHED, CtState.REPLIED (nf.codec)
+# CtState (nf.codec) ESTABLISHED, UNREPLIED, REPLIED: a connection whose next packets, in
+# either direction, see the same ct_state until its state changes (which bumps its epoch)
+STABLE_STATES = frozenset({3, 8, 9})
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,31 +134,59 @@ def _fold(value: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Rewrite:
-    """What the slow path did to one output's bytes: patches and checksum adjustments."""
+    """What the slow path did to one output's bytes: patches and checksum adjustments.
+
+    :meth:`apply` is a function generated for the rewrite (constant pieces,
+    copied slices and the checksum arithmetic written out), because it runs for
+    every packet: a generic loop over patches costs several times more."""
 
     patches: tuple[tuple[int, bytes], ...] = ()
     sums: tuple[tuple[int, int, bool, bool], ...] = ()  # (offset, delta, seeded, udp)
     end: int = 0  # header bytes rewritten; the rest of the frame is shared
+    apply: Callable[[bytes], bytes] = field(init=False, repr=False, compare=False)
 
-    def apply(self, data: bytes) -> bytes:
-        """``data`` rewritten (``data`` itself when nothing changes)."""
-        if not self.patches and not self.sums:
-            return data
-        end = self.end
-        head = bytearray(data[:end])
-        for offset, value in self.patches:
-            head[offset : offset + len(value)] = value
-        for offset, delta, seeded, udp in self.sums:
-            old = head[offset] << 8 | head[offset + 1]
-            if seeded:
-                new = _fold(old + delta)
-            else:
-                new = ~_fold((~old & 0xFFFF) + delta) & 0xFFFF
-                if udp and not new:
-                    new = 0xFFFF
-            head[offset] = new >> 8
-            head[offset + 1] = new & 0xFF
-        return bytes(head) + data[end:]
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "apply", _generate(self.patches, self.sums))
+
+
+def _unchanged(data: bytes) -> bytes:
+    return data
+
+
+def _generate(
+    patches: tuple[tuple[int, bytes], ...], sums: tuple[tuple[int, int, bool, bool], ...]
+) -> Callable[[bytes], bytes]:
+    """``def apply(d): return d rewritten``, compiled from the rewrite's constants."""
+    if not patches and not sums:
+        return _unchanged
+    body: list[str] = []
+    pieces: list[tuple[int, int, str]] = []  # (offset, length, expression)
+    for offset, value in patches:
+        pieces.append((offset, len(value), repr(bytes(value))))
+    for i, (offset, delta, seeded, udp) in enumerate(sums):
+        word = f"(d[{offset}] << 8 | d[{offset + 1}])"
+        if seeded:
+            body.append(f"v{i} = {word} + {delta}")
+            body.append(f"v{i} = (v{i} & 0xFFFF) + (v{i} >> 16)")
+        else:
+            body.append(f"v{i} = ({word} ^ 0xFFFF) + {delta}")
+            body.append(f"v{i} = ((v{i} & 0xFFFF) + (v{i} >> 16)) ^ 0xFFFF")
+            if udp:
+                body.append(f"v{i} = v{i} or 0xFFFF")
+        pieces.append((offset, 2, f"v{i}.to_bytes(2, 'big')"))
+    parts: list[str] = []
+    position = 0
+    for offset, length, expression in sorted(pieces):
+        if offset > position:
+            parts.append(f"d[{position}:{offset}]")
+        parts.append(expression)
+        position = offset + length
+    parts.append(f"d[{position}:]")
+    lines = ["def apply(d):", *(f"    {line}" for line in body)]
+    lines.append(f"    return b''.join(({', '.join(parts)}))")
+    namespace: dict[str, object] = {}
+    exec(compile("\n".join(lines), "<fastpath rewrite>", "exec"), namespace)
+    return cast(Callable[[bytes], bytes], namespace["apply"])
 
 
 def derive(data: bytes, output: bytes, layout: Layout, seeded: bool) -> Rewrite | None:
@@ -226,10 +258,11 @@ class ConnEpochs:
         self.limit = limit
         self.generation = 0  # moves when the table is cleared (entries must go too)
         self._epochs: dict[Hashable, int] = {}
+        self._states: dict[Hashable, int] = {}  # the state each connection was last seen in
 
     def observe(self, results: Sequence[object]) -> tuple[tuple[Hashable, int], ...] | None:
-        """The dependencies of an outcome with these conntrack results, or None if any
-        result is not a stable connection (whose epoch is then bumped)."""
+        """The dependencies of an outcome with these conntrack results, or None if it may
+        not be cached. Every result whose connection changed state bumps its epoch."""
         deps: list[tuple[Hashable, int]] = []
         stable = True
         for result in results:
@@ -238,9 +271,12 @@ class ConnEpochs:
                 stable = False
                 continue
             conn = (entry.zone, entry.orig, entry.serial)
+            state = int(entry.state)
+            if self._states.get(conn) != state:
+                self._changed(conn, state)
             bits = getattr(result, "state", 0)
             if (
-                int(entry.state) in STABLE_STATES
+                state in STABLE_STATES
                 and getattr(result, "drop", None) is None
                 and bits & CT_EST
                 and not bits & _CT_UNSTABLE
@@ -248,18 +284,22 @@ class ConnEpochs:
                 deps.append((conn, self._epochs.get(conn, 0)))
             else:
                 stable = False
-                self._bump(conn)
         return tuple(deps) if stable else None
 
-    def _bump(self, conn: Hashable) -> None:
-        if len(self._epochs) >= self.limit and conn not in self._epochs:
+    def _changed(self, conn: Hashable, state: int) -> None:
+        if len(self._states) >= self.limit and conn not in self._states:
             self._epochs.clear()
+            self._states.clear()
             self.generation += 1
+        self._states[conn] = state
         self._epochs[conn] = self._epochs.get(conn, 0) + 1
 
     def valid(self, deps: tuple[tuple[Hashable, int], ...]) -> bool:
         epochs = self._epochs
-        return all(epochs.get(conn, 0) == epoch for conn, epoch in deps)
+        for conn, epoch in deps:  # noqa: SIM110 (all() costs a generator per packet)
+            if epochs.get(conn, 0) != epoch:
+                return False
+        return True
 
 
 @dataclass
