@@ -22,6 +22,8 @@ from netvirt.dataplane.fastpath import (
     Entry,
     FlowCache,
     Layout,
+    Rewrite,
+    _generate,
     derive,
     flow_key,
 )
@@ -126,7 +128,10 @@ def test_a_learned_rewrite_gives_scapy_bytes_for_other_packets_of_the_flow(
     found2 = flow_key(second_in)
     assert found2 is not None
     assert found2[0] == key
-    assert rewrite.apply(second_in) == build(after, payload2, seq2, id2)
+    expected = build(after, payload2, seq2, id2)
+    assert rewrite.apply(second_in) == expected  # interpreted (a fresh rewrite) ...
+    compiled = _generate(rewrite.patches, rewrite.sums)
+    assert compiled(second_in) == expected  # ... and compiled (a busy one): the same bytes
 
 
 @given(rewritten_flows(), PAYLOAD, st.integers(0, 2**31))
@@ -250,3 +255,20 @@ def test_the_cache_expires_evicts_and_flushes() -> None:
     assert cache.counters.flushes == 1
     assert cache.lookup("b", 10.0) == (None, None)
     assert cache.stats()["misses"] == 1
+
+
+def test_a_busy_rewrite_is_compiled_once_and_shared() -> None:
+    flow = Flow(False, "udp", "10.0.0.1", "10.0.0.2", 1000, 53, 64, ("02:00:00:00:00:01",) * 2)
+    routed = Flow(False, "udp", "10.0.0.1", "10.0.0.2", 1000, 53, 63, ("02:00:00:00:00:09",) * 2)
+    frame, out = build(flow, b"q", 1, 1), build(routed, b"q", 1, 1)
+    found = flow_key(frame)
+    assert found is not None
+    rewrite = derive(frame, out, found[1], seeded=False)
+    assert rewrite is not None
+    interpreted = rewrite.apply
+    for _ in range(40):
+        assert rewrite.apply(frame) == out
+    assert rewrite.apply is not interpreted  # compiled after COMPILE_AFTER packets
+    again = Rewrite(rewrite.patches, rewrite.sums, rewrite.end)
+    assert again.apply is rewrite.apply  # a re-learned flow reuses the generated function
+    assert again == rewrite

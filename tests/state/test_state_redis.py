@@ -19,7 +19,7 @@ from netvirt.state import (
     StateStoreUnavailable,
     open_store,
 )
-from netvirt.state.redis import RedisStore
+from netvirt.state.redis import DEFAULT_HOLD_DOWN, DEFAULT_TIMEOUT, RedisStore
 from state.state_support import RedisServer, free_port
 
 FAST_FAIL = "socket_timeout=0.2&socket_connect_timeout=0.2"
@@ -144,11 +144,50 @@ def test_server_death_and_restart(redis_bin: str, tmp_path: Path) -> None:
         with pytest.raises(StateStoreUnavailable):
             store.get("k")
         server.start()  # same port, empty, no scripts loaded
+        time.sleep(DEFAULT_HOLD_DOWN)  # the failure held the server down that long
         assert store.get("k") is None
         assert store.compare_and_set("k", 0, b"again").ok  # NOSCRIPT handled
     finally:
         store.close()
         server.stop()
+
+
+def test_a_failed_server_is_held_down(redis_bin: str, tmp_path: Path) -> None:
+    """After a failure, calls fail at once for hold_down seconds, then try again."""
+    server = RedisServer(redis_bin, tmp_path)
+    server.start()
+    store = RedisStore.from_url(f"{server.url}?{FAST_FAIL}&hold_down=0.5")
+    try:
+        assert store.put("k", b"v") > 0
+        server.stop()
+        with pytest.raises(StateStoreUnavailable):
+            store.get("k")
+        server.start()  # up again, but the store does not look before the hold-down ends
+        trips = store.stats()["round_trips"]
+        started = time.monotonic()
+        with pytest.raises(StateStoreUnavailable, match="held down"):
+            store.get_many(["k"])
+        with pytest.raises(StateStoreUnavailable, match="held down"):
+            store.put("k", b"w")
+        assert time.monotonic() - started < 0.05  # nothing waited for the network
+        stats = store.stats()
+        assert (stats["held_down"], stats["round_trips"]) == (2, trips)
+        assert stats["unavailable"] == 3
+        time.sleep(0.5)
+        assert store.get("k") is None  # tried again: the restarted server is empty
+    finally:
+        store.close()
+        server.stop()
+
+
+def test_default_timeouts_fit_a_datapath() -> None:
+    """Tens of milliseconds, so a stalled server stalls a datapath loop that long at most."""
+    store = RedisStore.from_url("redis://127.0.0.1:1/0")
+    kwargs = store._client.connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == DEFAULT_TIMEOUT
+    assert DEFAULT_TIMEOUT <= 0.1
+    assert store.hold_down == DEFAULT_HOLD_DOWN == 0.2
+    store.close()
 
 
 def test_wrong_type_is_a_store_error_not_unavailable(

@@ -80,6 +80,7 @@ class DatapathConfig:
     underlay_mtu: int | None = None  # None: the MTU of the interface holding underlay_ip
     state_store: str = "memory://"
     state_cache: float = 0.5  # seconds a shared store's reads may serve (state/cached.py)
+    state_fail: str = "closed"  # store unreachable: drop (closed) or pass as established (open)
     status_file: Path | None = None
     control: Path | None = None  # the control socket (DatapathProcess)
     scan_interval: float = 0.5
@@ -149,7 +150,12 @@ class DatapathLoop(LoopProcess):
         tunnels: dict[str, Tunnel] = {str(e): t for e, t in self.tunnels.items()}
         cache = FlowCache(capacity=config.flow_cache) if config.flow_cache > 0 else None
         self.forwarder = Forwarder(
-            self.store, tunnels, time.time, encap=config.encap, flow_cache=cache
+            self.store,
+            tunnels,
+            time.time,
+            encap=config.encap,
+            flow_cache=cache,
+            state_fail=config.state_fail,
         )
         self.forwarder.gateways.clock = time.monotonic  # liveness must not follow wall time
         self.stats = LoopStats()
@@ -299,9 +305,10 @@ class DatapathLoop(LoopProcess):
         tunnel = self.tunnels[encap].tunnel
         if tunnel is None:
             return
-        for packet in tunnel.recv_batch(self.dp_config.batch):
-            self.forwarder.handle_decapsulated(
-                packet.vni, packet.ingress, packet.egress, packet.frame
+        packets = tunnel.recv_batch(self.dp_config.batch)
+        if packets:
+            self.forwarder.handle_decapsulated_batch(
+                [(p.vni, p.ingress, p.egress, p.frame) for p in packets]
             )
 
     # -- periodic work ----------------------------------------------------------------------

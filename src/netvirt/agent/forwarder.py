@@ -74,7 +74,7 @@ from netvirt.agent.physical import (
 )
 from netvirt.dataplane.classifier import Classifier, Delta
 from netvirt.dataplane.drops import DropReason, ParseError
-from netvirt.dataplane.fastpath import Entry, FlowCache, Output, derive, flow_key
+from netvirt.dataplane.fastpath import Entry, FlowCache, Layout, Output, derive, flow_key
 from netvirt.dataplane.flow import Rule
 from netvirt.dataplane.nf import Conntrack, FlowKeyConntrack
 from netvirt.dataplane.pipeline import Pipeline, Topology, Verdict
@@ -86,6 +86,7 @@ log = logging.getLogger(__name__)
 ETH_HLEN = 14
 
 Item = bytes | Frame  # a frame on its way out: plain bytes, or with offload metadata
+BatchItem = tuple[bytes, int, int, int | None, float]  # frame, datapath, inport, outport, now
 
 
 class _FrameSink(Protocol):
@@ -165,6 +166,27 @@ class _ToTunnel:
     egress: int
 
 
+@dataclass(slots=True)
+class _Miss:
+    """A frame on its way to the slow path, with what the cache knew of its flow."""
+
+    frame: Frame
+    now: float
+    key: Hashable
+    found: tuple[bytes, Layout] | None
+    expired: Entry | None
+
+
+def _hosts(data: bytes) -> tuple[bytes, bytes]:
+    """The two IP addresses of a frame the cache serves (``flow_key`` checked the
+    layout), in a canonical order: packets between two hosts keep their order."""
+    if data[12] == 0x08:
+        a, b = data[26:30], data[30:34]
+    else:
+        a, b = data[22:38], data[38:54]
+    return (a, b) if a <= b else (b, a)
+
+
 @dataclass
 class _Outbox:
     """Frames collected while handling a batch, sent once per destination."""
@@ -186,6 +208,7 @@ class Forwarder:
         encap: Encap = "geneve",
         installed: Installed | None = None,
         flow_cache: FlowCache | None = None,
+        state_fail: str = "closed",
     ) -> None:
         self.tunnels: dict[str, Tunnel] = (
             dict(tunnel) if isinstance(tunnel, Mapping) else {encap: tunnel}
@@ -194,7 +217,8 @@ class Forwarder:
         self.boot = os.urandom(8).hex()
         self.installed = installed or Installed()
         self.store = state_store
-        self.conntrack = FlowKeyConntrack(Conntrack(state_store))
+        # state_fail: what conntrack does when the store cannot be reached (docs/stateless-nf.md)
+        self.conntrack = FlowKeyConntrack(Conntrack(state_store, fail=state_fail))
         self.pipeline = Pipeline(
             self.installed.classifier, self.installed.physical.topology, self.conntrack
         )
@@ -267,8 +291,10 @@ class Forwarder:
     # -- packets from local interfaces ------------------------------------------------------------
 
     def handle_frames(self, iface: str, frames: Iterable[Item]) -> list[Verdict]:
-        """A batch received on ``iface``: run the pipeline (or replay the flow cache), send
-        the outputs per destination. Returns the slow path's verdicts."""
+        """A batch received on ``iface``: replay the flow cache where it can, run the
+        pipeline for the rest as one batch (conntrack goes to the state store once per
+        step for all of them), send the outputs per destination. Returns the slow
+        path's verdicts."""
         counters = self.port_counters.setdefault(iface, PortCounters())
         where = self.installed.physical.local_ports.get(iface)
         # decided once per batch: most ports have neither a policer nor a monitored member
@@ -278,8 +304,9 @@ class Forwarder:
         lookup = cache.lookup if cache is not None else None
         out = _Outbox()
         local = out.local
-        verdicts = []
         clock = self.clock
+        misses: list[_Miss] = []
+        pending: set[tuple[bytes, bytes]] = set()  # hosts pairs with a packet on the slow path
         received = size = 0
         for item in frames:
             frame = item if type(item) is Frame else Frame(cast(bytes, item))
@@ -296,54 +323,81 @@ class Forwarder:
             if where is None:
                 self._count_drop(counters, DropReason.UNKNOWN_PORT)
                 continue
-            key: Hashable = None
-            expired: Entry | None = None
             found = flow_key(data) if lookup is not None else None
-            if found is not None:
-                vnet = frame.vnet
-                key = (iface, found[0], vnet is not None and vnet.needs_csum)
-                entry, expired = lookup(key, now)  # type: ignore[misc]
-                if entry is not None:
-                    outputs = entry.outputs
-                    if len(outputs) == 1 and not entry.drops:  # the usual case, inlined
-                        output = outputs[0]
-                        wire = output.rewrite.apply(data)
-                        dest = output.dest
-                        sent: Item = wire if vnet is None else Frame(wire, vnet)
-                        if type(dest) is str:
-                            queue = local.get(dest)
-                            if queue is None:
-                                local[dest] = [sent]
-                            else:
-                                queue.append(sent)
-                        else:
-                            out.tunnel.append((cast(_ToTunnel, dest), sent))
-                    else:
-                        self._replay(entry, frame, out, counters)
-                    continue
-            verdict = self._slow(frame, where[0], where[1], None, now)
-            if expired is not None and _store_down(verdict):
-                cache.counters.stale_served += 1  # type: ignore[union-attr]
-                self._replay(expired, frame, out, counters)
+            if found is None:
+                misses.append(_Miss(frame, now, None, None, None))
                 continue
-            queued = self._dispatch(verdict, frame, out, counters, from_tunnel=False)
-            if cache is not None:
-                self._learn(cache, key, found, frame, verdict, queued, now)
-            verdicts.append(verdict)
+            vnet = frame.vnet
+            key = (iface, found[0], vnet is not None and vnet.needs_csum)
+            entry, expired = lookup(key, now)  # type: ignore[misc]
+            if entry is None or (pending and _hosts(data) in pending):
+                misses.append(_Miss(frame, now, key, found, expired))
+                pending.add(_hosts(data))  # later packets between these hosts keep order
+                continue
+            outputs = entry.outputs
+            if len(outputs) == 1 and not entry.drops:  # the usual case, inlined
+                output = outputs[0]
+                wire = output.rewrite.apply(data)
+                dest = output.dest
+                sent: Item = wire if vnet is None else Frame(wire, vnet)
+                if type(dest) is str:
+                    queue = local.get(dest)
+                    if queue is None:
+                        local[dest] = [sent]
+                    else:
+                        queue.append(sent)
+                else:
+                    out.tunnel.append((cast(_ToTunnel, dest), sent))
+            else:
+                self._replay(entry, frame, out, counters)
         counters.rx_packets += received
         counters.rx_bytes += size
+        verdicts: list[Verdict] = []
+        if misses and where is not None:
+            dp, inport = where
+            results = self._slow([(m.frame.data, dp, inport, None, m.now) for m in misses])
+            for miss, verdict in zip(misses, results, strict=True):
+                self._settle(cache, miss, verdict, out, counters, from_tunnel=False)
+                verdicts.append(verdict)
         self._flush(out)
         return verdicts
 
-    def _slow(self, frame: Frame, dp: int, inport: int, outport: int | None, now: float) -> Verdict:
-        """The pipeline for one frame; a state store that cannot be reached drops it."""
+    def _slow(self, items: list[BatchItem]) -> list[Verdict]:
+        """The pipeline for a batch; a state store that cannot be reached drops what the
+        pipeline could not settle without it."""
         try:
-            if outport is None:
-                return self.pipeline.process(frame.data, dp, inport, now)
-            return self.pipeline.process_egress(frame.data, dp, inport, outport, now)
+            batch = getattr(self.pipeline, "process_batch", None)
+            if batch is not None:
+                return cast(list[Verdict], batch(items))
+            return [
+                self.pipeline.process(frame, dp, inport, now)
+                if outport is None
+                else self.pipeline.process_egress(frame, dp, inport, outport, now)
+                for frame, dp, inport, outport, now in items
+            ]
         except StateStoreError as err:
             log.debug("state store: %s", err)
-            return Verdict(drops=[DropReason.STATE_UNAVAILABLE], cacheable=False)
+            return [Verdict(drops=[DropReason.STATE_UNAVAILABLE], cacheable=False) for _ in items]
+
+    def _settle(
+        self,
+        cache: FlowCache | None,
+        miss: _Miss,
+        verdict: Verdict,
+        out: _Outbox,
+        counters: PortCounters,
+        *,
+        from_tunnel: bool,
+    ) -> None:
+        """Send a slow-path verdict's outputs and learn its flow (or keep serving an
+        expired entry when only the state store failed)."""
+        if miss.expired is not None and cache is not None and _store_down(verdict):
+            cache.counters.stale_served += 1
+            self._replay(miss.expired, miss.frame, out, counters)
+            return
+        queued = self._dispatch(verdict, miss.frame, out, counters, from_tunnel=from_tunnel)
+        if cache is not None:
+            self._learn(cache, miss.key, miss.found, miss.frame, verdict, queued, miss.now)
 
     # -- the flow cache ---------------------------------------------------------------------------
 
@@ -375,7 +429,7 @@ class Forwarder:
         self,
         cache: FlowCache,
         key: Hashable,
-        found: object,
+        found: tuple[bytes, Layout] | None,
         frame: Frame,
         verdict: Verdict,
         outputs: list[tuple[Hashable, Item]] | None,
@@ -388,7 +442,7 @@ class Forwarder:
         if deps is None or outputs is None or not verdict.cacheable:
             cache.counters.uncacheable += 1
             return
-        _key, layout = cast(tuple[bytes, object], found)
+        layout = found[1]
         seeded = frame.vnet is not None and frame.vnet.needs_csum
         cached: list[Output] = []
         for dest, item in outputs:
@@ -396,7 +450,7 @@ class Forwarder:
             if isinstance(item, Frame) and item.vnet != frame.vnet:
                 cache.counters.uncacheable += 1  # metadata changed (a pushed tag): not cached
                 return
-            rewrite = derive(frame.data, wire, layout, seeded)  # type: ignore[arg-type]
+            rewrite = derive(frame.data, wire, layout, seeded)
             if rewrite is None:
                 cache.counters.uncacheable += 1
                 return
@@ -413,7 +467,9 @@ class Forwarder:
         except ParseError as err:
             self._count_drop(self.tunnel_counters, err.reason)
             return []
-        return self._from_tunnel(packet.vni, packet.in_key, packet.out_key, Frame(packet.frame))
+        return self.handle_decapsulated_batch(
+            [(packet.vni, packet.in_key, packet.out_key, Frame(packet.frame))], counted=True
+        )
 
     def handle_decapsulated(
         self, vni: int, ingress: int | None, egress: int | None, frame: Item
@@ -421,57 +477,64 @@ class Forwarder:
         """A packet a tunnel endpoint already decoded (``egress`` None: VXLAN): run the
         destination port's egress pipeline and deliver."""
         item = frame if isinstance(frame, Frame) else Frame(frame)
-        self.tunnel_counters.rx(len(item.data))
-        return self._from_tunnel(vni, ingress, egress, item)
+        return self.handle_decapsulated_batch([(vni, ingress, egress, item)])
 
-    def _from_tunnel(
-        self, dp: int, ingress: int | None, egress: int | None, frame: Frame
+    def handle_decapsulated_batch(
+        self, packets: Sequence[tuple[int, int | None, int | None, Frame]], *, counted: bool = False
     ) -> list[Verdict]:
+        """Packets a tunnel endpoint decoded, as one batch: the flow cache first, then the
+        egress pipelines of the rest side by side (see :meth:`handle_frames`)."""
         physical = self.installed.physical
-        data = frame.data
-        if dp == HELLO_VNI:  # a gateway's hello (agent.gateways), not a packet to forward
-            if not self.gateways.receive(data):
-                self._count_drop(self.tunnel_counters, DropReason.MALFORMED_TUNNEL)
-            return []
-        if physical.topology.kinds.get(dp) != "switch":
-            self._count_drop(self.tunnel_counters, DropReason.UNKNOWN_VNI)
-            return []
+        tunnel_counters = self.tunnel_counters
         cache = self._cache_for_batch()
-        now = self.clock()
-        key: Hashable = None
-        found = flow_key(data) if cache is not None else None
-        if cache is not None and found is not None:
-            key = (dp, ingress, egress, found[0], frame.vnet is not None and frame.vnet.needs_csum)
-            entry, _expired = cache.lookup(key, now)
-            if entry is not None:
-                out = _Outbox()
-                self._replay(entry, frame, out, self.tunnel_counters)
-                self._flush(out)
-                return []
-        targets: tuple[int, ...]
-        if egress is not None:
-            inport, targets = ingress or NO_PORT, (egress,)
-        elif len(data) < ETH_HLEN:
-            self._count_drop(self.tunnel_counters, DropReason.TRUNCATED_ETHERNET)
-            return []
-        else:
-            inport, targets = NO_PORT, _l2_targets(physical, dp, data)
-        if not targets:
-            self._count_drop(self.tunnel_counters, DropReason.UNKNOWN_PORT)
         out = _Outbox()
-        verdicts = []
-        for outport in targets:
-            iface = physical.local.get((dp, outport))
-            if iface is None:
-                self._count_drop(self.tunnel_counters, DropReason.UNKNOWN_PORT)
+        misses: list[tuple[_Miss, str | None, BatchItem]] = []
+        pending: set[tuple[bytes, bytes]] = set()
+        for dp, ingress, egress, frame in packets:
+            data = frame.data
+            if not counted:  # (``counted``: the caller counted the encapsulated size)
+                tunnel_counters.rx(len(data))
+            if dp == HELLO_VNI:  # a gateway's hello (agent.gateways), not a packet to forward
+                if not self.gateways.receive(data):
+                    self._count_drop(tunnel_counters, DropReason.MALFORMED_TUNNEL)
                 continue
-            counters = self.port_counters.setdefault(iface, PortCounters())
-            verdict = self._slow(frame, dp, inport, outport, now)
-            outputs = self._dispatch(verdict, frame, out, counters, from_tunnel=True)
-            if cache is not None and len(targets) == 1:
-                # drops are counted on the tunnel when replayed (the interface is not known)
-                self._learn(cache, key, found, frame, verdict, outputs, now)
-            verdicts.append(verdict)
+            if physical.topology.kinds.get(dp) != "switch":
+                self._count_drop(tunnel_counters, DropReason.UNKNOWN_VNI)
+                continue
+            now = self.clock()
+            key: Hashable = None
+            expired: Entry | None = None
+            found = flow_key(data) if cache is not None else None
+            if cache is not None and found is not None:
+                vnet = frame.vnet
+                key = (dp, ingress, egress, found[0], vnet is not None and vnet.needs_csum)
+                entry, expired = cache.lookup(key, now)
+                if entry is not None and not (pending and _hosts(data) in pending):
+                    self._replay(entry, frame, out, tunnel_counters)
+                    continue
+                pending.add(_hosts(data))
+            targets: tuple[int, ...]
+            if egress is not None:
+                inport, targets = ingress or NO_PORT, (egress,)
+            elif len(data) < ETH_HLEN:
+                self._count_drop(tunnel_counters, DropReason.TRUNCATED_ETHERNET)
+                continue
+            else:
+                inport, targets = NO_PORT, _l2_targets(physical, dp, data)
+            if not targets:
+                self._count_drop(tunnel_counters, DropReason.UNKNOWN_PORT)
+            learn = len(targets) == 1  # one target: cacheable (a replay counts drops here)
+            for outport in targets:
+                iface = physical.local.get((dp, outport))
+                if iface is None:
+                    self._count_drop(tunnel_counters, DropReason.UNKNOWN_PORT)
+                    continue
+                miss = _Miss(frame, now, key if learn else None, found, expired)
+                misses.append((miss, iface, (data, dp, inport, outport, now)))
+        verdicts = self._slow([item for _, _, item in misses]) if misses else []
+        for (miss, iface, _item), verdict in zip(misses, verdicts, strict=True):
+            counters = self.port_counters.setdefault(iface or "", PortCounters())
+            self._settle(cache, miss, verdict, out, counters, from_tunnel=True)
         self._flush(out)
         return verdicts
 

@@ -28,6 +28,11 @@ class EncapChoice(StrEnum):
     vxlan = "vxlan"
 
 
+class StateFailChoice(StrEnum):
+    closed = "closed"
+    open = "open"
+
+
 class _Stoppable(Protocol):
     def stop(self) -> None: ...
 
@@ -49,6 +54,13 @@ StateStoreUrl = Annotated[
     str,
     typer.Option(
         help="Conntrack state: memory://, redis://host:port/db or redis+cluster://host:port,..."
+    ),
+]
+StateFail = Annotated[
+    StateFailChoice,
+    typer.Option(
+        help="State store unreachable: drop packets that need it (closed) or let "
+        "lookups pass as established, NAT still dropped (open)"
     ),
 ]
 StatusFile = Annotated[Path | None, typer.Option(help="JSON status, rewritten about once a second")]
@@ -75,6 +87,7 @@ def agent(
     encap: Encap = EncapChoice.geneve,
     underlay_mtu: UnderlayMtu = 0,
     state_store: StateStoreUrl = "memory://",
+    state_fail: StateFail = StateFailChoice.closed,
     status_file: StatusFile = None,
     log_level: LogLevel = "info",
 ) -> None:
@@ -101,6 +114,7 @@ def agent(
         status_file=status_file,
         datapath=datapath,
     )
+    _set_state_fail(config, state_fail, one_process=datapath is None)
     process: _Stoppable
     if datapath is not None:
         from netvirt.agent.controller import AgentProcess
@@ -136,6 +150,13 @@ def datapath(
             max=10.0,
         ),
     ] = 0.5,
+    state_fail: StateFail = StateFailChoice.closed,
+    flow_cache: Annotated[
+        int,
+        typer.Option(
+            help="Entries of the flow cache that replays established flows (0: off)", min=0
+        ),
+    ] = 65_536,
     status_file: StatusFile = None,
     log_level: LogLevel = "info",
 ) -> None:
@@ -155,6 +176,8 @@ def datapath(
         underlay_mtu=underlay_mtu or None,
         state_store=state_store,
         state_cache=state_cache,
+        state_fail=state_fail.value,
+        flow_cache=flow_cache,
         status_file=status_file,
         control=control,
     )
@@ -163,6 +186,20 @@ def datapath(
     except ValueError as err:  # a state store URL that names no backend
         raise typer.BadParameter(str(err), param_hint="--state-store") from err
     _run(process)
+
+
+def _set_state_fail(config: object, choice: StateFailChoice, *, one_process: bool) -> None:
+    """Give ``--state-fail`` to the one-process datapath. With ``--datapath`` the
+    datapath process tracks connections: the option belongs to ``netvirt datapath``."""
+    if choice is StateFailChoice.closed:
+        return
+    field = "state_fail"  # runner.Config forwards it to its DatapathConfig once it has it
+    if not one_process or not hasattr(config, field):
+        raise typer.BadParameter(
+            "give it to `netvirt datapath` (the process that tracks connections)",
+            param_hint="--state-fail",
+        )
+    setattr(config, field, choice.value)
 
 
 def _check_mtu(underlay_mtu: int) -> None:

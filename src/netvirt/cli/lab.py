@@ -32,7 +32,7 @@ lab_app = typer.Typer(no_args_is_help=True, help="Emulated hosts and VMs in netw
 host_app = typer.Typer(no_args_is_help=True, help="Stop or start a host's agent and datapath.")
 lab_app.add_typer(host_app, name="host")
 out = console()
-err = Console(stderr=True)
+err = Console(stderr=True, emoji=False)
 
 LabOption = Annotated[
     str | None,

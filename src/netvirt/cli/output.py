@@ -29,8 +29,8 @@ PIPE_WIDTH = 250
 
 def console() -> Console:
     if sys.stdout.isatty():
-        return Console()
-    return Console(width=PIPE_WIDTH)
+        return Console(emoji=False)  # ":cd:" in a MAC is not an emoji
+    return Console(width=PIPE_WIDTH, emoji=False)
 
 
 def fmt(value: Any) -> str:

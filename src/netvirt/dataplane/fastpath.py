@@ -132,21 +132,82 @@ def _fold(value: int) -> int:
     return (value & 0xFFFF) + (value >> 16)
 
 
-@dataclass(frozen=True, slots=True)
 class Rewrite:
     """What the slow path did to one output's bytes: patches and checksum adjustments.
 
-    :meth:`apply` is a function generated for the rewrite (constant pieces,
-    copied slices and the checksum arithmetic written out), because it runs for
-    every packet: a generic loop over patches costs several times more."""
+    :attr:`apply` starts as an interpreter of the patches; once a rewrite has
+    served :data:`COMPILE_AFTER` packets it is replaced by a function generated
+    for it (constant pieces, copied slices and the checksum arithmetic written
+    out), several times faster per packet. Compiling costs a few hundred
+    microseconds, which short flows (a new connection per request) must not
+    pay; generated functions are shared by equal rewrites (a re-learned flow,
+    flows between the same two VMs)."""
 
-    patches: tuple[tuple[int, bytes], ...] = ()
-    sums: tuple[tuple[int, int, bool, bool], ...] = ()  # (offset, delta, seeded, udp)
-    end: int = 0  # header bytes rewritten; the rest of the frame is shared
-    apply: Callable[[bytes], bytes] = field(init=False, repr=False, compare=False)
+    __slots__ = ("apply", "end", "patches", "sums", "uses")
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "apply", _generate(self.patches, self.sums))
+    def __init__(
+        self,
+        patches: tuple[tuple[int, bytes], ...] = (),
+        sums: tuple[tuple[int, int, bool, bool], ...] = (),
+        end: int = 0,
+    ) -> None:
+        self.patches = patches  # (offset, bytes)
+        self.sums = sums  # (offset, delta, seeded, udp)
+        self.end = end  # header bytes rewritten; the rest of the frame is shared
+        self.uses = 0
+        self.apply: Callable[[bytes], bytes]
+        if not patches and not sums:
+            self.apply = _unchanged
+        else:
+            self.apply = _COMPILED.get((patches, sums)) or self._interpret
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Rewrite) and (self.patches, self.sums, self.end) == (
+            other.patches,
+            other.sums,
+            other.end,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.patches, self.sums, self.end))
+
+    def __repr__(self) -> str:
+        return f"Rewrite(patches={self.patches!r}, sums={self.sums!r}, end={self.end})"
+
+    def _interpret(self, data: bytes) -> bytes:
+        self.uses += 1
+        if self.uses >= COMPILE_AFTER:
+            signature = (self.patches, self.sums)
+            compiled = _COMPILED.get(signature)
+            if compiled is None:
+                compiled = _generate(self.patches, self.sums)
+                if len(_COMPILED) >= _COMPILED_MAX:
+                    _COMPILED.clear()
+                _COMPILED[signature] = compiled
+            self.apply = compiled
+        end = self.end
+        head = bytearray(data[:end])
+        for offset, value in self.patches:
+            head[offset : offset + len(value)] = value
+        for offset, delta, seeded, udp in self.sums:
+            old = head[offset] << 8 | head[offset + 1]
+            if seeded:
+                new = _fold(old + delta)
+            else:
+                new = _fold((old ^ 0xFFFF) + delta) ^ 0xFFFF
+                if udp and not new:
+                    new = 0xFFFF
+            head[offset] = new >> 8
+            head[offset + 1] = new & 0xFF
+        return bytes(head) + data[end:]
+
+
+COMPILE_AFTER = 32  # packets a rewrite serves interpreted before it is compiled
+_COMPILED_MAX = 4096
+_COMPILED: dict[
+    tuple[tuple[tuple[int, bytes], ...], tuple[tuple[int, int, bool, bool], ...]],
+    Callable[[bytes], bytes],
+] = {}
 
 
 def _unchanged(data: bytes) -> bytes:

@@ -25,10 +25,20 @@ up in the classifier and executes the hit rule's actions on the key:
 * generating actions build a new frame (``generate.py``) and run their
   nested actions on it.
 
+*Batches.* :meth:`Pipeline.process_batch` runs packets side by side: each
+packet's walk is a generator that yields at every conntrack action (a
+:class:`~netvirt.dataplane.nf.CtCall`); the calls of all packets waiting at
+one step go to the conntracker's ``ct_batch`` together — one store round trip
+per step for the whole batch — and each packet resumes with its answer.
+``process`` and ``process_egress`` are batches of one. A conntracker without
+``ct_batch`` is called one action at a time, packets one after the other.
+
 Every drop has a :class:`DropReason`; the executor never raises on packet
-input. With ``trace=True`` every step is recorded (stage, rule and its
-provenance in ``Rule.cookie``, conntrack results, outputs) for
-``netvirt trace``.
+input, and a state store that cannot be reached costs only the packets that
+needed it (``STATE_UNAVAILABLE``, or passed as established under the ``open``
+policy; such verdicts are never cacheable). With ``trace=True`` every step is
+recorded (stage, rule and its provenance in ``Rule.cookie``, conntrack
+results, outputs) for ``netvirt trace``.
 
 Thread-safety: a Pipeline is used by one thread; the classifier is replaced,
 not mutated, while a packet is in flight.
@@ -37,7 +47,7 @@ not mutated, while a packet is in flight.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -48,8 +58,10 @@ from netvirt.dataplane.fields import CT_TRK, FLAG_LOOPBACK, MULTICAST_BASE, F
 from netvirt.dataplane.flow import Rule
 from netvirt.dataplane.key import extract
 from netvirt.dataplane.nf.codec import CtTuple, quoted_tuple
+from netvirt.dataplane.nf.flowkey import Assoc, CtCall
 from netvirt.dataplane.packet import Packet, parse_packet
 from netvirt.dataplane.rewrite import apply as rewrite_frame
+from netvirt.state.store import StateStoreError
 
 DatapathKind = Literal["switch", "router"]
 
@@ -69,6 +81,14 @@ MAX_STEPS = 256  # tables visited per packet, across every datapath
 MAX_HOPS = 8  # datapaths entered per packet
 REMOTE_KINDS = ("tunnel", "unbound")  # ports whose egress pipeline runs elsewhere (or nowhere)
 
+# A packet's walk through the tables: yields at each conntrack action of a batching
+# conntracker, resumed once the call is answered; its return value is the walk's.
+Walk = Generator[CtCall, None, None]
+Step = Generator[CtCall, None, int | None]
+Gate = Generator[CtCall, None, bool]
+BatchItem = tuple[bytes, int, int, int | None, float]  # frame, datapath, inport, outport, now
+CtAction = A.CtNext | A.CtCommit | A.CtDnat | A.CtSnat | A.CtLb
+
 
 class Lookup(Protocol):
     def lookup(self, table: int, key: list[int]) -> Rule | None: ...
@@ -85,6 +105,13 @@ class ConnTracker(Protocol):
         self, zone: int, key: list[int], now: float, action: A.CtDnat | A.CtSnat
     ) -> None: ...
     def ct_lb(self, zone: int, key: list[int], now: float, action: A.CtLb) -> bool: ...
+
+
+class BatchConnTracker(Protocol):
+    """A conntracker that answers the conntrack actions of a packet batch at once
+    (``FlowKeyConntrack``); the pipeline uses it when the tracker has ``ct_batch``."""
+
+    def ct_batch(self, calls: Sequence[CtCall]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +189,7 @@ class _Ctx:
     now: float
     steps: int = 0
     hops: int = 0
+    assoc: Assoc = field(default_factory=dict)  # conntrack: zone -> this packet's connection
 
 
 class Pipeline:
@@ -175,16 +203,8 @@ class Pipeline:
     def process(
         self, frame: bytes, datapath: int, inport: int, now: float, *, trace: bool = False
     ) -> Verdict:
-        verdict = Verdict(trace=[] if trace else None)
-        started = self._start(verdict, frame, datapath, inport, now)
-        if started is not None:
-            ctx, key, kind = started
-            if verdict.trace is not None:
-                verdict.note(
-                    TraceEvent("enter", datapath, None, detail=f"{kind} ingress", key=tuple(key))
-                )
-            self._run(ctx, key, self.topology.first_table[(kind, "ingress")])
-        return verdict
+        """Run the ingress pipeline of ``datapath`` (a batch of one)."""
+        return self.process_batch([(frame, datapath, inport, None, now)], trace=trace)[0]
 
     def process_egress(
         self,
@@ -203,16 +223,58 @@ class Pipeline:
         egress pipeline of the destination port, so the port's egress ACL and
         port security are enforced where the port lives (as OVN does).
         """
-        verdict = Verdict(trace=[] if trace else None)
+        item = (frame, datapath, inport, outport, now)
+        return self.process_batch([item], trace=trace)[0]
+
+    def process_batch(self, items: Sequence[BatchItem], *, trace: bool = False) -> list[Verdict]:
+        """Run a batch of packets side by side; one verdict per item, in order.
+
+        Each item is ``(frame, datapath, inport, outport, now)``: ``outport``
+        None runs the ingress pipeline (as :meth:`process`), a port number the
+        egress pipeline toward it (as :meth:`process_egress`). Every packet
+        walks until its next conntrack action; the actions of all packets that
+        stopped are answered by one ``ct_batch`` (one store round trip per
+        step), then each packet resumes. With a conntracker without
+        ``ct_batch`` the packets run one after the other, as before.
+        """
+        verdicts: list[Verdict] = []
+        waiting: list[tuple[Walk, CtCall]] = []
+        for frame, datapath, inport, outport, now in items:
+            verdict = Verdict(trace=[] if trace else None)
+            verdicts.append(verdict)
+            walk = self._walk(verdict, frame, datapath, inport, outport, now)
+            if walk is not None:
+                _advance(walk, waiting)
+        while waiting:
+            current, waiting = waiting, []
+            self._answer([call for _, call in current])
+            for walk, _ in current:
+                _advance(walk, waiting)
+        return verdicts
+
+    def _walk(
+        self,
+        verdict: Verdict,
+        frame: bytes,
+        datapath: int,
+        inport: int,
+        outport: int | None,
+        now: float,
+    ) -> Walk | None:
         started = self._start(verdict, frame, datapath, inport, now)
-        if started is not None:
-            ctx, key, kind = started
-            key[_OUTPORT] = outport
-            detail = f"{kind} egress to {outport:#x}"
+        if started is None:
+            return None
+        ctx, key, kind = started
+        if outport is None:
             if verdict.trace is not None:
+                detail = f"{kind} ingress"
                 verdict.note(TraceEvent("enter", datapath, None, detail=detail, key=tuple(key)))
-            self._run(ctx, key, self.topology.first_table[(kind, "egress")])
-        return verdict
+            return self._run(ctx, key, self.topology.first_table[(kind, "ingress")])
+        key[_OUTPORT] = outport
+        if verdict.trace is not None:
+            detail = f"{kind} egress to {outport:#x}"
+            verdict.note(TraceEvent("enter", datapath, None, detail=detail, key=tuple(key)))
+        return self._run(ctx, key, self.topology.first_table[(kind, "egress")])
 
     def _start(
         self, verdict: Verdict, frame: bytes, datapath: int, inport: int, now: float
@@ -235,7 +297,7 @@ class Pipeline:
         return ctx, key, kind
 
     # -- table walk ----------------------------------------------------------
-    def _run(self, ctx: _Ctx, key: list[int], table: int | None) -> None:
+    def _run(self, ctx: _Ctx, key: list[int], table: int | None) -> Walk:
         while table is not None:
             ctx.steps += 1
             if ctx.steps > MAX_STEPS:
@@ -247,15 +309,15 @@ class Pipeline:
                 return
             if ctx.verdict.trace is not None:
                 ctx.verdict.note(TraceEvent("stage", key[_METADATA], table, rule, key=tuple(key)))
-            table = self._execute(ctx, key, rule.actions, table)
+            table = yield from self._execute(ctx, key, rule.actions, table)
 
-    def _execute(self, ctx: _Ctx, key: list[int], acts: Iterable[object], table: int) -> int | None:
+    def _execute(self, ctx: _Ctx, key: list[int], acts: Iterable[object], table: int) -> Step:
         """Run an action list; return the table to continue at, or None to stop."""
         for act in acts:
             if isinstance(act, A.Next):
                 return act.table if act.table is not None else self._next(ctx, key, table)
             if isinstance(act, A.Output):
-                self._output(ctx, list(key), table)
+                yield from self._output(ctx, list(key), table)
             elif isinstance(act, A.Drop):
                 self._drop(ctx.verdict, act.reason, key[_METADATA], table)
                 return None
@@ -276,13 +338,12 @@ class Pipeline:
                     return None
                 key[_TTL] -= 1
             elif isinstance(act, A.CtNext | A.CtDnat | A.CtSnat | A.CtLb):
-                if not self._conntrack(ctx, key, act, table):
+                if not (yield from self._conntrack(ctx, key, act, table)):
                     return None
                 return self._next(ctx, key, table)
             elif isinstance(act, A.CtCommit):
-                self.conntrack.ct_commit(self._zone(key, table), key, ctx.now, act.mark)
-                ctx.verdict.ct.append(getattr(self.conntrack, "last", None))
-                ctx.verdict.note(TraceEvent("ct", key[_METADATA], table, detail="ct_commit"))
+                if not (yield from self._conntrack(ctx, key, act, table)):
+                    return None
             elif isinstance(act, A.CtClear):
                 key[_CT_STATE] = 0
             elif isinstance(act, A.PutMacBinding):
@@ -292,7 +353,7 @@ class Pipeline:
                 self._lookup_binding(key)
             elif isinstance(act, A.SelectEcmp):
                 key[_REG3] = 1 + _flow_hash(key) % max(act.count, 1)
-            elif not self._generate(ctx, key, act, table):
+            elif not (yield from self._generate(ctx, key, act, table)):
                 return None
         return None
 
@@ -312,27 +373,69 @@ class Pipeline:
         port = key[_INPORT] if self.topology.pipeline_of(table) == "ingress" else key[_OUTPORT]
         return (dp << 16) | (port & 0xFFFF)
 
-    def _conntrack(self, ctx: _Ctx, key: list[int], act: object, table: int) -> bool:
+    def _conntrack(self, ctx: _Ctx, key: list[int], act: CtAction, table: int) -> Gate:
+        """One conntrack action: False when the packet stops here (dropped)."""
         zone = self._zone(key, table)
-        ct = self.conntrack
+        related = _quoted(ctx.packet) if isinstance(act, A.CtNext) else None
+        call = CtCall(zone, key, ctx.now, ctx.assoc, act, related)
+        if hasattr(self.conntrack, "ct_batch"):
+            yield call  # answered with the other packets' calls of this step
+        else:
+            self._call_one(call)
+        verdict, dp = ctx.verdict, key[_METADATA]
+        if call.store_failed:
+            verdict.cacheable = False  # decided without the store: never reuse it
+        if call.drop is not None:
+            verdict.ct.append(call.result)
+            self._drop(verdict, call.drop, dp, table, f"{type(act).__name__} zone={zone:#x}")
+            return False
         if isinstance(act, A.CtNext):
-            state = ct.ct_next(zone, key, ctx.now, _quoted(ctx.packet))
-            key[_CT_STATE] = state | CT_TRK
+            key[_CT_STATE] = call.state | CT_TRK
             detail = f"ct_next zone={zone:#x} state={key[_CT_STATE]:#x}"
         elif isinstance(act, A.CtLb):
-            if not ct.ct_lb(zone, key, ctx.now, act):
-                ctx.verdict.ct.append(None)  # no backend: never cached
-                self._drop(ctx.verdict, DropReason.NO_LB_BACKEND, key[_METADATA], table)
+            if not call.ok:
+                verdict.ct.append(None)  # no backend: never cached
+                self._drop(verdict, DropReason.NO_LB_BACKEND, dp, table)
                 return False
             detail = f"ct_lb -> {key[F('ip4.dst')]:#x}:{key[F('tp.dst')]}"
+        elif isinstance(act, A.CtCommit):
+            verdict.ct.append(call.result)
+            verdict.note(TraceEvent("ct", dp, table, detail="ct_commit"))
+            return True
         else:
-            assert isinstance(act, A.CtDnat | A.CtSnat)
-            ct.ct_nat(zone, key, ctx.now, act)
             detail = f"{type(act).__name__} zone={zone:#x}"
-        ctx.verdict.ct.append(getattr(ct, "last", None))
-        if ctx.verdict.trace is not None:
-            ctx.verdict.note(TraceEvent("ct", key[_METADATA], table, detail=detail, key=tuple(key)))
+        verdict.ct.append(call.result)
+        if verdict.trace is not None:
+            verdict.note(TraceEvent("ct", dp, table, detail=detail, key=tuple(key)))
         return True
+
+    def _call_one(self, call: CtCall) -> None:
+        """A conntracker without ``ct_batch``: its one-call methods, at once."""
+        ct, act, zone, key, now = self.conntrack, call.action, call.zone, call.key, call.now
+        try:
+            if isinstance(act, A.CtNext):
+                call.state = ct.ct_next(zone, key, now, call.related)
+            elif isinstance(act, A.CtLb):
+                call.ok = ct.ct_lb(zone, key, now, act)
+            elif isinstance(act, A.CtCommit):
+                ct.ct_commit(zone, key, now, act.mark)
+            else:
+                ct.ct_nat(zone, key, now, act)
+        except StateStoreError:
+            call.drop, call.store_failed = DropReason.STATE_UNAVAILABLE, True
+        call.result = getattr(ct, "last", None)
+
+    def _answer(self, calls: list[CtCall]) -> None:
+        """One step of a batch: all waiting conntrack calls in one ``ct_batch``.
+
+        ``ct_batch`` handles store failures itself; this only guards against a
+        tracker that lets one through (the batch fails closed, never raises)."""
+        batcher: BatchConnTracker = self.conntrack  # type: ignore[assignment]
+        try:
+            batcher.ct_batch(calls)
+        except StateStoreError:
+            for call in calls:
+                call.drop, call.store_failed = DropReason.STATE_UNAVAILABLE, True
 
     # -- MAC bindings ------------------------------------------------------------
     def _learn(self, key: list[int]) -> None:
@@ -352,7 +455,7 @@ class Pipeline:
             key[_REG7] = 1
 
     # -- output ------------------------------------------------------------------
-    def _output(self, ctx: _Ctx, key: list[int], table: int) -> None:
+    def _output(self, ctx: _Ctx, key: list[int], table: int) -> Walk:
         dp = key[_METADATA]
         kind = self.topology.kinds[dp]
         if ctx.verdict.trace is not None:
@@ -370,18 +473,18 @@ class Pipeline:
                 copy[_CT_STATE] = 0
                 if self._remote(dp, member):
                     ctx.verdict.note(TraceEvent("note", dp, table, detail="egress runs remotely"))
-                    self._deliver(ctx, copy, table)
+                    yield from self._deliver(ctx, copy, table)
                     continue
-                self._run(ctx, copy, self.topology.first_table[(kind, "egress")])
+                yield from self._run(ctx, copy, self.topology.first_table[(kind, "egress")])
             return
-        self._deliver(ctx, key, table)
+        yield from self._deliver(ctx, key, table)
 
     def _remote(self, datapath: int, port: int) -> bool:
         """A port on another host (or on none): its egress pipeline is not run here."""
         info = self.topology.ports.get((datapath, port))
         return info is not None and info.kind in REMOTE_KINDS
 
-    def _deliver(self, ctx: _Ctx, key: list[int], table: int) -> None:
+    def _deliver(self, ctx: _Ctx, key: list[int], table: int) -> Walk:
         dp, out = key[_METADATA], key[_OUTPORT]
         if out == key[_INPORT] and not key[_FLAGS] & FLAG_LOOPBACK:
             ctx.verdict.note(TraceEvent("note", dp, table, detail="not sent back to its inport"))
@@ -410,7 +513,7 @@ class Pipeline:
             ctx.verdict.note(
                 TraceEvent("enter", peer_dp, None, detail=f"{kind} ingress via {port.name}")
             )
-            self._run(ctx, copy, self.topology.first_table[(kind, "ingress")])
+            yield from self._run(ctx, copy, self.topology.first_table[(kind, "ingress")])
             return
         frame = rewrite_frame(ctx.packet, ctx.orig, key)
         ctx.verdict.outputs.append(Emit(dp, out, port.name, frame, key[_INPORT]))
@@ -418,7 +521,7 @@ class Pipeline:
             ctx.verdict.note(TraceEvent("deliver", dp, table, detail=port.name, key=tuple(key)))
 
     # -- generated packets ---------------------------------------------------------
-    def _generate(self, ctx: _Ctx, key: list[int], act: object, table: int) -> bool:
+    def _generate(self, ctx: _Ctx, key: list[int], act: object, table: int) -> Gate:
         frame: bytes | None
         then: tuple[object, ...]
         ctx.verdict.cacheable = False  # a new packet, not a rewrite of this one
@@ -452,11 +555,12 @@ class Pipeline:
         new_key = extract(packet)
         for idx in _CARRY:
             new_key[idx] = key[idx]
-        child = _Ctx(packet, list(new_key), ctx.verdict, ctx.now, ctx.steps, ctx.hops)
+        # the generated packet shares its parent's conntrack association, as before
+        child = _Ctx(packet, list(new_key), ctx.verdict, ctx.now, ctx.steps, ctx.hops, ctx.assoc)
         ctx.verdict.note(TraceEvent("emit", key[_METADATA], table, detail=type(act).__name__))
-        next_table = self._execute(child, new_key, then, table)
+        next_table = yield from self._execute(child, new_key, then, table)
         if next_table is not None:
-            self._run(child, new_key, next_table)
+            yield from self._run(child, new_key, next_table)
         return False
 
     def _drop(
@@ -470,6 +574,15 @@ class Pipeline:
         verdict.drops.append(reason)
         self.drop_counts[reason] = self.drop_counts.get(reason, 0) + 1
         verdict.note(TraceEvent("drop", datapath, table, detail=f"{reason.value} {detail}".strip()))
+
+
+def _advance(walk: Walk, waiting: list[tuple[Walk, CtCall]]) -> None:
+    """Run a packet's walk to its next conntrack call (queued) or to its end."""
+    try:
+        call = next(walk)
+    except StopIteration:
+        return
+    waiting.append((walk, call))
 
 
 def _flow_hash(key: list[int]) -> int:

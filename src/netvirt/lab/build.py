@@ -184,13 +184,15 @@ HOST_TOKEN_ENV = "NETVIRT_HOST_TOKEN"
 MEMBERS_TIMEOUT = 60.0  # seconds for health checks to bring every LB member ONLINE
 
 
-def datapath_argv(state: LabState, host: HostRecord, underlay_mtu: int) -> list[str]:
+def datapath_argv(
+    state: LabState, host: HostRecord, underlay_mtu: int, state_fail: str = "closed"
+) -> list[str]:
     """The datapath's command line: interfaces, tunnels, NF state, control socket."""
     argv = python_argv("datapath", "--name", host.name, "--netns", host.netns)
     argv += ["--underlay-ip", host.underlay_ip, "--encap", host.encap]
     argv += ["--underlay-mtu", str(underlay_mtu), "--control", host.control]
     if state.state_store:
-        argv += ["--state-store", state.state_store]
+        argv += ["--state-store", state.state_store, "--state-fail", state_fail]
     return [*argv, "--iface-dir", host.iface_dir, "--status-file", host.datapath_status_file]
 
 
@@ -489,7 +491,7 @@ def _build(topo: Topology, state: LabState, system: System, names: Names, log: L
     for host in topo.hosts:
         record = state.hosts[host.name]
         record.token = tokens[host.name]
-        record.datapath_argv = datapath_argv(state, record, topo.underlay.mtu)
+        record.datapath_argv = datapath_argv(state, record, topo.underlay.mtu, topo.state_fail)
         record.agent_argv = agent_argv(state, record)
         start_datapath(system, state, host.name)
         start_agent(system, state, host.name)

@@ -278,6 +278,8 @@ STATE_CHOICES: tuple[str, ...] = ("auto", "memory", "redis", "redis-cluster")
 class Topology(Strict):
     name: LabName = "lab"
     state: Literal["auto", "memory", "redis", "redis-cluster"] = "auto"
+    # the datapaths' policy when the state store cannot be reached (--state-fail)
+    state_fail: Literal["closed", "open"] = "closed"
     underlay: Underlay = Underlay()
     hosts: list[Host] = Field(min_length=1, max_length=MAX_HOSTS)
     external: External | None = None

@@ -285,6 +285,7 @@ class RedisClusterStore:
         node = reply.node
         if node.held_down(time.monotonic()):
             reply.error = redis.ConnectionError(f"{node.name} is held down after a failure")
+            self._stats.held_down()
             return None
         connection: Any = None
         try:

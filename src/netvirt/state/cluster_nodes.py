@@ -12,7 +12,7 @@ may come back before the map changes — and is tried again a second later.
 
 Unreachable nodes are *held down*: after a refused, reset or timed-out
 connection, requests to that node fail at once with StateStoreUnavailable for
-``hold_down`` seconds (URL parameter, default 1 s, 0 turns it off); then one
+``hold_down`` seconds (URL parameter, default 0.2 s, 0 turns it off); then one
 request tries again. Without it a node that stopped answering (as opposed to
 refusing) would stall every batch that touches it for the socket timeout, and
 a datapath's loop with it.
@@ -36,8 +36,8 @@ from netvirt.state.stats import StoreStats
 from netvirt.state.store import StateStoreUnavailable
 
 DEFAULT_PREFIX = "netvirt:"
-DEFAULT_TIMEOUT = 0.5
-DEFAULT_HOLD_DOWN = 1.0
+DEFAULT_TIMEOUT = 0.05  # seconds, connect and read: a datapath loop waits for it
+DEFAULT_HOLD_DOWN = 0.2
 REFRESH_AFTER_FAILURE = 1.0  # seconds between slot-map reloads after a node failed
 SCHEMES = ("redis+cluster", "rediss+cluster")
 _OPTIONS = ("prefix", "socket_timeout", "socket_connect_timeout", "hold_down")
@@ -180,6 +180,7 @@ class Topology:
             node = self.node(address)
             if node.held_down(time.monotonic()):
                 errors.append(f"{node.name}: held down")
+                self._stats.held_down()
                 continue
             started = time.perf_counter()
             try:

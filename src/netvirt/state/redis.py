@@ -23,8 +23,12 @@ whole. ``get_many``/``put_many``/``delete_many`` are one command each.
 
 Failure: the client never retries on its own (a retried compare-and-set could
 report failure after it actually succeeded); socket connect/read timeouts are
-short, and every connection-level failure surfaces as
-:class:`StateStoreUnavailable`. The caller decides whether to retry.
+short (50 ms by default: a datapath loop waits for them), and every
+connection-level failure surfaces as :class:`StateStoreUnavailable`. After such
+a failure the server is *held down* for ``hold_down`` seconds (default 0.2):
+every call fails at once with StateStoreUnavailable without touching the
+network, so a server that stopped answering costs one timeout per hold-down
+period instead of one per packet batch. The caller decides whether to retry.
 
 Thread-safety: the store may be shared by threads (redis-py's connection pool
 is thread-safe); a :class:`Batch` belongs to the thread that fills it.
@@ -67,7 +71,8 @@ from netvirt.state.store import (
 )
 
 DEFAULT_PREFIX = "netvirt:"
-DEFAULT_TIMEOUT = 0.5
+DEFAULT_TIMEOUT = 0.05  # seconds, connect and read: a datapath loop waits for it
+DEFAULT_HOLD_DOWN = 0.2  # seconds of failing fast after a connection-level failure
 VERSION_BYTES = 8
 
 # KEYS: counter, key...   ARGV: px (0 = no TTL), value...   -> last version given
@@ -165,21 +170,35 @@ def _translated_errors() -> Iterator[None]:
         raise StateStoreError(f"redis error: {exc}") from exc
 
 
-def _split_prefix(url: str) -> tuple[str, str | None]:
-    """Take our own ``prefix`` query parameter out; redis-py rejects unknown ones."""
+_OWN_OPTIONS = ("prefix", "hold_down")
+
+
+def _split_options(url: str) -> tuple[str, dict[str, str]]:
+    """Take our own query parameters (``prefix``, ``hold_down``) out; redis-py
+    rejects unknown ones."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    prefix = next((value for name, value in query if name == "prefix"), None)
-    rest = urlencode([(name, value) for name, value in query if name != "prefix"])
-    return urlunsplit(parts._replace(query=rest)), prefix
+    own = {name: value for name, value in query if name in _OWN_OPTIONS}
+    rest = urlencode([(name, value) for name, value in query if name not in _OWN_OPTIONS])
+    return urlunsplit(parts._replace(query=rest)), own
 
 
 class RedisStore:
     """A :class:`~netvirt.state.store.StateStore` on a Redis server."""
 
-    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        hold_down: float = DEFAULT_HOLD_DOWN,
+    ) -> None:
+        if hold_down < 0:
+            raise ValueError(f"hold_down must be >= 0, not {hold_down}")
         self._client = client
         self._prefix = prefix
+        self.hold_down = hold_down
+        self._down_until = 0.0  # time.monotonic() before which calls fail at once
         self._counter = f"{prefix}version"
         self._scripts_loaded = False
         self._stats = StoreStats("redis")
@@ -191,16 +210,19 @@ class RedisStore:
         *,
         prefix: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        hold_down: float = DEFAULT_HOLD_DOWN,
     ) -> RedisStore:
-        """``redis://host:port/db?prefix=…&socket_timeout=…`` (query values win)."""
-        redis_url, url_prefix = _split_prefix(url)
+        """``redis://host:port/db?prefix=…&socket_timeout=…&socket_connect_timeout=…
+        &hold_down=…`` (query values win; times in seconds)."""
+        redis_url, own = _split_options(url)
         client = redis.Redis.from_url(
             redis_url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
         )
-        return cls(client, prefix or url_prefix or DEFAULT_PREFIX)
+        held = float(own.get("hold_down", hold_down))
+        return cls(client, prefix or own.get("prefix") or DEFAULT_PREFIX, hold_down=held)
 
     # -- key layout ----------------------------------------------------------------------
 
@@ -290,7 +312,12 @@ class RedisStore:
 
     @contextmanager
     def _round_trip(self, keys: int, requests: int = 1) -> Iterator[None]:
-        """Time one exchange with the server, count it, translate its errors."""
+        """Time one exchange with the server, count it, translate its errors; fail at
+        once, without an exchange, while the server is held down."""
+        if self._down_until and time.monotonic() < self._down_until:
+            self._stats.held_down()
+            self._stats.failure("unavailable")
+            raise StateStoreUnavailable("redis unavailable: held down after a failure")
         started = time.perf_counter()
         try:
             with _translated_errors():
@@ -298,6 +325,8 @@ class RedisStore:
         except StateStoreError as exc:
             unavailable = isinstance(exc, StateStoreUnavailable)
             self._stats.failure("unavailable" if unavailable else "error")
+            if unavailable and self.hold_down > 0:
+                self._down_until = time.monotonic() + self.hold_down
             raise
         finally:
             self._stats.round_trip(keys, time.perf_counter() - started, requests)

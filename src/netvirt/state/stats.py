@@ -11,7 +11,9 @@ Latency is a log2 histogram in microseconds: bucket ``i`` counts round trips
 that took less than ``2**i`` µs and (for ``i > 0``) at least ``2**(i-1)`` µs;
 the last bucket also takes everything slower. Failed round trips (timeouts,
 refused connections) are counted too: a timeout is exactly the latency worth
-seeing.
+seeing. Calls refused at once because their server is *held down* after a
+failure (nothing sent, no round trip) count in ``held_down`` (and, since they
+raise StateStoreUnavailable, in ``unavailable``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class StoreStats:
         self._misses = 0
         self._unavailable = 0
         self._errors = 0
+        self._held_down = 0
         self._latency = [0] * LATENCY_BUCKETS
         self._latency_sum = 0.0
         self._nodes: dict[str, list[int]] = {}  # cluster: name -> [requests, failures]
@@ -80,6 +83,12 @@ class StoreStats:
             counts[0] += 1
             counts[1] += failed
 
+    def held_down(self) -> None:
+        """A call (or a cluster node's part of one) failed at once: its server is held
+        down after a recent failure, nothing was sent."""
+        with self._lock:
+            self._held_down += 1
+
     def failure(self, kind: Failure) -> None:
         with self._lock:
             if kind == "unavailable":
@@ -101,6 +110,7 @@ class StoreStats:
                 "misses": self._misses,
                 "unavailable": self._unavailable,
                 "errors": self._errors,
+                "held_down": self._held_down,
                 "latency_us_log2": list(self._latency),
                 "latency_us_sum": round(self._latency_sum, 1),
             }

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
@@ -42,6 +42,7 @@ from netvirt.state.store import (
     PutOp,
     ReleaseOp,
     StateStore,
+    StateStoreError,
 )
 
 IPPROTO_ICMP = 1
@@ -375,8 +376,17 @@ Task = Generator[list[Op], list[object], R]  # yields a step's operations, recei
 _RANK = {GetOp: 0, AllocateOp: 1, CasOp: 2, PutOp: 3, ExpireOp: 4, ReleaseOp: 5, DeleteOp: 6}
 
 
-def drive(store: StateStore, tasks: Sequence[Task[R]]) -> list[R]:
-    """Run store tasks side by side: each step of all tasks is one store round trip."""
+def drive(
+    store: StateStore,
+    tasks: Sequence[Task[R]],
+    failed: Callable[[int, StateStoreError], R] | None = None,
+) -> list[R]:
+    """Run store tasks side by side: each step of all tasks is one store round trip.
+
+    A round trip that raises :class:`StateStoreError` raises out of here, unless
+    ``failed`` is given: then each task waiting on that round trip is closed and
+    its result is ``failed(index, error)``; tasks already done keep theirs.
+    """
     done: dict[int, R] = {}
     waiting: list[tuple[int, Task[R], list[Op]]] = []
 
@@ -393,7 +403,15 @@ def drive(store: StateStore, tasks: Sequence[Task[R]]) -> list[R]:
     while waiting:
         current, waiting = waiting, []
         flat = [op for _, _, ops in current for op in ops]
-        results = execute(store, flat) if flat else []
+        try:
+            results = execute(store, flat) if flat else []
+        except StateStoreError as exc:
+            if failed is None:
+                raise
+            for index, task, _ in current:
+                task.close()
+                done[index] = failed(index, exc)
+            continue
         offset = 0
         for index, task, ops in current:
             advance(index, task, results[offset : offset + len(ops)])

@@ -81,6 +81,12 @@ entry never goes from ESTABLISHED back to SYN_SENT (only a new connection
 replacing a TIME_WAIT/CLOSED one starts in SYN_SENT); a record is never
 readable as live after its expiry.
 
+*Store failures.* ``process_batch`` never raises for the store: requests still
+waiting on a round trip that failed get a result flagged ``unavailable``,
+shaped by ``fail``: ``closed`` (default) drops them (``STATE_UNAVAILABLE``),
+``open`` answers lookups and commits as ``trk|est`` without writing anything
+(NAT requests still drop: no translation can be invented).
+
 *Thread-safety.* A ``Conntrack`` keeps no state between calls; it may be
 shared by threads if its store may (both stores are thread-safe).
 """
@@ -88,6 +94,7 @@ shared by threads if its store may (both stores are thread-safe).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, replace
 
 from netvirt.dataplane.drops import DropReason
@@ -142,8 +149,11 @@ from netvirt.state.store import (
     PutOp,
     ReleaseOp,
     StateStore,
+    StateStoreError,
+    StateStoreUnavailable,
 )
 
+FAIL_POLICIES = ("closed", "open")
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 _CONTROL = TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK
 _CLOSING = (CtState.TIME_WAIT, CtState.CLOSED)
@@ -211,8 +221,9 @@ class CtResult:
     """What conntrack decided: ct_state bits, the entry, the packet's tuple after NAT.
 
     ``quoted`` is the translated quoted tuple of a related ICMP error; ``drop``
-    is set when the packet cannot go on (no LB backend, NAT failure); ``note``
-    explains the decision for traces.
+    is set when the packet cannot go on (no LB backend, NAT failure, store
+    unreachable); ``note`` explains the decision for traces. ``unavailable``:
+    the store could not be reached and ``Conntrack.fail`` decided.
     """
 
     state: int
@@ -222,6 +233,7 @@ class CtResult:
     quoted: CtTuple | None = None
     drop: DropReason | None = None
     note: str = ""
+    unavailable: bool = False  # the store could not be asked: decided by the failure policy
 
     @property
     def mark(self) -> int:
@@ -315,7 +327,11 @@ class Conntrack:
         snat_window: int = DEFAULT_WINDOW,
         snat_windows: int = DEFAULT_WINDOWS,
         max_attempts: int = 4,
+        fail: str = "closed",
     ) -> None:
+        if fail not in FAIL_POLICIES:
+            raise ValueError(f"state failure policy must be closed or open, not {fail!r}")
+        self.fail = fail
         self.store = store
         self.prefix = prefix
         self.timeouts = timeouts or Timeouts()
@@ -345,10 +361,18 @@ class Conntrack:
         return self.process_batch([request], now)[0]
 
     def process_batch(self, requests: Sequence[CtRequest], now: float) -> list[CtResult]:
-        """Track a batch of packets; results in order. One lookup round trip for all."""
+        """Track a batch of packets; results in order. One lookup round trip for all.
+
+        Never raises for the store: a request still waiting on a step whose
+        round trip failed gets :meth:`_unreachable`'s result; requests decided
+        before keep theirs. Load-balancer counters are advisory: a failed
+        flush loses them and nothing else.
+        """
         lb_round = LbRound(self.prefix, now)
-        results = drive(self.store, [self._task(r, now, lb_round) for r in requests])
-        drive(self.store, [lb_round.flush()])
+        tasks = [self._task(r, now, lb_round) for r in requests]
+        results = drive(self.store, tasks, lambda i, exc: self._unreachable(requests[i], exc))
+        with suppress(StateStoreError):
+            drive(self.store, [lb_round.flush()])
         return results
 
     def lookup_batch(self, items: Sequence[tuple[int, CtTuple]], now: float) -> list[CtHit | None]:
@@ -698,6 +722,23 @@ class Conntrack:
             yield ops
 
     # -- results ------------------------------------------------------------------------
+    def _unreachable(self, req: CtRequest, exc: StateStoreError) -> CtResult:
+        """The store failed this request: drop it (``closed``), or let it pass as
+        established without writing anything (``open``, plain lookups and commits
+        only: a NAT request cannot invent a translation). Errors other than
+        unavailability (a corrupt reply, a bug) always fail closed."""
+        note = f"state store unavailable: {exc}"
+        lookup_only = req.nat is None
+        if self.fail == "open" and lookup_only and isinstance(exc, StateStoreUnavailable):
+            state = CT_TRK | CT_EST
+            return CtResult(
+                state, None, False, req.tuple, note=f"{note} (fail open)", unavailable=True
+            )
+        drop = DropReason.STATE_UNAVAILABLE
+        return CtResult(
+            CT_TRK | CT_INV, None, False, req.tuple, drop=drop, note=note, unavailable=True
+        )
+
     def _related(self, req: CtRequest, seen: _Seen, now: float) -> CtResult:
         entry = seen.entry
         if entry is None or entry.expiry <= now:
