@@ -329,7 +329,14 @@ def _in_netns(name: str | None, fn: Callable[..., Any], *args: Any, **kwargs: An
 
 
 def afpacket_in(netns_name: str | None, iface: str) -> IoPort:
-    """An AF_PACKET port (virtio-net header on) on ``iface`` of the namespace."""
+    """An AF_PACKET port (virtio-net header on) on ``iface`` of the namespace: with
+    TPACKET_V2 rings (``ports.ring``: no syscall per received frame, one per sent
+    batch), or a plain socket with ``NETVIRT_PORT_RINGS=0``."""
+    if os.environ.get("NETVIRT_PORT_RINGS", "1") != "0":
+        from netvirt.dataplane.ports.ring import RingPort
+
+        ring: IoPort = _in_netns(netns_name, RingPort, iface)
+        return ring
     from netvirt.dataplane.ports.afpacket import AfPacketPort
 
     port: IoPort = _in_netns(netns_name, AfPacketPort, iface)
