@@ -272,3 +272,27 @@ def test_a_busy_rewrite_is_compiled_once_and_shared() -> None:
     again = Rewrite(rewrite.patches, rewrite.sums, rewrite.end)
     assert again.apply is rewrite.apply  # a re-learned flow reuses the generated function
     assert again == rewrite
+
+
+def test_frames_the_parser_refuses_get_no_key_even_in_a_known_flow() -> None:
+    """The slow path must see them, to drop them under their reason."""
+    flow = Flow(False, "udp", "10.0.0.1", "10.0.0.2", 1000, 53, 64, ("02:00:00:00:00:01",) * 2)
+    good = build(flow, b"payload!", 1, 1)
+    assert flow_key(good) is not None
+    bad_length = bytearray(good)
+    bad_length[38:40] = (200).to_bytes(2, "big")  # UDP length beyond the packet
+    assert flow_key(bytes(bad_length)) is None
+    bad_total = bytearray(good)
+    bad_total[16:18] = (1000).to_bytes(2, "big")  # IP total length beyond the frame
+    assert flow_key(bytes(bad_total)) is None
+    bad_sum = bytearray(good)
+    bad_sum[24] ^= 0xFF  # IPv4 header checksum
+    assert flow_key(bytes(bad_sum)) is None
+    tcp = Flow(False, "tcp", "10.0.0.1", "10.0.0.2", 1000, 80, 64, flow.macs)
+    short = bytearray(build(tcp, b"", 1, 1))
+    short[46] = 0xF0  # a 60-byte TCP header in a 20-byte segment
+    assert flow_key(bytes(short)) is None
+    v6 = Flow(True, "udp", "fd00::1", "fd00::2", 1000, 53, 64, flow.macs)
+    truncated = bytearray(build(v6, b"x" * 8, 1, 1))
+    truncated[18:20] = (500).to_bytes(2, "big")
+    assert flow_key(bytes(truncated)) is None

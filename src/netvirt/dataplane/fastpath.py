@@ -94,35 +94,50 @@ ICMP6 = Layout("icmp6", ((0, 18), (20, 56), (58, 60)), None, 56, 62, seeded=Fals
 def flow_key(data: bytes) -> tuple[bytes, Layout] | None:
     """The cache key of a frame and its layout; None for a frame the cache never serves.
 
-    The slices below are exactly ``Layout.covered`` (a test checks it); they are
-    written out because this runs for every packet."""
-    if len(data) < 42 or data[0] & 1:
+    A frame the parser would refuse (lengths that do not hold together, a bad
+    IPv4 header checksum) gets no key either, so the slow path drops it under
+    its reason even when its flow is cached. The slices below are exactly
+    ``Layout.covered`` (a test checks it); they are written out because this
+    runs for every packet."""
+    size = len(data)
+    if size < 42 or data[0] & 1:
         return None
     ethertype = data[12:14]
     if ethertype == b"\x08\x00":
         if data[14] != 0x45 or data[20] & 0x3F or data[21]:  # options, MF, fragment offset
             return None
+        end = 14 + (data[16] << 8 | data[17])  # where the IP packet ends
+        # one's complement sum of the header words is 0xFFFF, i.e. 0 modulo 0xFFFF
+        if end > size or int.from_bytes(data[14:34], "big") % 0xFFFF:
+            return None
         proto = data[23]
         if proto == IPPROTO_TCP:
-            if len(data) < 54 or data[47] & _TCP_SYN_FIN_RST:
+            if end < 54 or data[47] & _TCP_SYN_FIN_RST or 34 + (data[46] >> 4) * 4 > end:
                 return None
             return data[:16] + data[20:24] + data[26:38] + data[46:48], TCP4
         if proto == IPPROTO_UDP:
-            if not (data[40] or data[41]):  # no checksum (or a zero seed): rare, not cached
-                return None
+            length = data[38] << 8 | data[39]
+            if end < 42 or length < 8 or 34 + length > end or not (data[40] or data[41]):
+                return None  # (a zero checksum: no checksum or a zero seed, not cached)
             return data[:16] + data[20:24] + data[26:38], UDP4
-        if proto == IPPROTO_ICMP and data[34] in (0, 8):
+        if proto == IPPROTO_ICMP and data[34] in (0, 8) and end >= 42:
             return data[:16] + data[20:24] + data[26:36] + data[38:40], ICMP4
         return None
-    if ethertype == b"\x86\xdd" and len(data) >= 62:
+    if ethertype == b"\x86\xdd" and size >= 62:
+        end = 54 + (data[18] << 8 | data[19])
+        if end > size:
+            return None
         proto = data[20]
         if proto == IPPROTO_TCP:
-            if len(data) < 74 or data[67] & _TCP_SYN_FIN_RST:
+            if end < 74 or data[67] & _TCP_SYN_FIN_RST or 54 + (data[66] >> 4) * 4 > end:
                 return None
             return data[:18] + data[20:58] + data[66:68], TCP6
         if proto == IPPROTO_UDP:
+            length = data[58] << 8 | data[59]
+            if end < 62 or length < 8 or 54 + length > end:
+                return None
             return data[:18] + data[20:58], UDP6
-        if proto == IPPROTO_ICMPV6 and data[54] in (128, 129):
+        if proto == IPPROTO_ICMPV6 and data[54] in (128, 129) and end >= 62:
             return data[:18] + data[20:56] + data[58:60], ICMP6
     return None
 
