@@ -331,7 +331,14 @@ class Forwarder:
             key = (iface, found[0], vnet is not None and vnet.needs_csum)
             entry, expired = lookup(key, now)  # type: ignore[misc]
             if entry is None or (pending and _hosts(data) in pending):
-                misses.append(_Miss(frame, now, key, found, expired))
+                miss = _Miss(frame, now, key, found, expired)
+                if expired is not None and not (pending and _hosts(data) in pending):
+                    # revalidating a known flow: now, one packet, so that the rest of the
+                    # batch hits the renewed entry instead of all queueing for the slow path
+                    now_item: BatchItem = (data, where[0], where[1], None, now)
+                    self._settle(cache, miss, self._slow([now_item])[0], out, counters, False)
+                    continue
+                misses.append(miss)
                 pending.add(_hosts(data))  # later packets between these hosts keep order
                 continue
             outputs = entry.outputs
@@ -386,7 +393,6 @@ class Forwarder:
         verdict: Verdict,
         out: _Outbox,
         counters: PortCounters,
-        *,
         from_tunnel: bool,
     ) -> None:
         """Send a slow-path verdict's outputs and learn its flow (or keep serving an

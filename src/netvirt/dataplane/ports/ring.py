@@ -210,6 +210,7 @@ class RingPort:
         )
         self._rx = rx_offsets
         self._rx_head = 0
+        self._losses_read = False
         self.resyncs = 0  # times the RX head had to find the kernel's again (_resync)
         self._tx = [rx_size + offset for offset in tx_offsets]
         self._tx_head = 0
@@ -239,6 +240,7 @@ class RingPort:
         offsets, head, count = self._rx, self._rx_head, len(self._rx)
         unpack, decoded, vnet_on = _RX_HDR.unpack_from, self._decoded, self.vnet_hdr
         received = received_bytes = 0
+        self._losses_read = False
         for _ in range(max_frames):
             base = offsets[head]
             status, length, snaplen, mac = unpack(mm, base)
@@ -311,7 +313,9 @@ class RingPort:
         self, mm: mmap.mmap, base: int, status: int, length: int, snaplen: int, mac: int
     ) -> Frame | None:
         """A slot with news: losses, a full copy queued on the socket, a stripped VLAN tag."""
-        if status & TP_STATUS_LOSING:
+        if status & TP_STATUS_LOSING and not self._losses_read:
+            # under overload every slot says so: read (and reset) the count once a batch
+            self._losses_read = True
             self._collect_losses()
         if status & TP_STATUS_COPY:
             frame = self._recv_copy()
