@@ -17,6 +17,7 @@ RSS, so the harness measures without talking to it.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -65,6 +66,7 @@ def main(argv: list[str]) -> int:
     from netvirt.southbound.http import HttpSB
     from netvirt.state.memory import MemoryStore
 
+    gc.set_threshold(100_000, 50, 100)  # as netvirt agent: a large long-lived SB mirror
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one eventfd per memory port
 
@@ -73,7 +75,7 @@ def main(argv: list[str]) -> int:
         STOP = True
 
     signal.signal(signal.SIGTERM, stop)
-    sb = HttpSB(args.url, os.environ["NETVIRT_HOST_TOKEN"], timeout=120)
+    sb = HttpSB(args.url, os.environ["NETVIRT_HOST_TOKEN"], timeout=120, chassis=args.name)
     agent = Agent(
         args.name,
         "geneve",

@@ -298,7 +298,14 @@ class Agent:
         sb, bindings = self._sb_view, self.bindings
         if sb is None or bindings is None:
             return
-        for port, up in self.claims.pending(bindings, sb):
+        pending = list(self.claims.pending(bindings, sb))
+        bulk = getattr(self.sb, "report_ports", None)  # one request for many (HttpSB)
+        if bulk is not None and len(pending) > 1:
+            bulk(pending, self.name)
+            for port, up in pending:
+                self.claims.confirm(port, up)
+            pending = []
+        for port, up in pending:
             self.sb.report_port(port, self.name, up)
             self.claims.confirm(port, up)
         generation = self.datapath.generation

@@ -85,7 +85,7 @@ class AgentProcess(LoopProcess):
         log.info("agent %s stopped", self.config.name)
 
     def run_once(self, timeout: float | None = None) -> None:
-        wait = self.config.tick if timeout is None else timeout
+        wait = self.config.datapath_poll if timeout is None else timeout
         ready, _, _ = select.select([self._wake_fd], [], [], wait)
         if ready:
             self.drain_wake()

@@ -192,7 +192,7 @@ class DatapathLoop(LoopProcess):
         now = time.monotonic()
         if now >= self._next_tunnel:
             self._guarded("opening tunnels", self._open_tunnels, now)
-        if now >= self._next_scan:
+        if now >= self._next_scan or self.plug_dir.changed():  # a new plug: at once
             self._guarded("plug scan", self._scan, now)
         if self.forwarder.health.active:
             self._guarded("health checks", self._health, now)

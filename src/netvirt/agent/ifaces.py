@@ -86,9 +86,24 @@ class PlugDir:
 
     path: Path
     _seen: dict[str, tuple[int, int, str]] = field(default_factory=dict)  # name -> stat, id
+    _dir_mtime: int = -2  # the directory's mtime at the last scan (-2: never scanned)
+
+    def changed(self) -> bool:
+        """True when the directory's entries changed since the last :meth:`scan` (a plug
+        file created, removed or renamed into place: one ``stat``, cheap enough for every
+        loop iteration). A file rewritten in place is only seen by the periodic scan."""
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+        except OSError:
+            mtime = -1
+        return mtime != self._dir_mtime
 
     def scan(self) -> dict[str, str]:
         """The plugs now in the directory (a missing directory means none)."""
+        try:
+            self._dir_mtime = os.stat(self.path).st_mtime_ns
+        except OSError:
+            self._dir_mtime = -1
         stats: dict[str, tuple[int, int]] = {}
         try:
             with os.scandir(self.path) as entries:

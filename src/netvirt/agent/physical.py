@@ -271,7 +271,17 @@ def _kind(name: str, bindings: Bindings) -> str:
 
 
 def _topology(sb: SBState, bindings: Bindings, dps: frozenset[int]) -> Topology:
-    full = translate.topology(sb)
+    # only the relevant datapaths' part of the SB (a host of 10 ports in a 10k-port cloud
+    # must not build the pipeline view of every port); patch peers of relevant ports are
+    # relevant too (relevant_datapaths is closed over patch ports)
+    part = SBState(
+        generation=sb.generation,
+        datapaths={k: d for k, d in sb.datapaths.items() if k in dps},
+        ports={n: p for n, p in sb.ports.items() if p.datapath in dps},
+        groups={k: g for k, g in sb.groups.items() if k[0] in dps},
+        mac_bindings=sb.mac_bindings,
+    )
+    full = translate.topology(part)
     topo = Topology(
         first_table=full.first_table, next_table=full.next_table, pipeline_of=full.pipeline_of
     )

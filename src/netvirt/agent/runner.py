@@ -379,6 +379,11 @@ class Config:
     stats_interval: float = 2.0
     tick: float = 0.1
     batch: int = 64
+    # how often an agent process asks its datapath process what is plugged: a newly
+    # plugged port waits for the next poll before its flows are computed (the port
+    # create -> first packet figure); one poll is a unix socket round trip
+    datapath_poll: float = 0.02
+    state_fail: str = "closed"  # the one-process datapath's --state-fail (docs/stateless-nf.md)
 
     def datapath_config(self) -> DatapathConfig:
         return DatapathConfig(
@@ -389,6 +394,7 @@ class Config:
             encap=self.encap,
             underlay_mtu=self.underlay_mtu,
             state_store=self.state_store,
+            state_fail=self.state_fail,
             status_file=self.status_file,
             scan_interval=self.scan_interval,
             status_interval=self.status_interval,
@@ -400,7 +406,7 @@ class Config:
 def http_sb(config: Config) -> SBSource:
     from netvirt.southbound.http import HttpSB
 
-    return HttpSB(config.url, config.token)
+    return HttpSB(config.url, config.token, chassis=config.name)
 
 
 class Control:

@@ -34,6 +34,9 @@ _NAME_WORDS = {"name": "name", "floating_ip_address": "address"}
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
+IDEMPOTENT = ("GET", "HEAD", "PUT", "DELETE")
+
+
 class ApiError(Exception):
     """A request the server refused: HTTP status, Neutron error type and message."""
 
@@ -236,9 +239,18 @@ class NetvirtClient:
         # a borrowed client keeps its own timeouts (Starlette's TestClient refuses them)
         extra: dict[str, Any] = {"timeout": timeout} if self._owns_http else {}
         try:
-            response = self.http.request(
-                method, path, json=json, params=query or None, headers=headers, **extra
-            )
+            try:
+                response = self.http.request(
+                    method, path, json=json, params=query or None, headers=headers, **extra
+                )
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                if method not in IDEMPOTENT:
+                    raise
+                # the server closed a kept-alive connection just as this request went out
+                # (its idle timer fired late on a busy server): once more, on a new one
+                response = self.http.request(
+                    method, path, json=json, params=query or None, headers=headers, **extra
+                )
         except httpx.TimeoutException:
             raise ApiUnreachable(
                 f"the netvirt API at {self.base_url} did not answer within {timeout:g}s"

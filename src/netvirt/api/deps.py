@@ -63,13 +63,14 @@ def wait_realized(db: Database, generation: int, params: WaitParams) -> str:
     deadline = time.monotonic() + params.timeout
     key = "compiled_generation" if params.wait == "compiled" else "installed_generation"
     while True:
+        seen = db.writes
         with db.read() as session:
             if identity.status(session)[key] >= generation:
                 return "realized"
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return "timeout"
-        db.wait_changed(min(remaining, 0.05))
+        db.wait_changed(min(remaining, 0.05), seen)
 
 
 def compiler_service(request: Request) -> CompilerService:

@@ -118,7 +118,9 @@ def agent(
     process: _Stoppable
     if datapath is not None:
         from netvirt.agent.controller import AgentProcess
+        from netvirt.cli.main import tune_gc
 
+        tune_gc()  # the agent holds the SB mirror: a large, long-lived heap
         process = AgentProcess(config)
     else:
         from netvirt.agent.runner import Runner

@@ -7,8 +7,8 @@ the hosts health-check, ``build/monitors.py``). The result is a pure function of
 snapshot: flows are deduplicated and put in a canonical order (datapath,
 table, descending priority, then the match), so two
 compiles of equal snapshots are equal whatever order the snapshot's lists
-came in — the base for testing a future incremental compiler against a full
-recompute.
+came in — the base for testing the incremental compiler (``incremental.py``)
+against a full recompute.
 
 Builders never see each other's output; a stage may receive flows from
 several builders (the load balancer delivers in ``ls_in_l2_lkup``, DHCP allows
@@ -35,14 +35,57 @@ BUILDERS: tuple[ModuleType, ...] = (port_security, acl, lb, arp_nd, dhcp, qos, l
 
 def compile_nb(nb: NBSnapshot) -> SBState:
     """Compute the whole SB state for ``nb`` (full recompute)."""
-    sb = SBState(generation=nb.generation)
-    build_topology(nb, sb)
-    sink = FlowSink()
-    for builder in BUILDERS:
-        builder.build(nb, sb, sink)
-    sb.flows = canonical(sink.flows)
-    sb.monitors = service_monitors(nb, sb)
+    sb, chunks = build(nb, None)
+    sb.flows = join(chunks)
     return sb
+
+
+Chunks = dict[int, list[LogicalFlow]]
+
+
+def build(
+    nb: NBSnapshot,
+    scope: frozenset[int] | None,
+    previous: SBState | None = None,
+    bindings: frozenset[int] | None = None,
+) -> tuple[SBState, Chunks]:
+    """The SB state of ``nb`` without its flows, and the canonical flows of each datapath
+    in ``scope`` (every datapath when None).
+
+    Every builder emits a datapath's flows while visiting that datapath (a switch, a
+    router) and reads nothing of other datapaths' flows, so building a subset of the
+    datapaths gives exactly their flows of a full compile. The canonical order starts
+    with the datapath, so the per-datapath lists (:func:`join`) concatenate into the
+    compiler's one list."""
+    sb = SBState(generation=nb.generation)
+    with nb.indexed():
+        if scope is not None and previous is not None:
+            # bindings of switches outside the scope are unchanged
+            build_topology(nb, sb, previous, scope if bindings is None else bindings)
+        else:
+            build_topology(nb, sb)
+        sink = FlowSink()
+        nb.scope = scope
+        try:
+            for builder in BUILDERS:
+                builder.build(nb, sb, sink)
+        finally:
+            nb.scope = None
+        sb.monitors = service_monitors(nb, sb)
+    by_dp: dict[int, list[LogicalFlow]] = {}
+    for flow in sink.flows:
+        by_dp.setdefault(flow.datapath, []).append(flow)
+    if scope is not None and not by_dp.keys() <= scope:
+        raise AssertionError(f"a scoped compile built flows of {sorted(by_dp.keys() - scope)}")
+    return sb, {dp: canonical(flows) for dp, flows in by_dp.items()}
+
+
+def join(chunks: Chunks) -> list[LogicalFlow]:
+    """The per-datapath flow lists as the compiler's canonical list."""
+    out: list[LogicalFlow] = []
+    for dp in sorted(chunks):
+        out.extend(chunks[dp])
+    return out
 
 
 MatchKey = tuple[object, ...]
@@ -75,10 +118,26 @@ def canonical(flows: Iterable[LogicalFlow]) -> list[LogicalFlow]:
     Flows equal in datapath, stage, priority and match but not in actions are
     conflicts (see :func:`conflicts`); they keep their emission order.
     """
-    seen: dict[LogicalFlow, LogicalFlow] = {}
-    for flow in flows:
-        seen.setdefault(flow, flow)  # equality ignores provenance
-    return sorted(seen.values(), key=_order)
+    keyed = sorted(((_order(f), i, f) for i, f in enumerate(flows)), key=_first_two)
+    out: list[LogicalFlow] = []
+    run_key: tuple[int, int, int, MatchKey] | None = None
+    run: list[LogicalFlow] = []  # the distinct flows of the current run of equal keys
+    for key, _, flow in keyed:
+        if key != run_key:
+            run_key, run = key, []
+        if any(flow == kept for kept in run):
+            continue  # an exact duplicate (equality ignores provenance): the first one stays
+        run.append(flow)
+        out.append(flow)
+    return out
+
+
+def _first_two(
+    item: tuple[tuple[int, int, int, MatchKey], int, LogicalFlow],
+) -> tuple[tuple[int, int, int, MatchKey], int]:
+    """Sort by the canonical key, then emission order (without comparing flows, and
+    without hashing them: hashing a flow walks its whole match every time)."""
+    return item[0], item[1]
 
 
 def conflicts(flows: Iterable[LogicalFlow]) -> list[tuple[LogicalFlow, LogicalFlow]]:

@@ -4,14 +4,22 @@ Taken in one read transaction through the same service functions the API
 uses (as admin), so the compiler sees exactly the objects and field names a
 Neutron client sees, at one generation. Builders only read this snapshot;
 they never touch the database (functional core).
+
+:func:`refresh` is the compiler service's way in: it reads again only the
+objects the database's change log names as touched since the previous
+snapshot (``northbound/db.py``) and says which they were, so the incremental
+compiler compares those alone.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from netvirt.northbound import (
     floatingips,
@@ -48,58 +56,185 @@ class NBSnapshot:
     pools: list[Obj] = field(default_factory=list)
     members: list[Obj] = field(default_factory=list)  # with "pool_id"
     healthmonitors: list[Obj] = field(default_factory=list)
+    # compile-time only (never compared): the datapaths a scoped compile rebuilds (None:
+    # all, see compiler/incremental.py) and lookups shared by the builders of one compile
+    scope: frozenset[int] | None = field(default=None, compare=False, repr=False)
+    _index: dict[object, Any] | None = field(default=None, compare=False, repr=False)
 
     # -- lookups builders need often ------------------------------------------
+    @contextmanager
+    def indexed(self) -> Iterator[NBSnapshot]:
+        """Share lookups between builders while compiling (the lists must not change
+        meanwhile); outside, every lookup is computed afresh."""
+        self._index = {}
+        try:
+            yield self
+        finally:
+            self._index = None
+
+    def _cached(self, key: object, make: Callable[[], Any]) -> Any:
+        if self._index is None:
+            return make()
+        if key not in self._index:
+            self._index[key] = make()
+        return self._index[key]
+
     def by_id(self, kind: str) -> dict[str, Obj]:
         items: list[Obj] = getattr(self, kind)
-        return {o["id"]: o for o in items}
+        out: dict[str, Obj] = self._cached(("by_id", kind), lambda: {o["id"]: o for o in items})
+        return out
+
+    def _grouped(self, kind: str, key: str) -> dict[str, list[Obj]]:
+        def make() -> dict[str, list[Obj]]:
+            out: dict[str, list[Obj]] = {}
+            for obj in getattr(self, kind):
+                out.setdefault(obj[key], []).append(obj)
+            return out
+
+        grouped: dict[str, list[Obj]] = self._cached(("group", kind, key), make)
+        return grouped
 
     def subnets_of(self, network_id: str) -> list[Obj]:
-        return [s for s in self.subnets if s["network_id"] == network_id]
+        return list(self._grouped("subnets", "network_id").get(network_id, []))
 
     def ports_of(self, network_id: str) -> list[Obj]:
-        return [p for p in self.ports if p["network_id"] == network_id]
+        return list(self._grouped("ports", "network_id").get(network_id, []))
 
     def router_ports(self, router_id: str) -> list[Obj]:
         owners = ("network:router_interface", "network:router_gateway")
         return [
-            p for p in self.ports if p["device_id"] == router_id and p["device_owner"] in owners
+            p
+            for p in self._grouped("ports", "device_id").get(router_id, [])
+            if p["device_owner"] in owners
         ]
+
+
+def _members(session: Session) -> list[Obj]:
+    members = []
+    for member in session.execute(select(Member).order_by(Member.id)).scalars():
+        members.append(
+            {
+                "id": member.id,
+                "pool_id": member.pool_id,
+                "address": member.address,
+                "protocol_port": member.protocol_port,
+                "subnet_id": member.subnet_id,
+                "weight": member.weight,
+                "admin_state_up": member.admin_state_up,
+                "backup": member.backup,
+                "operating_status": member.operating_status,
+                "monitor_address": member.monitor_address,
+                "monitor_port": member.monitor_port,
+            }
+        )
+    return members
+
+
+LOADERS: dict[str, Callable[[Session, Context], list[Obj]]] = {
+    "networks": networks.list_all,
+    "subnets": subnets.list_all,
+    "ports": ports.list_all,
+    "routers": routers.list_all,
+    "floatingips": floatingips.list_all,
+    "security_groups": security_groups.list_all,
+    "qos_policies": qos.list_all,
+    "loadbalancers": lbaas.list_all,
+    "listeners": lbaas_listeners.list_all,
+    "pools": lbaas_pools.list_all,
+    "members": lambda session, _ctx: _members(session),
+    "healthmonitors": lbaas_monitors.list_all,
+}
+
+
+def _read(session: Session, generation: int) -> NBSnapshot:
+    ctx = Context.admin()
+    nb = NBSnapshot(generation)
+    for kind, read in LOADERS.items():
+        setattr(nb, kind, read(session, ctx))
+    return nb
 
 
 def load(db: Database) -> NBSnapshot:
     """Read the whole NB state at one generation."""
-    ctx = Context.admin()
     with db.read() as session:
-        members = []
-        for member in session.execute(select(Member).order_by(Member.id)).scalars():
-            members.append(
-                {
-                    "id": member.id,
-                    "pool_id": member.pool_id,
-                    "address": member.address,
-                    "protocol_port": member.protocol_port,
-                    "subnet_id": member.subnet_id,
-                    "weight": member.weight,
-                    "admin_state_up": member.admin_state_up,
-                    "backup": member.backup,
-                    "operating_status": member.operating_status,
-                    "monitor_address": member.monitor_address,
-                    "monitor_port": member.monitor_port,
-                }
-            )
-        return NBSnapshot(
-            generation=session.execute(select(Meta.generation)).scalar_one(),
-            networks=networks.list_all(session, ctx),
-            subnets=subnets.list_all(session, ctx),
-            ports=ports.list_all(session, ctx),
-            routers=routers.list_all(session, ctx),
-            floatingips=floatingips.list_all(session, ctx),
-            security_groups=security_groups.list_all(session, ctx),
-            qos_policies=qos.list_all(session, ctx),
-            loadbalancers=lbaas.list_all(session, ctx),
-            listeners=lbaas_listeners.list_all(session, ctx),
-            pools=lbaas_pools.list_all(session, ctx),
-            members=members,
-            healthmonitors=lbaas_monitors.list_all(session, ctx),
-        )
+        return _read(session, session.execute(select(Meta.generation)).scalar_one())
+
+
+@dataclass
+class Loaded:
+    """A snapshot and what changed since the previous one: ``changed`` (kind → ids of
+    objects added, removed or changed) or None when it was read whole."""
+
+    nb: NBSnapshot
+    seq: int | None  # the database change log position it reflects (None: unknown)
+    changed: dict[str, set[str]] | None
+
+
+# ports whose rows also appear in other objects (routers' gateways, floating IPs, VIPs):
+# touching one reloads every other kind
+SERVICE_OWNERS = ("network:", "Octavia")
+MAX_PORTS = 2000  # beyond this many touched ports, reading everything is as cheap
+
+
+def refresh(db: Database, old: Loaded | None) -> Loaded:
+    """The NB now: only the objects the database's change log says were touched since
+    ``old`` are read again (a port create reads one port, not ten thousand); the whole
+    NB when the log cannot tell (first load, entries lost, writes by another process,
+    PostgreSQL)."""
+    with db.read_logged() as logged:
+        if logged is None:
+            return Loaded(load(db), None, None)
+        session, generation, seq = logged
+        entries = None
+        if old is not None and old.seq is not None:
+            entries = db.touched_since(old.seq, seq)
+        last = max((t.generation for t in entries or ()), default=old.nb.generation if old else -1)
+        if old is None or entries is None or last != generation:
+            return Loaded(_read(session, generation), seq, None)
+        touched: dict[str, set[str]] = {}
+        unknown: set[str] = set()
+        for entry in entries:
+            for kind, ident in entry.rows:
+                touched.setdefault(kind, set()).add(ident)
+            # a bulk DELETE in a write that also touched rows of that kind deletes their
+            # children (ports.py, security_groups.py): the ids are known after all
+            unknown |= entry.unknown - {kind for kind, _ in entry.rows}
+        nb, exact = _patch(session, old.nb, generation, touched, unknown)
+        # reloaded kinds without the ids of what changed: the compiler compares them all
+        return Loaded(nb, seq, touched if exact else None)
+
+
+def _patch(
+    session: Session,
+    old: NBSnapshot,
+    generation: int,
+    touched: dict[str, set[str]],
+    unknown: set[str],
+) -> tuple[NBSnapshot, bool]:
+    """``old`` with the touched objects read again; True when ``touched`` names every
+    object that may have changed (False: whole kinds were read again)."""
+    ctx = Context.admin()
+    nb = replace(old, generation=generation, scope=None, _index=None)
+    port_ids = sorted(touched.get("ports", ()))
+    reload = set(touched) | unknown
+    exact = not unknown
+    if "ports" in unknown or len(port_ids) > MAX_PORTS:
+        nb.ports = ports.list_all(session, ctx)
+        reload.discard("ports")
+    elif port_ids:
+        fresh = ports.list_by_ids(session, port_ids)
+        olds = [p for p in old.ports if p["id"] in touched["ports"]]
+        if any(str(p["device_owner"]).startswith(SERVICE_OWNERS) for p in (*fresh, *olds)):
+            reload |= set(LOADERS)
+            exact = False
+        nb.ports = _merge(old.ports, touched["ports"], fresh)
+        reload.discard("ports")
+    for kind in sorted(reload):
+        setattr(nb, kind, LOADERS[kind](session, ctx))
+    return nb, exact
+
+
+def _merge(items: list[Obj], ids: set[str], fresh: list[Obj]) -> list[Obj]:
+    """``items`` (sorted by id) with the objects of ``ids`` replaced by ``fresh``."""
+    kept = [o for o in items if o["id"] not in ids]
+    return sorted([*kept, *fresh], key=lambda o: str(o["id"]))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import zlib
+from functools import lru_cache
 
 from netvirt.compiler.build.qos import policy_id, port_limits
 from netvirt.compiler.nb import NBSnapshot, Obj
@@ -79,9 +80,14 @@ def port_cidrs(nb: NBSnapshot, port: Obj) -> tuple[str, ...]:
     out = []
     for fixed in port["fixed_ips"]:
         subnet = subnets.get(fixed["subnet_id"])
-        prefix = ipaddress.ip_network(subnet["cidr"]).prefixlen if subnet else 32
+        prefix = _prefixlen(subnet["cidr"]) if subnet else 32
         out.append(f"{fixed['ip_address']}/{prefix}")
     return tuple(out)
+
+
+@lru_cache(maxsize=65536)
+def _prefixlen(cidr: str) -> int:
+    return ipaddress.ip_network(cidr).prefixlen
 
 
 def _port_type(port: Obj, net: Obj) -> PortType:
@@ -102,8 +108,19 @@ def _limits(
     return port_limits(policies.get(policy_id(port, net) or ""))
 
 
-def build_topology(nb: NBSnapshot, sb: SBState) -> None:
-    """Fill ``sb`` with datapaths, port bindings and multicast groups."""
+def build_topology(
+    nb: NBSnapshot, sb: SBState, reuse: SBState | None = None, scope: frozenset[int] = frozenset()
+) -> None:
+    """Fill ``sb`` with datapaths, port bindings and multicast groups.
+
+    ``reuse``: a previous result whose bindings and groups of every switch outside
+    ``scope`` are still right (the incremental compiler's promise): they are copied
+    instead of computed again."""
+    kept: dict[int, list[PortBinding]] = {}
+    if reuse is not None:
+        for pb in reuse.ports.values():
+            if pb.datapath < ROUTER_KEY_BASE and pb.datapath not in scope:
+                kept.setdefault(pb.datapath, []).append(pb)
     for net in nb.networks:
         key = int(net["provider:segmentation_id"])
         sb.datapaths[key] = Datapath(key, "switch", net["id"], net["project_id"], net["name"])
@@ -116,6 +133,11 @@ def build_topology(nb: NBSnapshot, sb: SBState) -> None:
     policies = nb.by_id("qos_policies")
     for net in nb.networks:
         net_id, dp_key = net["id"], int(net["provider:segmentation_id"])
+        if reuse is not None and dp_key not in scope and (dp_key, FLOOD) in reuse.groups:
+            for pb in kept.get(dp_key, ()):
+                sb.ports[pb.name] = pb
+            sb.groups[(dp_key, FLOOD)] = reuse.groups[(dp_key, FLOOD)]
+            continue
         members = [p for p in nb.ports_of(net_id) if p["device_owner"] not in SKIPPED_OWNERS]
         keys = stable_keys([p["id"] for p in members], MAX_PORT_KEY)
         for port in members:

@@ -61,6 +61,10 @@ def security_group_ids(session: Session, port_id: str) -> list[str]:
 
 
 def to_dict(session: Session, ctx: Context, port: Port) -> dict[str, Any]:
+    return _as_dict(port, fixed_ips(session, port.id), security_group_ids(session, port.id))
+
+
+def _as_dict(port: Port, ips: list[dict[str, Any]], groups: list[str]) -> dict[str, Any]:
     return standard_fields(port) | {
         "network_id": port.network_id,
         "mac_address": port.mac_address,
@@ -68,8 +72,8 @@ def to_dict(session: Session, ctx: Context, port: Port) -> dict[str, Any]:
         "status": port.status,
         "device_id": port.device_id,
         "device_owner": port.device_owner,
-        "fixed_ips": fixed_ips(session, port.id),
-        "security_groups": security_group_ids(session, port.id),
+        "fixed_ips": ips,
+        "security_groups": groups,
         "port_security_enabled": port.port_security_enabled,
         "allowed_address_pairs": list(port.allowed_address_pairs),
         "binding:host_id": port.binding_host_id,
@@ -349,7 +353,45 @@ def list_all(session: Session, ctx: Context) -> list[dict[str, Any]]:
     stmt = select(Port).order_by(Port.id)
     if not ctx.is_admin:
         stmt = stmt.where(Port.project_id == ctx.project_id)
-    return [to_dict(session, ctx, p) for p in session.execute(stmt).scalars()]
+    return to_dicts(session, list(session.execute(stmt).scalars()))
+
+
+def list_by_ids(session: Session, ids: list[str]) -> list[dict[str, Any]]:
+    """The ports among ``ids`` that exist, in id order, as an admin sees them (the
+    compiler's incremental NB load)."""
+    rows: list[Port] = []
+    for start in range(0, len(ids), CHUNK):
+        part = ids[start : start + CHUNK]
+        rows += session.execute(select(Port).where(Port.id.in_(part))).scalars()
+    return to_dicts(session, sorted(rows, key=lambda p: p.id))
+
+
+CHUNK = 500  # ids per IN (...) query: far below SQLite's variable limit
+
+
+def to_dicts(session: Session, rows: list[Port]) -> list[dict[str, Any]]:
+    """:func:`to_dict` of many ports with two queries for all of them, not two per port
+    (listing 10k ports was 20k queries)."""
+    ips: dict[str, list[dict[str, Any]]] = {p.id: [] for p in rows}
+    groups: dict[str, list[str]] = {p.id: [] for p in rows}
+    ids = list(ips)
+    for start in range(0, len(ids), CHUNK):
+        part = ids[start : start + CHUNK]
+        allocs = session.execute(
+            select(IPAllocation)
+            .where(IPAllocation.port_id.in_(part))
+            .order_by(IPAllocation.port_id, IPAllocation.ordinal)
+        ).scalars()
+        for row in allocs:
+            ips[row.port_id].append(ipam.as_fixed_ip(row))
+        sgs = session.execute(
+            select(PortSecurityGroup.port_id, PortSecurityGroup.security_group_id)
+            .where(PortSecurityGroup.port_id.in_(part))
+            .order_by(PortSecurityGroup.port_id, PortSecurityGroup.security_group_id)
+        ).all()
+        for port_id, group_id in sgs:
+            groups[port_id].append(group_id)
+    return [_as_dict(p, ips[p.id], groups[p.id]) for p in rows]
 
 
 def update(session: Session, ctx: Context, ident: str, req: PortUpdate) -> dict[str, Any]:

@@ -20,6 +20,7 @@ differ (:class:`NotDiffable`); the service answers with the full state then.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Mapping
 from dataclasses import replace
@@ -52,7 +53,9 @@ class DeltaMismatch(ValueError):
 
 def _changes(old: Mapping[K, V], new: Mapping[K, V]) -> tuple[tuple[K, ...], tuple[V, ...]]:
     removed = tuple(k for k in old if k not in new)
-    changed = tuple(v for k, v in new.items() if old.get(k) != v)
+    # most objects of an incremental compile are the previous compile's own: skip the
+    # field-by-field comparison for them
+    changed = tuple(v for k, v in new.items() if old.get(k) is not v and old.get(k) != v)
     return removed, changed
 
 
@@ -60,8 +63,27 @@ def _ident(flow: LogicalFlow) -> FlowId:
     return (flow, flow.provenance)
 
 
-def diff(old: SBState, new: SBState) -> SBDelta:
-    """What turns ``old`` into ``new``."""
+def of_datapaths(flows: list[LogicalFlow], dps: frozenset[int]) -> list[LogicalFlow]:
+    """The flows of ``dps`` from a list in canonical order (sorted by datapath first)."""
+    out: list[LogicalFlow] = []
+    for dp in sorted(dps):
+        lo = bisect.bisect_left(flows, dp, key=_datapath)
+        hi = bisect.bisect_right(flows, dp, lo=lo, key=_datapath)
+        out.extend(flows[lo:hi])
+    return out
+
+
+def _datapath(flow: LogicalFlow) -> int:
+    return flow.datapath
+
+
+def diff(old: SBState, new: SBState, flow_dps: frozenset[int] | None = None) -> SBDelta:
+    """What turns ``old`` into ``new``.
+
+    ``flow_dps``: the only datapaths whose flows may differ (the incremental compiler
+    knows them); the flows of the others are not compared, which keeps a one-port
+    change from hashing every flow of the cloud. Both states' flows must then be in
+    canonical order."""
     if old.mac_bindings != new.mac_bindings:
         raise NotDiffable("SB MAC bindings changed; deltas do not carry them")
     dps_removed, dps = _changes(old.datapaths, new.datapaths)
@@ -69,8 +91,12 @@ def diff(old: SBState, new: SBState) -> SBDelta:
     groups_removed, groups = _changes(old.groups, new.groups)
     chassis_removed, chassis = _changes(old.chassis, new.chassis)
     monitors_removed, monitors = _changes(old.monitors, new.monitors)
-    old_ids = {_ident(f) for f in old.flows}
-    new_ids = {_ident(f) for f in new.flows}
+    old_flows, new_flows = old.flows, new.flows
+    if flow_dps is not None:
+        old_flows = of_datapaths(old_flows, flow_dps)
+        new_flows = of_datapaths(new_flows, flow_dps)
+    old_ids = {_ident(f) for f in old_flows}
+    new_ids = {_ident(f) for f in new_flows}
     return SBDelta(
         base=old.generation,
         generation=new.generation,
@@ -80,8 +106,8 @@ def diff(old: SBState, new: SBState) -> SBDelta:
         ports=ports,
         groups_removed=groups_removed,
         groups=groups,
-        flows_removed=tuple(f for f in old.flows if _ident(f) not in new_ids),
-        flows=tuple(f for f in new.flows if _ident(f) not in old_ids),
+        flows_removed=tuple(f for f in old_flows if _ident(f) not in new_ids),
+        flows=tuple(f for f in new_flows if _ident(f) not in old_ids),
         chassis=chassis,
         chassis_removed=chassis_removed,
         monitors=monitors,

@@ -30,6 +30,7 @@ from netvirt.southbound.source import SBDelta, SBSource
 PREFIX = "/v2.0/netvirt/sb"
 MAX_POLL = 60.0
 POLL_MARGIN = 10.0
+SNAPSHOT_TIMEOUT = 300.0
 
 
 class SBError(Exception):
@@ -72,9 +73,12 @@ class HttpSB:
         *,
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        chassis: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        # ask for this chassis' view: only the flows of datapaths it needs
+        self.view = {"chassis": chassis} if chassis else {}
         self._http = httpx.Client(
             base_url=self.url,
             headers={"X-Auth-Token": token},
@@ -137,7 +141,11 @@ class HttpSB:
     # ------------------------------------------------------------------ SBSource
 
     def snapshot(self) -> SBState:
-        data = self._document(self._request("GET", "/snapshot"))
+        # a whole state is large at scale (megabytes at 10k ports): giving up after the
+        # short timeout meant asking again and again, each time for a fresh encoding
+        timeout = max(self.timeout, SNAPSHOT_TIMEOUT)
+        resp = self._request("GET", "/snapshot", params=self.view or None, timeout=timeout)
+        data = self._document(resp)
         try:
             return codec.decode_state(data)
         except codec.CodecError as err:
@@ -145,7 +153,7 @@ class HttpSB:
 
     def changes(self, since: int, timeout: float) -> SBDelta | SBState | None:
         wait = min(max(timeout, 0.0), MAX_POLL)
-        params = {"since": since, "timeout": wait}
+        params = {"since": since, "timeout": wait, **self.view}
         resp = self._request("GET", "/changes", params=params, timeout=wait + POLL_MARGIN)
         if resp.status_code == 204:
             return None
@@ -162,6 +170,11 @@ class HttpSB:
     def report_port(self, port: str, chassis: str, up: bool) -> None:
         body = {"chassis": chassis, "up": up}
         self._request("PUT", f"/ports/{quote(port, safe='')}", body=body)
+
+    def report_ports(self, ports: list[tuple[str, bool]], chassis: str) -> None:
+        """Many port reports in one request (unknown ports are skipped by the server)."""
+        body = {"chassis": chassis, "ports": [{"port": p, "up": up} for p, up in ports]}
+        self._request("POST", "/ports", body=body)
 
     def report_installed(self, chassis: str, generation: int) -> None:
         body = {"chassis": chassis, "generation": generation}

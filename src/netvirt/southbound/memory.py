@@ -17,6 +17,17 @@ Theory of operation
   slices of ``poll`` seconds, so writes from other processes are seen within
   ``poll`` too. Deltas are cached per (since, generation): agents that are in
   step ask the same question.
+* **Per-chassis views.** An agent may ask for the flows of the datapaths that
+  concern its chassis only (``chassis=`` on ``snapshot``/``changes``, what
+  OVN calls conditional monitoring): the switches with a port whose
+  ``requested_chassis`` is that chassis, every switch with a ``localnet`` port
+  (a gateway chassis plugs it without the NB saying so), and everything
+  reachable from those through patch ports. Datapaths, ports, groups, chassis
+  and monitors are always sent whole (they are small; an agent needs remote
+  ports to tunnel to them). A datapath entering the view arrives as added
+  flows in the next delta, one leaving it as removed flows. At 10k ports a
+  host with 1k of them reads a tenth of the flows, and a host with none of
+  them (the lab's anchor host) almost nothing.
 * **Chassis** (name, encapsulation, underlay IP) live in memory: agents
   register at start and after every resync, so a restarted server learns them
   again. A new or changed chassis bumps the NB generation (an empty write):
@@ -76,7 +87,7 @@ from netvirt.northbound.errors import InvalidInput, not_found
 from netvirt.northbound.lbaas_members import set_member_operating_status
 from netvirt.northbound.schema import Member, Port
 from netvirt.southbound import codec
-from netvirt.southbound.diff import NotDiffable, diff
+from netvirt.southbound.diff import NotDiffable, diff, of_datapaths
 from netvirt.southbound.hosts import Received
 from netvirt.southbound.model import Chassis, SBState
 from netvirt.southbound.source import SBDelta, SBSource
@@ -128,6 +139,27 @@ def _delta_size(delta: SBDelta) -> int:
     )
 
 
+def relevant_datapaths(state: SBState, chassis: str) -> frozenset[int]:
+    """The datapaths whose flows ``chassis`` needs (see "Per-chassis views" above)."""
+    neighbours: dict[int, set[int]] = {}
+    todo: list[int] = []
+    for pb in state.ports.values():
+        if pb.requested_chassis == chassis or pb.type == "localnet":
+            todo.append(pb.datapath)
+        if pb.type == "patch" and pb.peer:
+            peer = state.ports.get(pb.peer)
+            if peer is not None:
+                neighbours.setdefault(pb.datapath, set()).add(peer.datapath)
+                neighbours.setdefault(peer.datapath, set()).add(pb.datapath)
+    seen: set[int] = set()
+    while todo:
+        dp = todo.pop()
+        if dp not in seen:
+            seen.add(dp)
+            todo.extend(neighbours.get(dp, ()))
+    return frozenset(seen)
+
+
 class InMemorySB:
     """:class:`~netvirt.southbound.source.SBSource` served from the compiler's output."""
 
@@ -148,8 +180,9 @@ class InMemorySB:
         self.poll = poll
         self._lock = threading.Lock()
         self._history: OrderedDict[int, SBState] = OrderedDict()
-        self._changes: OrderedDict[tuple[int, int], Change] = OrderedDict()
-        self._snapshot: Change | None = None
+        self._changes: OrderedDict[tuple[int, int, str | None], Change] = OrderedDict()
+        self._snapshots: dict[str | None, Change] = {}
+        self._views: OrderedDict[tuple[int, str], tuple[frozenset[int], SBState]] = OrderedDict()
         self._chassis: dict[str, Chassis] = {}
         self._bindings: dict[str, tuple[str, bool]] = {}
         self._seen: dict[str, float] = {}  # chassis -> wall-clock time of its last report
@@ -178,60 +211,91 @@ class InMemorySB:
         with self._lock:
             return self._history.get(generation)
 
-    def snapshot(self) -> SBState:
-        return self.refresh()
+    def snapshot(self, chassis: str | None = None) -> SBState:
+        return self.view(self.refresh(), chassis)[1]
 
-    def snapshot_change(self) -> Change:
+    def snapshot_change(self, chassis: str | None = None) -> Change:
         """The newest full state as a :class:`Change` (its wire form is cached)."""
-        return self._full(self.refresh())
+        return self._full(self.refresh(), chassis)
 
-    def _full(self, state: SBState) -> Change:
+    def _full(self, state: SBState, chassis: str | None = None) -> Change:
+        view = self.view(state, chassis)[1]
         with self._lock:
-            if self._snapshot is None or self._snapshot.state is not state:
-                self._snapshot = Change(state, state)
-            return self._snapshot
+            cached = self._snapshots.get(chassis)
+            if cached is None or cached.state is not view:
+                cached = self._snapshots[chassis] = Change(view, view)
+            return cached
+
+    def view(self, state: SBState, chassis: str | None) -> tuple[frozenset[int] | None, SBState]:
+        """(datapaths, state with only their flows) for ``chassis``; (None, state) when
+        no chassis is given. Cached per served generation."""
+        if not chassis:
+            return None, state
+        key = (state.generation, chassis)
+        with self._lock:
+            cached = self._views.get(key)
+            if cached is not None and cached[1].generation == state.generation:
+                return cached
+        dps = relevant_datapaths(state, chassis)
+        flows = of_datapaths(state.flows, dps)
+        view = (dps, replace(state, flows=flows))
+        with self._lock:
+            self._views[key] = view
+            while len(self._views) > 2 * self.history_size:
+                self._views.popitem(last=False)
+        return view
 
     # ------------------------------------------------------------------ changes
 
     def _wait(self, since: int, timeout: float) -> SBState | None:
         deadline = time.monotonic() + timeout
         while True:
+            seen = self.db.writes
             latest = self.refresh()
             if latest.generation != since:
                 return latest
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            self.db.wait_changed(min(remaining, self.poll))
+            self.db.wait_changed(min(remaining, self.poll), seen)
 
-    def _change(self, since: int, latest: SBState) -> Change:
+    def _change(self, since: int, latest: SBState, chassis: str | None = None) -> Change:
+        key = (since, latest.generation, chassis)
         with self._lock:
-            cached = self._changes.get((since, latest.generation))
+            cached = self._changes.get(key)
             base = self._history.get(since)
         if cached is not None:
             return cached
         if base is None or since >= latest.generation:
-            return self._full(latest)
+            return self._full(latest, chassis)
+        dirty_since = getattr(self.compiler, "dirty_since", None)
+        dps = dirty_since(since, latest.generation) if dirty_since is not None else None
+        before, base = self.view(base, chassis)
+        after, latest = self.view(latest, chassis)
+        if dps is not None and before is not None and after is not None:
+            dps = dps | (before ^ after)  # datapaths entering or leaving the view
         try:
-            delta = diff(base, latest)
+            delta = diff(base, latest, dps)
         except NotDiffable:
-            return self._full(latest)
+            return self._full(latest, chassis)
         if _delta_size(delta) >= len(latest.flows) + len(latest.ports):
-            return self._full(latest)
+            return self._full(latest, chassis)
         change = Change(delta, latest, base)
         with self._lock:
-            self._changes[(since, latest.generation)] = change
+            self._changes[key] = change
             while len(self._changes) > self.history_size:
                 self._changes.popitem(last=False)
         return change
 
-    def poll_changes(self, since: int, timeout: float) -> Change | None:
+    def poll_changes(self, since: int, timeout: float, chassis: str | None = None) -> Change | None:
         """Like :meth:`changes`, with the states a delta spans (for encoding)."""
         latest = self._wait(since, timeout)
-        return None if latest is None else self._change(since, latest)
+        return None if latest is None else self._change(since, latest, chassis)
 
-    def changes(self, since: int, timeout: float) -> SBDelta | SBState | None:
-        change = self.poll_changes(since, timeout)
+    def changes(
+        self, since: int, timeout: float, chassis: str | None = None
+    ) -> SBDelta | SBState | None:
+        change = self.poll_changes(since, timeout, chassis)
         return None if change is None else change.result
 
     # ------------------------------------------------------------------ reports
@@ -285,6 +349,35 @@ class InMemorySB:
         with self._lock:
             self._bindings[port] = (chassis, up)
             self._seen[chassis] = self.clock()
+
+    def report_ports(self, ports: list[tuple[str, bool]], chassis: str) -> None:
+        """:meth:`report_port` for many ports in one transaction (an agent claiming a
+        thousand ports at start made a thousand requests and transactions); ports
+        that do not exist (deleted meanwhile) are skipped."""
+        with self.db.read() as session:
+            rows = {p: session.get(Port, p) for p, _ in ports}
+            todo = [(p, up) for p, up in ports if self._report_needs(rows[p], chassis, up)]
+        rebind = any(getattr(rows[p], "binding_host_id", chassis) != chassis for p, _ in todo)
+        if todo:
+            with self.db.write(bump=rebind) as session:
+                for port, up in todo:
+                    row = session.get(Port, port)
+                    if row is not None and self._report_needs(row, chassis, up):
+                        row.binding_host_id = chassis
+                        row.status = "ACTIVE" if up else "DOWN"
+                        row.revision_number += 1
+        with self._lock:
+            for port, up in ports:
+                if rows.get(port) is not None:
+                    self._bindings[port] = (chassis, up)
+            self._seen[chassis] = self.clock()
+
+    @staticmethod
+    def _report_needs(row: Port | None, chassis: str, up: bool) -> bool:
+        """The report changes the port (and is not a stale "down" of a migrated port)."""
+        if row is None or (not up and row.binding_host_id not in ("", chassis)):
+            return False
+        return row.binding_host_id != chassis or row.status != ("ACTIVE" if up else "DOWN")
 
     def report_installed(self, chassis: str, generation: int) -> None:
         with self.db.write(bump=False) as session:

@@ -68,6 +68,16 @@ class PortReport(RequestModel):
     up: bool
 
 
+class PortClaim(RequestModel):
+    port: str = Field(min_length=1, max_length=255)
+    up: bool
+
+
+class PortReports(RequestModel):
+    chassis: ChassisName
+    ports: list[PortClaim] = Field(max_length=10000)
+
+
 class InstalledReport(RequestModel):
     chassis: ChassisName
     generation: int = Field(ge=0, le=2**31 - 1)
@@ -83,11 +93,16 @@ class MemberHealthReport(RequestModel):
     status: Literal["ONLINE", "ERROR"]
 
 
+CHASSIS_VIEW = "Only the flows of the datapaths this chassis needs (docs/southbound.md)"
+
+
 @router.get("/snapshot", summary="The whole SB state (host credentials)")
 def snapshot(
-    _host: str = Depends(get_host), service: InMemorySB = Depends(southbound_service)
+    chassis: str | None = Query(None, max_length=255, description=CHASSIS_VIEW),
+    _host: str = Depends(get_host),
+    service: InMemorySB = Depends(southbound_service),
 ) -> Response:
-    return _json(service.snapshot_change().body())
+    return _json(service.snapshot_change(chassis or None).body())
 
 
 @router.get(
@@ -98,10 +113,11 @@ def snapshot(
 def changes(
     since: int = Query(ge=0, description="The generation the agent holds"),
     timeout: float = Query(30.0, ge=0, le=MAX_POLL, description="Seconds to wait at most"),
+    chassis: str | None = Query(None, max_length=255, description=CHASSIS_VIEW),
     _host: str = Depends(get_host),
     service: InMemorySB = Depends(southbound_service),
 ) -> Response:
-    change = service.poll_changes(since, timeout)
+    change = service.poll_changes(since, timeout, chassis or None)
     if change is None:
         return Response(status_code=204)
     return _json(change.body())
@@ -125,6 +141,20 @@ def report_port(
     service: InMemorySB = Depends(southbound_service),
 ) -> Response:
     service.report_port(port_id, body.chassis, body.up)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/ports",
+    status_code=204,
+    summary="Report many ports' chassis and link at once (unknown ports are skipped)",
+)
+def report_ports(
+    body: PortReports,
+    _host: str = Depends(get_host),
+    service: InMemorySB = Depends(southbound_service),
+) -> Response:
+    service.report_ports([(p.port, p.up) for p in body.ports], body.chassis)
     return Response(status_code=204)
 
 

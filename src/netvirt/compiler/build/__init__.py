@@ -221,20 +221,25 @@ class Switch:
 
 
 def switches(nb: NBSnapshot, sb: SBState) -> Iterator[Switch]:
-    """Every network's switch, in datapath-key order."""
-    by_port = nb.by_id("ports")
-    bindings: dict[int, list[PortBinding]] = {}
-    for pb in sb.ports.values():
-        if pb.nb_id in by_port:
-            bindings.setdefault(pb.datapath, []).append(pb)
-    subnets: dict[str, list[Obj]] = {}
-    for subnet in nb.subnets:
-        subnets.setdefault(subnet["network_id"], []).append(subnet)
-    for net in sorted(nb.networks, key=lambda n: int(n["provider:segmentation_id"])):
+    """Every network's switch, in datapath-key order (only those in ``nb.scope`` when a
+    compile is scoped, see compiler/incremental.py)."""
+    scope = nb.scope
+    nets = sorted(nb.networks, key=lambda n: int(n["provider:segmentation_id"]))
+    for net in nets:
         key = int(net["provider:segmentation_id"])
-        bound = sorted(bindings.get(key, []), key=lambda p: p.name)
+        if scope is not None and key not in scope:
+            continue
+        bound = sorted(
+            (
+                sb.ports[p["id"]]
+                for p in nb.ports_of(net["id"])
+                if p["id"] in sb.ports and sb.ports[p["id"]].datapath == key
+            ),
+            key=lambda pb: pb.name,
+        )
+        by_port = nb.by_id("ports")
         ports = tuple(LPort(by_port[pb.nb_id], pb) for pb in bound)
-        own = tuple(sorted(subnets.get(net["id"], []), key=lambda s: str(s["id"])))
+        own = tuple(sorted(nb.subnets_of(net["id"]), key=lambda s: str(s["id"])))
         yield Switch(net, sb.datapaths[key], ports, own)
 
 

@@ -49,6 +49,7 @@ from netvirt.compiler.build import (
     Switch,
     add_defaults,
     inport_in,
+    ip_version,
     ips_cmp,
     outport_in,
     port_provenance,
@@ -99,7 +100,7 @@ DIRECTIONS = (Direction("in"), Direction("out"))
 
 def build(nb: NBSnapshot, sb: SBState, sink: FlowSink) -> None:
     groups = {g["id"]: g for g in nb.security_groups}
-    members = _RuleMatches(_group_members(nb))
+    members = _RuleMatches(nb)
     for switch in switches(nb, sb):
         guarded = [p for p in switch.secured() if p.nb.get("security_groups")]
         stateful = [p for p in guarded if _stateful(p, groups)]
@@ -196,14 +197,17 @@ class _RuleMatches:
     not depend on the switch, and with a remote group it expands every member address, so
     recomputing it for each switch using the group was quadratic in the size of the cloud."""
 
-    def __init__(self, members: dict[str, list[str]]) -> None:
-        self.members = members
+    def __init__(self, nb: NBSnapshot) -> None:
+        self.nb = nb
+        self._members: dict[str, list[str]] | None = None  # read only if a rule needs it
         self._cache: dict[tuple[str, str], Expr | None] = {}
 
     def match(self, rule: Obj, peer: str) -> Expr | None:
         key = (str(rule["id"]), peer)
         if key not in self._cache:
-            self._cache[key] = rule_match(rule, peer, self.members)
+            if rule.get("remote_group_id") and self._members is None:
+                self._members = _group_members(self.nb)
+            self._cache[key] = rule_match(rule, peer, self._members or {})
         return self._cache[key]
 
 
@@ -261,7 +265,7 @@ def rule_match(rule: Obj, peer: str, members: dict[str, list[str]]) -> Expr | No
 
 
 def _version(addr: str) -> int:
-    return ipaddress.ip_network(addr, strict=False).version
+    return ip_version(addr)
 
 
 def _eq(symbol: str, value: int) -> Cmp:

@@ -234,13 +234,19 @@ def ports_by_datapath(sb: SBState) -> dict[int, list[PortBinding]]:
 def router_views(nb: NBSnapshot, sb: SBState) -> list[RouterView]:
     """Router datapaths of ``sb`` (filled by ``build_topology``) with their NB router."""
     routers = nb.by_id("routers")
+    scope = nb.scope
+    dps = [
+        dp
+        for dp in sorted(sb.datapaths.values(), key=lambda d: d.key)
+        if dp.kind == "router" and dp.name in routers and (scope is None or dp.key in scope)
+    ]
+    if not dps:
+        return []  # no router to build: skip sorting every port binding of the cloud
     nb_ports = nb.by_id("ports")
     by_dp = ports_by_datapath(sb)
     views = []
-    for dp in sorted(sb.datapaths.values(), key=lambda d: d.key):
-        router = routers.get(dp.name)
-        if dp.kind != "router" or router is None:
-            continue
+    for dp in dps:
+        router = routers[dp.name]
         ports = tuple(_router_port(b, nb_ports) for b in by_dp.get(dp.key, []))
         views.append(RouterView(router, dp.key, ports))
     return views
@@ -392,8 +398,9 @@ class Emitter:
 
 def build(nb: NBSnapshot, sb: SBState, sink: FlowSink) -> None:
     """Emit the logical flows of every router datapath."""
-    by_dp = ports_by_datapath(sb)
-    for view in router_views(nb, sb):
+    views = router_views(nb, sb)
+    by_dp = ports_by_datapath(sb) if views else {}
+    for view in views:
         out = Emitter(sink, view)
         _defaults(out)
         if not view.router.get("admin_state_up", True):

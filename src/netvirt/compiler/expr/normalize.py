@@ -34,6 +34,7 @@ are cached (they do not depend on the topology).
 
 from __future__ import annotations
 
+import bisect
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -248,12 +249,17 @@ def _prune(terms: list[Atoms]) -> list[Atoms]:
     rest = [{f: vm for f, vm in t.items() if (f, vm) not in common} for t in terms]
     fields = [frozenset(t) for t in rest]
     bits = [sum(m.bit_count() for _, m in t.values()) for t in rest]
+    # only a term with fewer mask bits can imply another: compare each term with those
+    # alone (an address set times a port set has thousands of terms of equal width,
+    # where comparing every pair was quadratic for nothing)
+    order = sorted(range(len(terms)), key=bits.__getitem__)
+    widths = [bits[j] for j in order]
     return [
         terms[i]
         for i in range(len(terms))
         if not any(
-            bits[j] < bits[i] and fields[j] <= fields[i] and _implies(rest[j], rest[i])
-            for j in range(len(terms))
+            fields[j] <= fields[i] and _implies(rest[j], rest[i])
+            for j in order[: bisect.bisect_left(widths, bits[i])]
         )
     ]
 
