@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from nvb import nf, nf_calc, nf_topo, results
-from nvb.system import Machine, raise_on_signals, run
+from nvb.system import Machine, console_logging, raise_on_signals, run
 
 log = logging.getLogger("nvb")
 
@@ -123,11 +123,7 @@ def _ms(value: float | None) -> str:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    log.propagate = False
+    console_logging(log, args.verbose)
     if os.geteuid() != 0:
         print("bench/nf.py needs root (netvirt lab)", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ from typing import Any
 
 from nvb import control, kernel, nvlab, ovn, results
 from nvb.results import Series
-from nvb.system import BenchError, Machine, raise_on_signals, run
+from nvb.system import BenchError, Machine, console_logging, raise_on_signals, run
 from nvb.workloads import WORKLOADS, Options, Target, measure
 
 log = logging.getLogger("nvb")
@@ -181,11 +181,7 @@ def _profiles(series: list[Series]) -> list[str]:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    log.propagate = False
+    console_logging(log, args.verbose)
     if os.geteuid() != 0:
         print("bench/run.py needs root (namespaces, OVS, netvirt lab)", file=sys.stderr)
         return 2

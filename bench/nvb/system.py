@@ -65,6 +65,15 @@ def run(
     return proc
 
 
+def console_logging(log: logging.Logger, verbose: bool) -> None:
+    """Timestamped lines on stderr for a bench entry point (``bench/run.py``, ``bench/nf.py``)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
 def in_netns(ns: str, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv]
 

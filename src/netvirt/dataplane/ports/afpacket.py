@@ -30,7 +30,14 @@ from collections.abc import Iterable
 
 from netvirt.dataplane.drops import DropReason, ParseError
 from netvirt.dataplane.ports import offload
-from netvirt.dataplane.ports.base import VNET_HDR_LEN, Frame, PortCounters, VnetHdr, as_frame
+from netvirt.dataplane.ports.base import (
+    VNET_HDR_LEN,
+    Frame,
+    PortCounters,
+    VnetHdr,
+    as_frame,
+    memo_vnet,
+)
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -118,11 +125,7 @@ class AfPacketPort:
         return frames
 
     def _decode_hdr(self, raw: bytes) -> VnetHdr | None:
-        hdr = VnetHdr.unpack(raw)
-        vnet = None if hdr.trivial else hdr
-        if len(self._decoded) < 256:  # a bounded memo: headers of a few flows
-            self._decoded[raw] = vnet
-        return vnet
+        return memo_vnet(self._decoded, raw)
 
     def send_batch(self, frames: Iterable[Frame | bytes]) -> int:
         """Send frames; returns how many wire frames the kernel took."""

@@ -118,6 +118,16 @@ class Frame:
         return self.vnet is not None and self.vnet.gso != GSO_NONE
 
 
+def memo_vnet(memo: dict[bytes, VnetHdr | None], raw: bytes) -> VnetHdr | None:
+    """Decode a received virtio header (None when it asks nothing) and remember it in
+    ``memo``, bounded: a flow's frames repeat a few headers, so ports decode each once."""
+    hdr = VnetHdr.unpack(raw)
+    vnet = None if hdr.trivial else hdr
+    if len(memo) < 256:
+        memo[raw] = vnet
+    return vnet
+
+
 def as_frame(item: Frame | bytes) -> Frame:
     """Accept plain bytes wherever frames are sent (generated ARP/ICMP replies, tests)."""
     return item if isinstance(item, Frame) else Frame(item)

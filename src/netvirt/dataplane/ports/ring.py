@@ -84,6 +84,7 @@ from netvirt.dataplane.ports.base import (
     Frame,
     PortCounters,
     VnetHdr,
+    memo_vnet,
 )
 
 PACKET_RX_RING = 5
@@ -303,11 +304,7 @@ class RingPort:
             raise OSError(code, os.strerror(code))
 
     def _decode_hdr(self, raw: bytes) -> VnetHdr | None:
-        hdr = VnetHdr.unpack(raw)
-        vnet = None if hdr.trivial else hdr
-        if len(self._decoded) < 256:  # a bounded memo: headers of a few flows
-            self._decoded[raw] = vnet
-        return vnet
+        return memo_vnet(self._decoded, raw)
 
     def _recv_slow(
         self, mm: mmap.mmap, base: int, status: int, length: int, snaplen: int, mac: int
