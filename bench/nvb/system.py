@@ -66,7 +66,7 @@ def run(
 
 
 def console_logging(log: logging.Logger, verbose: bool) -> None:
-    """Timestamped lines on stderr for a bench entry point (``bench/run.py``, ``bench/nf.py``)."""
+    """Timestamped lines on stderr for the bench entry points (run.py, stateless_nf.py)."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     log.addHandler(handler)

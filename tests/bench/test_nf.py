@@ -318,7 +318,7 @@ def test_failover_summary_is_the_worst_case() -> None:
 
 
 def test_entry_options_and_report() -> None:
-    import nf as entry  # bench/nf.py (tests/bench/conftest.py puts bench/ on the path)
+    import stateless_nf as entry  # bench/ is on the path (tests/bench/conftest.py)
 
     args = entry.parse_args(["--quick", "--modes", "memory,redis"])
     o = entry.options(args)

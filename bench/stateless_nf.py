@@ -2,9 +2,9 @@
 
 Not a test. Needs root, iperf3, redis-server and busybox (``bench/setup.sh``):
 
-    sudo python3 bench/nf.py                         # 3 runs of 10 s per figure, 2 failovers
-    sudo python3 bench/nf.py --quick                 # 1 run of 3 s, 1 failover per mode
-    sudo python3 bench/nf.py --modes memory,redis --out /tmp/nf.json
+    sudo python3 bench/stateless_nf.py                 # 3 runs of 10 s per figure, 2 failovers
+    sudo python3 bench/stateless_nf.py --quick         # 1 run of 3 s, 1 failover per mode
+    sudo python3 bench/stateless_nf.py --modes memory,redis --out /tmp/nf.json
 
 Measures, through a stateful security group + SNAT on the lab: TCP 1 stream,
 new connections/s, ping RTT (avg, p99) and the store time per new connection
@@ -125,7 +125,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     console_logging(log, args.verbose)
     if os.geteuid() != 0:
-        print("bench/nf.py needs root (netvirt lab)", file=sys.stderr)
+        print("bench/stateless_nf.py needs root (netvirt lab)", file=sys.stderr)
         return 2
     missing = [
         t for t in ("ip", "ping", "iperf3", "redis-server", "busybox") if not shutil.which(t)
@@ -137,7 +137,7 @@ def main(argv: list[str]) -> int:
     o = options(args)
     m = Machine(Path(args.workdir))
     data: dict[str, Any] = {
-        "command": "sudo python3 bench/nf.py " + shlex.join(argv),
+        "command": "sudo python3 bench/stateless_nf.py " + shlex.join(argv),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": {
             "kernel": platform.release(),
