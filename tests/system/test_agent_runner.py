@@ -31,7 +31,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
-from netvirt.agent.ifaces import Carry, PlugDir, valid_ifname
+from netvirt.agent.ifaces import PlugDir, carry_output, valid_ifname
 from netvirt.agent.runner import QueuedSB, SBLost, SBPending
 from netvirt.dataplane import netns
 from netvirt.dataplane.ports.base import GSO_TCPV4, VNET_F_NEEDS_CSUM, Frame, VnetHdr
@@ -409,20 +409,18 @@ def _completes_to_valid_tcp(frame: Frame) -> bool:
 
 
 def test_carry_keeps_offload_metadata_of_rewrites_only() -> None:
-    carry = Carry()
     original = Frame(_tcp(3000), SEEDED)
-    assert carry.wrap(b"plain") == b"plain"  # no input being handled: bytes as they are
-    carry.current = original
-    assert carry.wrap(original.data) == original
+    assert carry_output(None, b"plain") == b"plain"  # no input being handled: bytes as they are
+    assert carry_output(original, original.data) == original
     # TTL decremented (the pipeline's incremental checksum update is wrong for a seed).
     routed = bytearray(original.data)
     routed[22] -= 1
-    out = carry.wrap(bytes(routed))
+    out = carry_output(original, bytes(routed))
     assert isinstance(out, Frame)
     assert out.vnet == SEEDED
     assert _completes_to_valid_tcp(out)
     # A VLAN tag pushed: offsets move with it.
-    tagged = carry.wrap(_tcp(3000, vlan=True))
+    tagged = carry_output(original, _tcp(3000, vlan=True))
     assert isinstance(tagged, Frame)
     assert tagged.vnet is not None
     assert tagged.vnet.csum_start == SEEDED.csum_start + 4
@@ -430,7 +428,7 @@ def test_carry_keeps_offload_metadata_of_rewrites_only() -> None:
     # A generated packet 4 bytes shorter (an ICMP error) is not a rewrite.
     error = Ether() / IP() / ICMP(type=11) / IP(original.data[14:42]) / UDP()
     error = error / Raw(b"\0" * (len(original.data) - 4 - len(error)))
-    wrapped = carry.wrap(bytes(error))
+    wrapped = carry_output(original, bytes(error))
     assert isinstance(wrapped, Frame)
     assert wrapped.vnet is None
 

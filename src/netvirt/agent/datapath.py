@@ -41,13 +41,11 @@ from typing import Any
 from netvirt.agent.dpctl import ControlServer
 from netvirt.agent.forwarder import Forwarder
 from netvirt.agent.ifaces import (
-    Carry,
-    CarryPort,
-    CarryTunnel,
     IoPort,
     PlugDir,
     PortTable,
     TunnelIo,
+    TunnelSlot,
     afpacket_in,
     detect_mtu,
     tunnel_in,
@@ -141,8 +139,7 @@ class DatapathLoop(LoopProcess):
         self.open_tunnel = open_tunnel or (
             lambda encap, ip, mtu: tunnel_in(config.netns, encap, ip, mtu)
         )
-        self.carry = Carry()
-        self.tunnels: dict[Encap, CarryTunnel] = {e: CarryTunnel(e, self.carry) for e in ENCAPS}
+        self.tunnels: dict[Encap, TunnelSlot] = {e: TunnelSlot(e) for e in ENCAPS}
         self.tunnel_errors: dict[str, str] = {}
         self.underlay_mtu: int | None = config.underlay_mtu
         self.plug_dir = PlugDir(config.iface_dir)
@@ -279,8 +276,6 @@ class DatapathLoop(LoopProcess):
             if now - self._logged_at >= LOG_EVERY:  # at packet rate: log now and then
                 self._logged_at = now
                 log.exception("packet handling failed (%d errors so far)", self.stats.errors)
-        finally:
-            self.carry.current = None
 
     def _from_port(self, iface: str) -> None:
         entry = self.ports.open.get(iface)
@@ -357,7 +352,7 @@ class DatapathLoop(LoopProcess):
         for iface in change.closed:
             self.forwarder.unplug(iface)
         for _iface, entry in change.opened:
-            self.forwarder.plug(CarryPort(entry.port, self.carry), entry.port_id)
+            self.forwarder.plug(entry.port, entry.port_id)
         self.plugs_changed()
         self._rebuild_epoll()
 

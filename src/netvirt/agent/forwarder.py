@@ -56,7 +56,7 @@ import logging
 import os
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import cast
 
 from netvirt.agent.bindings import Plug
 from netvirt.agent.gateways import HELLO_VNI, GatewayPlane
@@ -87,16 +87,6 @@ ETH_HLEN = 14
 
 Item = bytes | Frame  # a frame on its way out: plain bytes, or with offload metadata
 BatchItem = tuple[bytes, int, int, int | None, float]  # frame, datapath, inport, outport, now
-
-
-class _FrameSink(Protocol):
-    """A port that takes frames with their offload metadata (``dataplane.ports``)."""
-
-    def send_batch(self, frames: Sequence[Item]) -> int: ...
-
-
-class _FrameTunnel(Protocol):
-    def send(self, remote: str, vni: int, item: Item, ingress: int = 0, egress: int = 0) -> int: ...
 
 
 def _size(item: Item) -> int:
@@ -330,16 +320,18 @@ class Forwarder:
             vnet = frame.vnet
             key = (iface, found[0], vnet is not None and vnet.needs_csum)
             entry, expired = lookup(key, now)  # type: ignore[misc]
-            if entry is None or (pending and _hosts(data) in pending):
+            hosts = _hosts(data) if pending else None
+            waiting = hosts is not None and hosts in pending
+            if entry is None or waiting:
                 miss = _Miss(frame, now, key, found, expired)
-                if expired is not None and not (pending and _hosts(data) in pending):
+                if expired is not None and not waiting:
                     # revalidating a known flow: now, one packet, so that the rest of the
                     # batch hits the renewed entry instead of all queueing for the slow path
                     now_item: BatchItem = (data, where[0], where[1], None, now)
                     self._settle(cache, miss, self._slow([now_item])[0], out, counters, False)
                     continue
                 misses.append(miss)
-                pending.add(_hosts(data))  # later packets between these hosts keep order
+                pending.add(hosts or _hosts(data))  # later packets between these hosts keep order
                 continue
             outputs = entry.outputs
             if len(outputs) == 1 and not entry.drops:  # the usual case, inlined
@@ -515,10 +507,11 @@ class Forwarder:
                 vnet = frame.vnet
                 key = (dp, ingress, egress, found[0], vnet is not None and vnet.needs_csum)
                 entry, expired = cache.lookup(key, now)
-                if entry is not None and not (pending and _hosts(data) in pending):
+                hosts = _hosts(data)
+                if entry is not None and hosts not in pending:
                     self._replay(entry, frame, out, tunnel_counters)
                     continue
-                pending.add(_hosts(data))
+                pending.add(hosts)
             targets: tuple[int, ...]
             if egress is not None:
                 inport, targets = ingress or NO_PORT, (egress,)
@@ -615,7 +608,7 @@ class Forwarder:
         sent = size = 0
         for dest, item in out.tunnel:
             remote = dest.remote
-            tunnel = cast(_FrameTunnel | None, tunnels.get(remote.encap))
+            tunnel = tunnels.get(remote.encap)
             try:
                 if tunnel is None:
                     raise OSError(f"no {remote.encap} tunnel endpoint on this host")
@@ -642,7 +635,7 @@ class Forwarder:
         if not frames:
             return
         try:
-            cast(_FrameSink, plug.port).send_batch(frames)
+            plug.port.send_batch(frames)
         except OSError as err:
             counters.tx_errors += len(frames)
             log.warning("send on %s failed: %s", plug.port.name, err)
@@ -663,8 +656,7 @@ class Forwarder:
         for iface, frame in self.health.due(now):
             plug = self.plugs.get(iface)
             if plug is not None:
-                sender = getattr(plug.port, "port", plug.port)  # not through offload carry
-                self._send(Plug(sender, plug.logical_port), [frame], self.port_counters[iface])
+                self._send(plug, [frame], self.port_counters[iface])
         self.health_events.extend(self.health.changes())
         return self.health.next_deadline()
 

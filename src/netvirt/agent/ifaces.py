@@ -15,10 +15,11 @@ deletes interfaces or plug files; it only follows them.
   cannot be opened (the interface is not there yet) is retried at every
   sync; a port whose socket failed (the interface was deleted) is closed and
   reopened at the next sync if its file is still there.
-* :class:`CarryPort` and :class:`CarryTunnel` wrap a port or a tunnel for the
-  agent core, which works on plain bytes: each output gets the offload
-  metadata of the input frame being handled (``offload.carry``), so a TCP
-  super-frame goes through the pipeline and leaves whole. A generated packet
+* :func:`carry_output` gives a pipeline output (plain bytes) the offload
+  metadata of the input frame it was made from (``offload.carry``), so a TCP
+  super-frame goes through the pipeline and leaves whole; the forwarder calls
+  it as each output is produced. :class:`TunnelSlot` is a tunnel endpoint
+  that may not be open yet. A generated packet
   (an ICMP error for a super-frame, say) is not a rewrite of its input and
   leaves as a plain frame: metadata is carried only when the output has the
   input's IP protocol at the input's L4 offset (shifted by a pushed or popped
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -217,7 +218,7 @@ class PortTable:
             self._close(iface)
 
 
-# -- offload metadata through the agent core ----------------------------------------------------
+# -- offload metadata of pipeline outputs ----------------------------------------------------
 
 
 def carry_output(original: Frame | None, data: bytes) -> Frame | bytes:
@@ -235,20 +236,6 @@ def carry_output(original: Frame | None, data: bytes) -> Frame | bytes:
     return Frame(data)
 
 
-class Carry:
-    """The input frame being handled; outputs sent meanwhile inherit its offload metadata."""
-
-    def __init__(self) -> None:
-        self.current: Frame | None = None
-
-    def wrap(self, data: bytes | Frame) -> Frame | bytes:
-        """``data`` as what a port or tunnel should send (see :func:`carry_output`); a
-        :class:`Frame` already carries its metadata and passes as it is."""
-        if isinstance(data, Frame):
-            return data
-        return carry_output(self.current, data)
-
-
 def _rewrite_of(original: bytes, data: bytes) -> bool:
     """True when ``data`` looks like ``original`` with headers rewritten in place."""
     delta = len(data) - len(original)
@@ -259,24 +246,6 @@ def _rewrite_of(original: bytes, data: bytes) -> bool:
     except ParseError:
         return False
     return before.proto == after.proto and after.l4 - before.l4 == delta
-
-
-class CarryPort:
-    """A port as the agent core sees it (``agent.physical.Port``): bytes in, frames out."""
-
-    def __init__(self, port: IoPort, carry: Carry) -> None:
-        self.port = port
-        self.carry = carry
-        self.name = port.name
-
-    def send_batch(self, frames: Sequence[bytes | Frame]) -> int:
-        items: list[Frame | bytes] = []
-        for data in frames:
-            try:
-                items.append(self.carry.wrap(data))
-            except ParseError as err:
-                self.port.counters.drop_tx(err.reason)
-        return self.port.send_batch(items)
 
 
 class TunnelIo(Protocol):
@@ -295,12 +264,12 @@ class TunnelIo(Protocol):
     def close(self) -> None: ...
 
 
-class CarryTunnel:
-    """A tunnel endpoint as the agent core sees it; sends fail while it is not open."""
+class TunnelSlot:
+    """A tunnel endpoint as the forwarder sees it: sends fail while it is not open (the
+    datapath opens it once the underlay address exists and reopens it after a failure)."""
 
-    def __init__(self, encap: str, carry: Carry) -> None:
+    def __init__(self, encap: str) -> None:
         self.encap = encap
-        self.carry = carry
         self.tunnel: TunnelIo | None = None
 
     def send(
@@ -309,12 +278,7 @@ class CarryTunnel:
         tunnel = self.tunnel
         if tunnel is None:
             raise OSError(f"the {self.encap} tunnel endpoint is not open")
-        try:
-            frame = self.carry.wrap(item)
-        except ParseError as err:
-            tunnel.counters.drop_tx(err.reason)
-            return 0
-        return tunnel.send(remote, vni, frame, ingress, egress)
+        return tunnel.send(remote, vni, item, ingress, egress)
 
 
 # -- opening sockets in the host's namespace ------------------------------------------------

@@ -57,6 +57,7 @@ from netvirt.dataplane.headers.geneve import PROTO_ETHERNET, GeneveHeader, netvi
 from netvirt.dataplane.headers.vxlan import VxlanHeader
 from netvirt.dataplane.pipeline import Topology
 from netvirt.dataplane.policer import Limits
+from netvirt.dataplane.ports.base import Frame
 from netvirt.southbound.model import SBState, ServiceMonitor
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class Port(Protocol):
     @property
     def name(self) -> str: ...
 
-    def send_batch(self, frames: Sequence[bytes]) -> int: ...
+    def send_batch(self, frames: Sequence[bytes | Frame]) -> int: ...
 
 
 class Tunnel(Protocol):
@@ -84,7 +85,7 @@ class Tunnel(Protocol):
     """
 
     def send(
-        self, remote: str, vni: int, item: bytes, ingress: int = 0, egress: int = 0
+        self, remote: str, vni: int, item: bytes | Frame, ingress: int = 0, egress: int = 0
     ) -> int: ...
 
 
