@@ -4,14 +4,17 @@ Nothing here touches the machine (``tests/bench/test_nf*.py`` check it without r
 
 Store cost. Every datapath publishes its state store's counters in its status
 file (``counters.state``, ``state/stats.py``): round trips, the operations they
-carried, and ``latency_us_sum``, the wall time of all round trips. The
-datapath is single-threaded and its store calls are synchronous, so that sum
-is the time the packet loop spent waiting for the store. Sampled before and
-after a timed run and summed over the lab's hosts, it gives the amortized
-store cost: per new connection (connection-rate run: store µs / connections
-completed) and per packet (TCP run: store µs / frames the datapaths received
-from their ports and tunnels; TCP super-frames count as one). The memory store
-makes no round trips: its cost is in-process CPU, reported as 0 here.
+carried, ``latency_us_sum`` (the wall time of all round trips), and what the
+packet loop paid for them: ``waited_us_sum``, the time it was blocked on
+synchronous round trips, and ``client_us_sum``, its own work for asynchronous
+ones (encode, send, read, decode: the datapath parks store-bound packets and
+goes on, ``state/jobs.py``). The store cost is waited + client time (the
+latency sum for counters of builds without them). Sampled before and after a
+timed run and summed over the lab's hosts, it gives the amortized store cost:
+per new connection (connection-rate run: store µs / connections completed) and
+per packet (TCP run: store µs / frames the datapaths received from their ports
+and tunnels; TCP super-frames count as one). The memory store makes no round
+trips: its cost is in-process CPU, reported as 0 here.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ COUNTERS = (
     "unavailable",
     "errors",
     "latency_us_sum",
+    "waited_us_sum",
+    "client_us_sum",
+    "async_round_trips",
 )
 
 
@@ -106,10 +112,15 @@ def costs(
 ) -> dict[str, float]:
     """Store cost figures of one run from its counter delta (see the module docstring)."""
     rts = float(delta.get("round_trips", 0))
-    store_us = float(delta.get("latency_us_sum", 0))
+    latency_us = float(delta.get("latency_us_sum", 0))
+    if "waited_us_sum" in delta:  # what the loop paid: blocked on, or working in, the client
+        store_us = float(delta["waited_us_sum"]) + float(delta.get("client_us_sum", 0))
+    else:  # counters of a build that only had synchronous round trips
+        store_us = latency_us
     out = {"round_trips": rts, "store_us": store_us, "ops": float(delta.get("ops", 0))}
+    out["latency_us"] = latency_us
     if rts:
-        out["rt_mean_us"] = store_us / rts
+        out["rt_mean_us"] = latency_us / rts
         out["keys_per_rt"] = float(delta.get("round_trip_keys", 0)) / rts
         p99 = histogram_percentile(delta.get("latency_us_log2", []), 99)
         if p99 is not None:
@@ -122,6 +133,7 @@ def costs(
         out["connections"] = float(connections)
         out["store_us_per_conn"] = store_us / connections
         out["rt_per_conn"] = rts / connections
+        out["ops_per_conn"] = out["ops"] / connections
     return out
 
 

@@ -19,6 +19,7 @@ from netvirt.dataplane.flow import FieldMatch, Rule, exact
 from netvirt.dataplane.nf import Conntrack, CtRequest, CtResult, FlowKeyConntrack
 from netvirt.dataplane.pipeline import BatchItem, Pipeline, PortInfo, Topology, Verdict
 from netvirt.state import Entry, MemoryStore, StateStoreUnavailable
+from netvirt.state.jobs import Steps
 from netvirt.state.store import Op
 
 DP, VM1, VM2 = 1, 1, 2
@@ -51,13 +52,13 @@ class FlakyStore(MemoryStore):
 
 
 class CountingConntrack(Conntrack):
-    """Counts ``process_batch`` calls: one per pipeline step of a batch."""
+    """Counts conntrack batches (``process_steps`` runs): one per pipeline step of a batch."""
 
     batches: list[int]
 
-    def process_batch(self, requests: Sequence[CtRequest], now: float) -> list[CtResult]:
+    def process_steps(self, requests: Sequence[CtRequest], now: float) -> Steps[list[CtResult]]:
         self.batches.append(len(requests))
-        return super().process_batch(requests, now)
+        return super().process_steps(requests, now)
 
 
 def pipeline(store: MemoryStore, *, first: object = None, fail: str = "closed") -> Pipeline:

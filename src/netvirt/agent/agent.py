@@ -46,7 +46,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from netvirt.agent.bindings import Bindings, Claims, Plug, bind
-from netvirt.agent.forwarder import Forwarder, Installed, PortCounters, RuleVersion
+from netvirt.agent.counters import PortCounters
+from netvirt.agent.forwarder import Forwarder, Installed, RuleVersion
 from netvirt.agent.physical import Encap, FlowTranslator, PhysicalState, Port, Tunnel, compute
 from netvirt.agent.reconcile import Reconciler, SBMirror
 from netvirt.dataplane.classifier import Delta

@@ -29,6 +29,7 @@ only in a shared store (``--state-store redis://``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -64,6 +65,7 @@ ENCAPS: tuple[Encap, ...] = ("geneve", "vxlan")
 DEFAULT_UNDERLAY_MTU = 1500
 LOG_EVERY = 5.0  # seconds between tracebacks of failures at packet rate
 SWEEP_INTERVAL = 10.0
+STORE_POLL = 0.01  # seconds between timeout checks while store round trips are in flight
 
 
 @dataclass
@@ -159,6 +161,9 @@ class DatapathLoop(LoopProcess):
         self.started_at = time.time()
         self._epoll: select.epoll | None = None
         self._handlers = _Handlers()
+        # the asynchronous state store's socket in the wait set: ((fd, serial), mask)
+        self._store_registered: tuple[tuple[int, int], int] | None = None
+        self._store_fd: int | None = None
         self._logged_at = -LOG_EVERY
         self._next_scan = self._next_status = self._next_tunnel = 0.0
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
@@ -183,10 +188,15 @@ class DatapathLoop(LoopProcess):
         """One loop iteration: wait, handle ready fds, then the periodic work."""
         assert self._epoll is not None
         wait = self.dp_config.tick if timeout is None else timeout
-        for fd, _events in self._epoll.poll(wait):
-            self._ready(fd)
+        store = self.forwarder.jobs.asynchronous
+        if store is not None and store.in_flight():
+            wait = min(wait, STORE_POLL)  # replies wake us; this bounds timeout detection
+        for fd, events in self._epoll.poll(wait):
+            self._ready(fd, events)
         self.stats.iterations += 1
         now = time.monotonic()
+        if store is not None:
+            self._guarded("state store", self._store_tick, now)
         if now >= self._next_tunnel:
             self._guarded("opening tunnels", self._open_tunnels, now)
         if now >= self._next_scan or self.plug_dir.changed():  # a new plug: at once
@@ -219,6 +229,7 @@ class DatapathLoop(LoopProcess):
         self._running = False
         self.write_status()  # the last counters, with "running": false
         self._guarded("gateway goodbye", lambda _now: self.forwarder.gateway_goodbye(), 0.0)
+        self._guarded("parked work", lambda _now: self.forwarder.jobs.drain(), 0.0)
         self.ports.close_all()
         for carry in self.tunnels.values():
             if carry.tunnel is not None:
@@ -245,6 +256,8 @@ class DatapathLoop(LoopProcess):
             self._epoll.close()
         self._epoll = select.epoll()
         self._epoll.register(self._wake_fd, select.EPOLLIN)
+        self._store_registered = None  # registered again at the next store tick
+        self._store_fd = None
         handlers = _Handlers()
         for iface, entry in self.ports.open.items():
             handlers.ports[entry.port.fileno()] = iface
@@ -256,9 +269,35 @@ class DatapathLoop(LoopProcess):
             self._epoll.register(fd, select.EPOLLIN)
         self._handlers = handlers
 
-    def _ready(self, fd: int) -> None:
+    def _store_tick(self, now: float) -> None:
+        """Fail round trips past the store's timeout, then (re)register the store's socket
+        when it changed (a new connection) or wants to be told when it can write."""
+        store = self.forwarder.jobs.asynchronous
+        if store is None or self._epoll is None:
+            return
+        if store.in_flight():
+            store.time_out(now)
+        handle = store.handle()
+        mask = select.EPOLLIN | (select.EPOLLOUT if store.wants_write() else 0)
+        registered = (handle, mask) if handle is not None else None
+        if registered == self._store_registered:
+            return
+        if self._store_registered is not None:
+            old = self._store_registered[0][0]
+            with contextlib.suppress(OSError):  # closed with its connection: already gone
+                self._epoll.unregister(old)
+            self._store_fd = None
+        if handle is not None:
+            self._epoll.register(handle[0], mask)
+            self._store_fd = handle[0]
+        self._store_registered = registered
+
+    def _ready(self, fd: int, events: int = select.EPOLLIN) -> None:
         if fd == self._wake_fd:
             self.drain_wake()
+            return
+        if fd == self._store_fd:
+            self._from_store(events)
             return
         iface = self._handlers.ports.get(fd)
         try:
@@ -276,6 +315,20 @@ class DatapathLoop(LoopProcess):
             if now - self._logged_at >= LOG_EVERY:  # at packet rate: log now and then
                 self._logged_at = now
                 log.exception("packet handling failed (%d errors so far)", self.stats.errors)
+
+    def _from_store(self, events: int) -> None:
+        """Replies from the state store: parked slow-path work resumes (and sends)."""
+        store = self.forwarder.jobs.asynchronous
+        if store is None:
+            return
+        try:
+            if events & select.EPOLLOUT:
+                store.on_writable()
+            if events & (select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP):
+                store.on_readable()
+        except Exception as err:  # a bug in resumed work: count it, keep forwarding
+            self.stats.error(f"{type(err).__name__}: {err}")
+            log.exception("resuming work parked on the state store failed")
 
     def _from_port(self, iface: str) -> None:
         entry = self.ports.open.get(iface)

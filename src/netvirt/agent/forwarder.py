@@ -59,9 +59,11 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from netvirt.agent.bindings import Plug
+from netvirt.agent.counters import Item, PortCounters, by_value, size_of
 from netvirt.agent.gateways import HELLO_VNI, GatewayPlane
 from netvirt.agent.health import HealthChecker
 from netvirt.agent.ifaces import carry_output
+from netvirt.agent.parking import Held, Pair, Parking, conversation
 from netvirt.agent.physical import (
     NO_PORT,
     Encap,
@@ -80,51 +82,13 @@ from netvirt.dataplane.nf import Conntrack, FlowKeyConntrack
 from netvirt.dataplane.pipeline import Pipeline, Topology, Verdict
 from netvirt.dataplane.policer import PortPolicers
 from netvirt.dataplane.ports.base import Frame
+from netvirt.state.jobs import Steps, StoreJobs
 from netvirt.state.store import StateStore, StateStoreError
 
 log = logging.getLogger(__name__)
 ETH_HLEN = 14
 
-Item = bytes | Frame  # a frame on its way out: plain bytes, or with offload metadata
 BatchItem = tuple[bytes, int, int, int | None, float]  # frame, datapath, inport, outport, now
-
-
-def _size(item: Item) -> int:
-    return len(item.data) if isinstance(item, Frame) else len(item)
-
-
-@dataclass
-class PortCounters:
-    """Traffic through one interface (or the tunnel) and what was dropped there."""
-
-    rx_packets: int = 0
-    rx_bytes: int = 0
-    tx_packets: int = 0
-    tx_bytes: int = 0
-    tx_errors: int = 0
-    drops: dict[DropReason, int] = field(default_factory=dict)
-
-    def rx(self, size: int) -> None:
-        self.rx_packets += 1
-        self.rx_bytes += size
-
-    def tx(self, frames: Sequence[Item]) -> None:
-        self.tx_packets += len(frames)
-        self.tx_bytes += sum(map(_size, frames))
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "rx_packets": self.rx_packets,
-            "rx_bytes": self.rx_bytes,
-            "tx_packets": self.tx_packets,
-            "tx_bytes": self.tx_bytes,
-            "tx_errors": self.tx_errors,
-            "drops": {r.value: n for r, n in sorted(self.drops.items(), key=_by_value)},
-        }
-
-
-def _by_value(item: tuple[DropReason, int]) -> str:
-    return item[0].value
 
 
 @dataclass
@@ -167,14 +131,16 @@ class _Miss:
     expired: Entry | None
 
 
-def _hosts(data: bytes) -> tuple[bytes, bytes]:
-    """The two IP addresses of a frame the cache serves (``flow_key`` checked the
-    layout), in a canonical order: packets between two hosts keep their order."""
-    if data[12] == 0x08:
-        a, b = data[26:30], data[30:34]
-    else:
-        a, b = data[22:38], data[38:54]
-    return (a, b) if a <= b else (b, a)
+_Work = tuple[_Miss, PortCounters, BatchItem]  # a slow-path packet, where it counts, its item
+
+
+@dataclass(slots=True)
+class _Job:
+    """One slow-path batch on the store: done at once (``inline``) or parked."""
+
+    inline: bool = True
+    verdicts: list[Verdict] = field(default_factory=list)
+    pairs: set[Pair] = field(default_factory=set)
 
 
 @dataclass
@@ -224,6 +190,9 @@ class Forwarder:
         # scale-out gateways: hellos, liveness, the choice of a gateway per flow
         self.gateways = GatewayPlane(clock, plugged=lambda iface: iface in self.plugs)
         self.flow_cache = flow_cache
+        # slow-path work parked on an asynchronous store, and the packets held behind it
+        self.jobs = StoreJobs(state_store)
+        self.parking = Parking()
 
     # -- local interfaces --------------------------------------------------------------------
 
@@ -257,7 +226,9 @@ class Forwarder:
         self, physical: PhysicalState, add: Sequence[Rule], remove: Sequence[Rule]
     ) -> Delta:
         """Apply a rule difference and switch to ``physical``'s topology and dispatch maps
-        (``physical.rules`` is not read: the difference is what changes the classifier)."""
+        (``physical.rules`` is not read: the difference is what changes the classifier).
+        Slow-path work parked on the store finishes first, under the rules it started with."""
+        self.jobs.drain()
         delta = self.installed.classifier.apply(add=add, remove=remove)
         _keep_learned(self.pipeline.topology, physical.topology)
         self.installed.physical = physical
@@ -280,23 +251,29 @@ class Forwarder:
 
     # -- packets from local interfaces ------------------------------------------------------------
 
-    def handle_frames(self, iface: str, frames: Iterable[Item]) -> list[Verdict]:
+    def handle_frames(
+        self, iface: str, frames: Iterable[Item], *, resumed: bool = False
+    ) -> list[Verdict]:
         """A batch received on ``iface``: replay the flow cache where it can, run the
         pipeline for the rest as one batch (conntrack goes to the state store once per
         step for all of them), send the outputs per destination. Returns the slow
-        path's verdicts."""
+        path's verdicts (those of work parked on the store come later, not here).
+        ``resumed``: packets that were held behind parked work (``agent/parking.py``),
+        already counted, policed and offered to the health checker."""
         counters = self.port_counters.setdefault(iface, PortCounters())
         where = self.installed.physical.local_ports.get(iface)
         # decided once per batch: most ports have neither a policer nor a monitored member
-        policed = iface in self.policers.rx
-        health = self.health if self.health.active else None
+        policed = iface in self.policers.rx and not resumed
+        health = self.health if self.health.active and not resumed else None
         cache = self._cache_for_batch()
         lookup = cache.lookup if cache is not None else None
         out = _Outbox()
         local = out.local
         clock = self.clock
+        parking = self.parking
+        held = parking.held  # conversations with work parked on the store (usually empty)
         misses: list[_Miss] = []
-        pending: set[tuple[bytes, bytes]] = set()  # hosts pairs with a packet on the slow path
+        pending: set[Pair] = set()  # conversations with a packet on the slow path
         received = size = 0
         for item in frames:
             frame = item if type(item) is Frame else Frame(cast(bytes, item))
@@ -313,25 +290,34 @@ class Forwarder:
             if where is None:
                 self._count_drop(counters, DropReason.UNKNOWN_PORT)
                 continue
+            if held:
+                pair = conversation(data)
+                if pair is not None and pair in held:
+                    if not parking.hold(pair, frame, iface=iface):
+                        self._count_drop(counters, DropReason.STATE_BACKLOG)
+                    continue
             found = flow_key(data) if lookup is not None else None
             if found is None:
                 misses.append(_Miss(frame, now, None, None, None))
+                pair = conversation(data)
+                if pair is not None:
+                    pending.add(pair)
                 continue
             vnet = frame.vnet
             key = (iface, found[0], vnet is not None and vnet.needs_csum)
             entry, expired = lookup(key, now)  # type: ignore[misc]
-            hosts = _hosts(data) if pending else None
-            waiting = hosts is not None and hosts in pending
+            talk = conversation(data) if pending else None
+            waiting = talk is not None and talk in pending
             if entry is None or waiting:
                 miss = _Miss(frame, now, key, found, expired)
                 if expired is not None and not waiting:
                     # revalidating a known flow: now, one packet, so that the rest of the
-                    # batch hits the renewed entry instead of all queueing for the slow path
+                    # batch hits the renewed entry (or waits for it, when it is parked)
                     now_item: BatchItem = (data, where[0], where[1], None, now)
-                    self._settle(cache, miss, self._slow([now_item])[0], out, counters, False)
+                    self._start_slow([(miss, counters, now_item)], out, from_tunnel=False)
                     continue
                 misses.append(miss)
-                pending.add(hosts or _hosts(data))  # later packets between these hosts keep order
+                pending.add(cast(Pair, talk or conversation(data)))  # later packets keep order
                 continue
             outputs = entry.outputs
             if len(outputs) == 1 and not entry.drops:  # the usual case, inlined
@@ -349,17 +335,73 @@ class Forwarder:
                     out.tunnel.append((cast(_ToTunnel, dest), sent))
             else:
                 self._replay(entry, frame, out, counters)
-        counters.rx_packets += received
-        counters.rx_bytes += size
+        if not resumed:
+            counters.rx_packets += received
+            counters.rx_bytes += size
         verdicts: list[Verdict] = []
         if misses and where is not None:
             dp, inport = where
-            results = self._slow([(m.frame.data, dp, inport, None, m.now) for m in misses])
-            for miss, verdict in zip(misses, results, strict=True):
-                self._settle(cache, miss, verdict, out, counters, from_tunnel=False)
-                verdicts.append(verdict)
+            work = [(m, counters, (m.frame.data, dp, inport, None, m.now)) for m in misses]
+            verdicts = self._start_slow(work, out, from_tunnel=False)
         self._flush(out)
         return verdicts
+
+    def _start_slow(
+        self, work: Sequence[_Work], out: _Outbox, *, from_tunnel: bool
+    ) -> list[Verdict]:
+        """Run the slow path for ``work`` as one job on the store (``state/jobs.py``).
+        Done at once (a local store, or nothing to ask it): its outputs go to ``out``
+        and its verdicts are returned. Parked on an asynchronous store: the packets'
+        conversations are held (``agent/parking.py``) and the job sends its outputs, learns
+        its flows and lets the held packets go when the replies are in."""
+        cache = self.flow_cache
+        version = self.cache_version() if cache is not None else None
+        job = _Job()
+
+        def done(verdicts: list[Verdict]) -> None:
+            target = out if job.inline else _Outbox()
+            learn = cache is not None and self.cache_version() == version
+            for (miss, counters, _), verdict in zip(work, verdicts, strict=True):
+                self._settle(cache, miss, verdict, target, counters, from_tunnel, learn=learn)
+            if job.inline:
+                job.verdicts = verdicts
+                return
+            self._flush(target)
+            self._resume(self.parking.release(job.pairs))
+
+        if not self.jobs.start(self._slow_steps([item for _, _, item in work]), done):
+            job.inline = False
+            job.pairs = {p for miss, _, _ in work if (p := conversation(miss.frame.data))}
+            self.parking.park(job.pairs)
+        return job.verdicts
+
+    def _resume(self, held: list[Held]) -> None:
+        """Handle packets that waited for parked work again, in arrival order (runs of
+        one interface, or of the tunnel, go as one batch)."""
+        start = 0
+        while start < len(held):
+            first = held[start]
+            end = start + 1
+            while end < len(held) and held[end].iface == first.iface:
+                end += 1
+            run = held[start:end]
+            if first.iface is not None:
+                self.handle_frames(first.iface, [h.frame for h in run], resumed=True)
+            else:
+                packets = [(*h.tunnel, h.frame) for h in run if h.tunnel is not None]
+                self.handle_decapsulated_batch(packets, counted=True)
+            start = end
+
+    def _slow_steps(self, items: list[BatchItem]) -> Steps[list[Verdict]]:
+        """The pipeline's store round trips for a batch, for :class:`StoreJobs`."""
+        steps = getattr(self.pipeline, "process_steps", None)
+        if steps is None:
+            return self._slow(items)
+        try:
+            return cast(list[Verdict], (yield from steps(items)))
+        except StateStoreError as err:
+            log.debug("state store: %s", err)
+            return [Verdict(drops=[DropReason.STATE_UNAVAILABLE], cacheable=False) for _ in items]
 
     def _slow(self, items: list[BatchItem]) -> list[Verdict]:
         """The pipeline for a batch; a state store that cannot be reached drops what the
@@ -386,15 +428,18 @@ class Forwarder:
         out: _Outbox,
         counters: PortCounters,
         from_tunnel: bool,
+        *,
+        learn: bool = True,
     ) -> None:
         """Send a slow-path verdict's outputs and learn its flow (or keep serving an
-        expired entry when only the state store failed)."""
+        expired entry when only the state store failed). ``learn`` False: what is
+        installed changed while the verdict was computed (work parked on the store)."""
         if miss.expired is not None and cache is not None and _store_down(verdict):
             cache.counters.stale_served += 1
             self._replay(miss.expired, miss.frame, out, counters)
             return
         queued = self._dispatch(verdict, miss.frame, out, counters, from_tunnel=from_tunnel)
-        if cache is not None:
+        if cache is not None and learn:
             self._learn(cache, miss.key, miss.found, miss.frame, verdict, queued, miss.now)
 
     # -- the flow cache ---------------------------------------------------------------------------
@@ -487,7 +532,9 @@ class Forwarder:
         cache = self._cache_for_batch()
         out = _Outbox()
         misses: list[tuple[_Miss, str | None, BatchItem]] = []
-        pending: set[tuple[bytes, bytes]] = set()
+        pending: set[Pair] = set()
+        parking = self.parking
+        held = parking.held
         for dp, ingress, egress, frame in packets:
             data = frame.data
             if not counted:  # (``counted``: the caller counted the encapsulated size)
@@ -499,6 +546,12 @@ class Forwarder:
             if physical.topology.kinds.get(dp) != "switch":
                 self._count_drop(tunnel_counters, DropReason.UNKNOWN_VNI)
                 continue
+            if held:
+                pair = conversation(data)
+                if pair is not None and pair in held:
+                    if not parking.hold(pair, frame, tunnel=(dp, ingress, egress)):
+                        self._count_drop(tunnel_counters, DropReason.STATE_BACKLOG)
+                    continue
             now = self.clock()
             key: Hashable = None
             expired: Entry | None = None
@@ -507,7 +560,7 @@ class Forwarder:
                 vnet = frame.vnet
                 key = (dp, ingress, egress, found[0], vnet is not None and vnet.needs_csum)
                 entry, expired = cache.lookup(key, now)
-                hosts = _hosts(data)
+                hosts = cast(Pair, conversation(data))
                 if entry is not None and hosts not in pending:
                     self._replay(entry, frame, out, tunnel_counters)
                     continue
@@ -530,10 +583,11 @@ class Forwarder:
                     continue
                 miss = _Miss(frame, now, key if learn else None, found, expired)
                 misses.append((miss, iface, (data, dp, inport, outport, now)))
-        verdicts = self._slow([item for _, _, item in misses]) if misses else []
-        for (miss, iface, _item), verdict in zip(misses, verdicts, strict=True):
-            counters = self.port_counters.setdefault(iface or "", PortCounters())
-            self._settle(cache, miss, verdict, out, counters, from_tunnel=True)
+        verdicts: list[Verdict] = []
+        if misses:
+            counters_of = self.port_counters.setdefault
+            work = [(m, counters_of(i or "", PortCounters()), item) for m, i, item in misses]
+            verdicts = self._start_slow(work, out, from_tunnel=True)
         self._flush(out)
         return verdicts
 
@@ -618,14 +672,14 @@ class Forwarder:
                 log.warning("tunnel send to %s failed: %s", remote.ip, err)
                 continue
             sent += 1
-            size += _size(item)
+            size += size_of(item)
         counters.tx_packets += sent
         counters.tx_bytes += size
 
     def _police_tx(self, iface: str, frames: list[Item], counters: PortCounters) -> list[Item]:
         now, passed = self.clock(), []
         for frame in frames:
-            if self.policers.police_tx(iface, _size(frame), now):
+            if self.policers.police_tx(iface, size_of(frame), now):
                 passed.append(frame)
             else:
                 self._count_drop(counters, DropReason.QOS_POLICED)
@@ -701,12 +755,13 @@ class Forwarder:
             "installed_generation": self.generation,
             "ports": {iface: c.as_dict() for iface, c in sorted(self.port_counters.items())},
             "tunnel": self.tunnel_counters.as_dict(),
-            "drops": {r.value: n for r, n in sorted(self.drops.items(), key=_by_value)},
+            "drops": {r.value: n for r, n in sorted(self.drops.items(), key=by_value)},
             "rules": len(self.installed.classifier),
             "installs": self.installs,
             "health": {"checks": self.health.counters.as_dict(), "members": self.health.statuses()},
             "qos": self.policers.counters(),
             "state": self.store.stats(),
+            "parked": self.jobs.status() | {"held": self.parking.status()},
             "gateways": self.gateways.status(),
         }
 

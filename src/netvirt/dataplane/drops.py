@@ -58,6 +58,7 @@ class DropReason(enum.Enum):
     NO_LB_BACKEND = "no_lb_backend"
     QOS_POLICED = "qos_policed"
     STATE_UNAVAILABLE = "state_unavailable"
+    STATE_BACKLOG = "state_backlog"
     EXPLICIT_DROP = "explicit_drop"
 
     @property
@@ -107,6 +108,7 @@ _DESCRIPTIONS: dict[DropReason, str] = {
     DropReason.NO_LB_BACKEND: "load balancer VIP has no healthy member",
     DropReason.QOS_POLICED: "dropped by a QoS rate limit",
     DropReason.STATE_UNAVAILABLE: "the connection state store could not be reached (fail closed)",
+    DropReason.STATE_BACKLOG: "too many packets of one host pair waiting for the state store",
     DropReason.EXPLICIT_DROP: "a flow asked for the drop with no more specific reason",
 }
 

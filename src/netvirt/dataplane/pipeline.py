@@ -49,7 +49,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 from netvirt.dataplane import actions as A  # noqa: N812
 from netvirt.dataplane import generate
@@ -61,6 +61,7 @@ from netvirt.dataplane.nf.codec import CtTuple, quoted_tuple
 from netvirt.dataplane.nf.flowkey import Assoc, CtCall
 from netvirt.dataplane.packet import Packet, parse_packet
 from netvirt.dataplane.rewrite import apply as rewrite_frame
+from netvirt.state.jobs import Steps, finish_without_store
 from netvirt.state.store import StateStoreError
 
 DatapathKind = Literal["switch", "router"]
@@ -237,6 +238,18 @@ class Pipeline:
         step), then each packet resumes. With a conntracker without
         ``ct_batch`` the packets run one after the other, as before.
         """
+        steps = self.process_steps(items, trace=trace)
+        complete = getattr(self.conntrack, "complete", None)
+        if complete is not None:
+            return cast(list[Verdict], complete(steps))
+        return finish_without_store(steps)
+
+    def process_steps(
+        self, items: Sequence[BatchItem], *, trace: bool = False
+    ) -> Steps[list[Verdict]]:
+        """:meth:`process_batch` as the store round trips it needs, yielded to its driver
+        (``state/jobs.py``): a datapath parks the batch on an asynchronous store and goes
+        on with other packets until the replies are in."""
         verdicts: list[Verdict] = []
         waiting: list[tuple[Walk, CtCall]] = []
         for frame, datapath, inport, outport, now in items:
@@ -247,7 +260,7 @@ class Pipeline:
                 _advance(walk, waiting)
         while waiting:
             current, waiting = waiting, []
-            self._answer([call for _, call in current])
+            yield from self._answer_steps([call for _, call in current])
             for walk, _ in current:
                 _advance(walk, waiting)
         return verdicts
@@ -425,14 +438,19 @@ class Pipeline:
             call.drop, call.store_failed = DropReason.STATE_UNAVAILABLE, True
         call.result = getattr(ct, "last", None)
 
-    def _answer(self, calls: list[CtCall]) -> None:
-        """One step of a batch: all waiting conntrack calls in one ``ct_batch``.
+    def _answer_steps(self, calls: list[CtCall]) -> Steps[None]:
+        """One step of a batch: all waiting conntrack calls in one ``ct_steps`` (its round
+        trips yielded) or, for a tracker without it, one synchronous ``ct_batch``.
 
-        ``ct_batch`` handles store failures itself; this only guards against a
-        tracker that lets one through (the batch fails closed, never raises)."""
-        batcher: BatchConnTracker = self.conntrack  # type: ignore[assignment]
+        Both handle store failures themselves; this only guards against a tracker
+        that lets one through (the batch fails closed, never raises)."""
+        steps = getattr(self.conntrack, "ct_steps", None)
         try:
-            batcher.ct_batch(calls)
+            if steps is not None:
+                yield from steps(calls)
+            else:
+                batcher: BatchConnTracker = self.conntrack  # type: ignore[assignment]
+                batcher.ct_batch(calls)
         except StateStoreError:
             for call in calls:
                 call.drop, call.store_failed = DropReason.STATE_UNAVAILABLE, True

@@ -42,7 +42,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import cast
 
+from netvirt.state.jobs import AsyncStore, Reply, Ticket
 from netvirt.state.store import (
     Batch,
     CasOp,
@@ -54,6 +56,7 @@ from netvirt.state.store import (
     Op,
     PutOp,
     StateStore,
+    StateStoreError,
 )
 
 DEFAULT_MAX_AGE = 0.5
@@ -183,6 +186,11 @@ class CachedStore:
         for op in ops:
             inner.add(op)
         results = inner.execute()
+        self._learn(ops, results)
+        return results
+
+    def _learn(self, ops: Sequence[Op], results: Sequence[object]) -> None:
+        """What a round trip through the inner store tells the cache."""
         now = self.clock()
         for op, result in zip(ops, results, strict=True):
             if isinstance(op, GetOp):
@@ -195,7 +203,78 @@ class CachedStore:
                 self._remember(op.key, result.entry, now)
             elif isinstance(op, DeleteOp | ExpireOp):
                 self._forget(op.key)
-        return results
+
+    # -- asynchronous round trips (state/jobs.py), when the inner store has them ------------
+
+    @property
+    def supports_submit(self) -> bool:
+        return bool(getattr(self.inner, "supports_submit", False))
+
+    def _inner_async(self) -> AsyncStore:
+        return cast(AsyncStore, self.inner)
+
+    def submit(self, ops: Sequence[Op]) -> Ticket:
+        """A round trip as ``_execute`` makes it: reads the cache serves are answered
+        here (a round trip of cached reads completes at once), the rest go to the inner
+        store's ``submit`` and the cache learns from their replies."""
+        outer = Ticket(ops)
+        if all(type(op) is GetOp for op in ops):
+            keys = [op.key for op in ops if isinstance(op, GetOp)]
+            now = self.clock()
+            found: list[object] = []
+            missing: list[int] = []
+            for i, key in enumerate(keys):
+                entry = self._fresh(key, now) if self.max_age > 0 else None
+                found.append(entry)
+                if entry is None:
+                    missing.append(i)
+            self.hits += len(keys) - len(missing)
+            self.misses += len(missing)
+            if not missing:
+                outer.complete(found)
+                return outer
+
+            def fetched(reply: Reply) -> None:
+                if isinstance(reply, StateStoreError):
+                    outer.complete(reply)
+                    return
+                at = self.clock()
+                for i, entry in zip(missing, reply, strict=True):
+                    found[i] = entry
+                    self._remember(keys[i], entry if isinstance(entry, Entry) else None, at)
+                outer.complete(found)
+
+            _then(self._inner_async().submit([GetOp(keys[i]) for i in missing]), fetched)
+            return outer
+
+        def written(reply: Reply) -> None:
+            if not isinstance(reply, StateStoreError):
+                self._learn(ops, reply)
+            outer.complete(reply)
+
+        _then(self._inner_async().submit(ops), written)
+        return outer
+
+    def handle(self) -> tuple[int, int] | None:
+        return self._inner_async().handle()
+
+    def wants_write(self) -> bool:
+        return self._inner_async().wants_write()
+
+    def on_readable(self) -> None:
+        self._inner_async().on_readable()
+
+    def on_writable(self) -> None:
+        self._inner_async().on_writable()
+
+    def time_out(self, now: float) -> None:
+        self._inner_async().time_out(now)
+
+    def wait(self, timeout: float) -> None:
+        self._inner_async().wait(timeout)
+
+    def in_flight(self) -> int:
+        return self._inner_async().in_flight()
 
     # -- the rest ---------------------------------------------------------------------------
 
@@ -221,3 +300,12 @@ class CachedStore:
     def close(self) -> None:
         self._cache.clear()
         self.inner.close()
+
+
+def _then(ticket: Ticket, callback: Callable[[Reply], None]) -> None:
+    """Run ``callback`` with the ticket's reply: now if it is in, else when it comes."""
+    if ticket.done:
+        assert ticket.reply is not None
+        callback(ticket.reply)
+    else:
+        ticket.callback = callback

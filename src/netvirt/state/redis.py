@@ -49,6 +49,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from netvirt.state.jobs import Reply, Ticket, grouped, ungrouped
+from netvirt.state.redis_async import Address, Arg, RedisPipe, is_noscript, reply_error
 from netvirt.state.stats import StoreStats
 from netvirt.state.store import (
     AllocateOp,
@@ -202,6 +204,7 @@ class RedisStore:
         self._counter = f"{prefix}version"
         self._scripts_loaded = False
         self._stats = StoreStats("redis")
+        self._async: RedisPipe | None = None  # the datapath's non-blocking connection
 
     @classmethod
     def from_url(
@@ -305,6 +308,8 @@ class RedisStore:
         return self._stats.snapshot()
 
     def close(self) -> None:
+        if self._async is not None:
+            self._async.close()
         with _translated_errors():
             self._client.close()
 
@@ -385,6 +390,105 @@ class RedisStore:
     def _decode_allocate(op: AllocateOp, raw: Any) -> str | None:
         index = int(raw)
         return op.candidates[index - 1] if index else None
+
+    # -- asynchronous round trips (state/jobs.py, state/redis_async.py) --------------------
+
+    supports_submit = True
+
+    def submit(self, ops: Sequence[Op]) -> Ticket:
+        """Send a round trip of ``ops`` now, on the non-blocking connection; the ticket
+        completes when :meth:`on_readable` reads its replies (results as ``execute``
+        would return them) or when it fails (held down, timeout, lost connection)."""
+        ticket = Ticket(ops)
+        if self._down_until and time.monotonic() < self._down_until:
+            self._stats.held_down()
+            self._stats.failure("unavailable")
+            ticket.complete(StateStoreUnavailable("redis unavailable: held down after a failure"))
+            return ticket
+        began = time.perf_counter()
+        self._stats.call(len(ops))
+        order = grouped(ops)
+        ordered = [ops[i] for i in order]
+        segments = _segments(ordered)
+        commands = [self._command(segment) for segment in segments]
+        started = time.perf_counter()
+
+        def finish(raw: list[object]) -> Reply:
+            took = time.perf_counter() - started
+            self._stats.round_trip(len(ops), took, len(segments), waited=False)
+            results: list[object] = []
+            for segment, reply in zip(segments, raw, strict=True):
+                error = reply_error(reply)
+                if error is not None:
+                    unavailable = isinstance(error, StateStoreUnavailable)
+                    self._stats.failure("unavailable" if unavailable else "error")
+                    if is_noscript(error):
+                        self._pipe().send(self._script_loads(), None, None)
+                    return error
+                results += self._decode(segment, reply)
+            self._count_lookups(
+                r for op, r in zip(ordered, results, strict=True) if isinstance(op, GetOp)
+            )
+            return ungrouped(order, results)
+
+        self._pipe().send(commands, ticket, finish)
+        self._stats.client(time.perf_counter() - began)
+        return ticket
+
+    def _pipe(self) -> RedisPipe:
+        if self._async is None:
+            kwargs = self._client.connection_pool.connection_kwargs
+            address = Address(
+                host=str(kwargs.get("host", "localhost")),
+                port=int(kwargs.get("port", 6379)),
+                path=kwargs.get("path"),
+                db=int(kwargs.get("db", 0) or 0),
+                username=kwargs.get("username"),
+                password=kwargs.get("password"),
+            )
+            timeout = float(kwargs.get("socket_timeout") or DEFAULT_TIMEOUT)
+            self._async = RedisPipe(
+                address,
+                timeout,
+                on_connect=self._script_loads,
+                on_failure=self._pipe_failed,
+                charge=self._stats.client,
+            )
+        return self._async
+
+    @staticmethod
+    def _script_loads() -> list[list[Arg]]:
+        return [["SCRIPT", "LOAD", text] for text in _SCRIPTS.values()]
+
+    def _pipe_failed(self, exc: StateStoreUnavailable) -> None:
+        self._stats.failure("unavailable")
+        if self.hold_down > 0:
+            self._down_until = time.monotonic() + self.hold_down
+
+    def handle(self) -> tuple[int, int] | None:
+        return self._async.handle() if self._async is not None else None
+
+    def wants_write(self) -> bool:
+        return self._async is not None and self._async.wants_write()
+
+    def on_readable(self) -> None:
+        if self._async is not None:
+            self._async.on_readable()
+
+    def on_writable(self) -> None:
+        if self._async is not None:
+            self._async.on_writable()
+
+    def time_out(self, now: float) -> None:
+        if self._async is not None:
+            self._async.time_out(now)
+
+    def wait(self, timeout: float) -> None:
+        if self._async is not None:
+            self._async.wait(timeout)
+
+    def in_flight(self) -> int:
+        return self._async.in_flight() if self._async is not None else 0
 
     # -- batches ---------------------------------------------------------------------------
     #

@@ -11,9 +11,13 @@ Latency is a log2 histogram in microseconds: bucket ``i`` counts round trips
 that took less than ``2**i`` µs and (for ``i > 0``) at least ``2**(i-1)`` µs;
 the last bucket also takes everything slower. Failed round trips (timeouts,
 refused connections) are counted too: a timeout is exactly the latency worth
-seeing. Calls refused at once because their server is *held down* after a
-failure (nothing sent, no round trip) count in ``held_down`` (and, since they
-raise StateStoreUnavailable, in ``unavailable``).
+seeing. ``waited_us_sum`` is the part of that time callers were blocked
+(synchronous calls); asynchronous round trips (``submit``) block nobody and
+instead count the client's own work (encode, send, read, decode) in
+``client_us_sum``: together, what the store cost its caller. Calls refused
+at once because their server is *held down* after a failure (nothing sent, no
+round trip) count in ``held_down`` (and, since they raise
+StateStoreUnavailable, in ``unavailable``).
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ class StoreStats:
         self._held_down = 0
         self._latency = [0] * LATENCY_BUCKETS
         self._latency_sum = 0.0
+        self._waited_sum = 0.0  # µs callers were blocked on round trips
+        self._client_sum = 0.0  # µs of client work for asynchronous round trips
+        self._async_round_trips = 0
         self._nodes: dict[str, list[int]] = {}  # cluster: name -> [requests, failures]
 
     def call(self, ops: int) -> None:
@@ -57,19 +64,33 @@ class StoreStats:
             self._calls += 1
             self._ops += ops
 
-    def round_trip(self, keys: int, seconds: float, requests: int = 1) -> None:
+    def round_trip(
+        self, keys: int, seconds: float, requests: int = 1, *, waited: bool = True
+    ) -> None:
         """One network round trip carrying ``keys`` operations in ``requests`` commands.
 
         A cluster batch that writes to three nodes and then reads the three
-        replies is one round trip of three requests.
+        replies is one round trip of three requests. ``waited``: the caller was
+        blocked for it (a synchronous call); an asynchronous round trip (``submit``)
+        costs its caller only the client's own work, counted by :meth:`client`.
         """
         micros = seconds * 1e6
         with self._lock:
+            if waited:
+                self._waited_sum += micros
+            else:
+                self._async_round_trips += 1
             self._round_trips += 1
             self._round_trip_keys += keys
             self._requests += requests
             self._latency[latency_bucket(micros)] += 1
             self._latency_sum += micros
+
+    def client(self, seconds: float) -> None:
+        """Time the caller spent in the client for asynchronous round trips: encoding and
+        sending, reading and decoding (not waiting: the caller went on meanwhile)."""
+        with self._lock:
+            self._client_sum += seconds * 1e6
 
     def lookups(self, hits: int, misses: int) -> None:
         with self._lock:
@@ -113,6 +134,9 @@ class StoreStats:
                 "held_down": self._held_down,
                 "latency_us_log2": list(self._latency),
                 "latency_us_sum": round(self._latency_sum, 1),
+                "async_round_trips": self._async_round_trips,
+                "waited_us_sum": round(self._waited_sum, 1),
+                "client_us_sum": round(self._client_sum, 1),
             }
             if self._nodes:
                 snapshot["nodes"] = {

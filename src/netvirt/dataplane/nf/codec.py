@@ -32,18 +32,8 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
-from netvirt.state.store import (
-    AllocateOp,
-    CasOp,
-    DeleteOp,
-    ExpireOp,
-    GetOp,
-    Op,
-    PutOp,
-    ReleaseOp,
-    StateStore,
-    StateStoreError,
-)
+from netvirt.state.jobs import Reply, Steps, run_steps
+from netvirt.state.store import Op, StateStore, StateStoreError
 
 IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
@@ -373,17 +363,15 @@ def stable_hash(*values: int) -> int:
 R = TypeVar("R")
 Task = Generator[list[Op], list[object], R]  # yields a step's operations, receives their results
 
-_RANK = {GetOp: 0, AllocateOp: 1, CasOp: 2, PutOp: 3, ExpireOp: 4, ReleaseOp: 5, DeleteOp: 6}
 
-
-def drive(
-    store: StateStore,
+def drive_steps(
     tasks: Sequence[Task[R]],
     failed: Callable[[int, StateStoreError], R] | None = None,
-) -> list[R]:
-    """Run store tasks side by side: each step of all tasks is one store round trip.
+) -> Steps[list[R]]:
+    """Run store tasks side by side: each step of all tasks is one round trip, yielded
+    (``state/jobs.py``: run synchronously or parked on an asynchronous store).
 
-    A round trip that raises :class:`StateStoreError` raises out of here, unless
+    A round trip answered with :class:`StateStoreError` raises out of here, unless
     ``failed`` is given: then each task waiting on that round trip is closed and
     its result is ``failed(index, error)``; tasks already done keep theirs.
     """
@@ -403,36 +391,25 @@ def drive(
     while waiting:
         current, waiting = waiting, []
         flat = [op for _, _, ops in current for op in ops]
-        try:
-            results = execute(store, flat) if flat else []
-        except StateStoreError as exc:
+        reply: Reply = (yield flat) if flat else []
+        if isinstance(reply, StateStoreError):
             if failed is None:
-                raise
+                raise reply
             for index, task, _ in current:
                 task.close()
-                done[index] = failed(index, exc)
+                done[index] = failed(index, reply)
             continue
         offset = 0
         for index, task, ops in current:
-            advance(index, task, results[offset : offset + len(ops)])
+            advance(index, task, reply[offset : offset + len(ops)])
             offset += len(ops)
     return [done[i] for i in range(len(tasks))]
 
 
-def execute(store: StateStore, ops: Sequence[Op]) -> list[object]:
-    """One round trip: ``get_many`` for reads only, else one batch grouped by kind.
-
-    Grouping (stable: each kind keeps its order) lets the Redis store merge runs
-    of gets into one MGET; tasks never put dependent operations in one step.
-    """
-    if all(type(op) is GetOp for op in ops):
-        return list(store.get_many([op.key for op in ops if isinstance(op, GetOp)]))
-    order = sorted(range(len(ops)), key=lambda i: _RANK[type(ops[i])])
-    batch = store.batch()
-    for i in order:
-        batch.add(ops[i])
-    out = batch.execute()
-    results: list[object] = [None] * len(ops)
-    for position, i in enumerate(order):
-        results[i] = out[position]
-    return results
+def drive(
+    store: StateStore,
+    tasks: Sequence[Task[R]],
+    failed: Callable[[int, StateStoreError], R] | None = None,
+) -> list[R]:
+    """:func:`drive_steps` with synchronous round trips on ``store``."""
+    return run_steps(store, drive_steps(tasks, failed))

@@ -122,7 +122,7 @@ from netvirt.dataplane.nf.codec import (
     Task,
     ct_key,
     decode,
-    drive,
+    drive_steps,
     encode,
 )
 from netvirt.dataplane.nf.lb import LbRound, Pick
@@ -138,6 +138,7 @@ from netvirt.dataplane.nf.nat import (
     translate,
     translate_related,
 )
+from netvirt.state.jobs import Steps, run_steps
 from netvirt.state.store import (
     AllocateOp,
     CasOp,
@@ -368,11 +369,16 @@ class Conntrack:
         before keep theirs. Load-balancer counters are advisory: a failed
         flush loses them and nothing else.
         """
+        return run_steps(self.store, self.process_steps(requests, now))
+
+    def process_steps(self, requests: Sequence[CtRequest], now: float) -> Steps[list[CtResult]]:
+        """:meth:`process_batch` as round trips yielded to its driver (``state/jobs.py``),
+        so a datapath can park the batch on an asynchronous store."""
         lb_round = LbRound(self.prefix, now)
         tasks = [self._task(r, now, lb_round) for r in requests]
-        results = drive(self.store, tasks, lambda i, exc: self._unreachable(requests[i], exc))
+        results = yield from drive_steps(tasks, lambda i, exc: self._unreachable(requests[i], exc))
         with suppress(StateStoreError):
-            drive(self.store, [lb_round.flush()])
+            yield from drive_steps([lb_round.flush()])
         return results
 
     def lookup_batch(self, items: Sequence[tuple[int, CtTuple]], now: float) -> list[CtHit | None]:

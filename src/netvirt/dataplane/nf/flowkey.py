@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from netvirt.dataplane.actions import CtCommit, CtDnat, CtLb, CtNext, CtSnat
 from netvirt.dataplane.drops import DropReason
@@ -35,6 +36,9 @@ from netvirt.dataplane.nf.codec import ECHO_PORT, PORT_PROTOCOLS, CtEntry, CtTup
 from netvirt.dataplane.nf.codec import icmp_tuple as _icmp_tuple
 from netvirt.dataplane.nf.conntrack import FAIL_POLICIES, Conntrack, CtRequest, CtResult
 from netvirt.dataplane.nf.nat import NatRequest
+from netvirt.state.jobs import Steps, run_steps
+
+R = TypeVar("R")
 
 CtAction = CtNext | CtCommit | CtDnat | CtSnat | CtLb
 Assoc = dict[int, tuple[float, CtTuple, CtEntry]]
@@ -120,6 +124,14 @@ class FlowKeyConntrack:
     # -- batches (the pipeline) ----------------------------------------------------------
     def ct_batch(self, calls: Sequence[CtCall]) -> None:
         """Answer the calls of one step of a packet batch with one conntrack batch."""
+        run_steps(self.conntrack.store, self.ct_steps(calls))
+
+    def complete(self, steps: Steps[R]) -> R:
+        """Drive a pipeline's step generator with synchronous round trips on the store."""
+        return run_steps(self.conntrack.store, steps)
+
+    def ct_steps(self, calls: Sequence[CtCall]) -> Steps[None]:
+        """:meth:`ct_batch` as round trips yielded to its driver (``state/jobs.py``)."""
         waiting: list[CtCall] = []
         requests: list[CtRequest] = []
         for call in calls:
@@ -130,7 +142,7 @@ class FlowKeyConntrack:
         if not requests:
             return
         now = max(call.now for call in waiting)  # one clock reading per conntrack batch
-        results = self.conntrack.process_batch(requests, now)
+        results = yield from self.conntrack.process_steps(requests, now)
         for call, result in zip(waiting, results, strict=True):
             self._apply(call, result)
 
