@@ -48,19 +48,9 @@ READ_SIZE = 262_144
 
 
 def pack(commands: Sequence[Sequence[Arg]]) -> bytes:
-    """RESP arrays of bulk strings, one per command, in one buffer."""
-    parts: list[bytes] = []
-    for command in commands:
-        parts.append(b"*%d\r\n" % len(command))
-        for arg in command:
-            if isinstance(arg, bytes):
-                data = arg
-            elif isinstance(arg, str):
-                data = arg.encode()
-            else:
-                data = repr(arg).encode() if isinstance(arg, float) else b"%d" % arg
-            parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(parts)
+    """RESP arrays of bulk strings, one per command, in one buffer (hiredis' C encoder:
+    a Python one cost ~5 µs per command, most of the client's time)."""
+    return b"".join([hiredis.pack_command(tuple(command)) for command in commands])
 
 
 @dataclass(slots=True)
