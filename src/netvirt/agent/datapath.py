@@ -131,6 +131,12 @@ class DatapathLoop(LoopProcess):
             from netvirt.state import open_store
 
             store = open_store(config.state_store)
+            if not getattr(store, "supports_submit", True):
+                # the cluster: its synchronous round trips on a worker thread, so the
+                # loop parks store-bound packets instead of waiting (state/threaded.py)
+                from netvirt.state.threaded import ThreadedStore
+
+                store = ThreadedStore(store)
             if config.state_cache > 0 and not config.state_store.startswith("memory:"):
                 from netvirt.dataplane.nf.codec import stable_record
                 from netvirt.state.cached import CachedStore

@@ -110,6 +110,8 @@ class _Reply:
 class RedisClusterStore:
     """A :class:`~netvirt.state.store.StateStore` on a Redis Cluster."""
 
+    supports_submit = False  # synchronous only: the datapath wraps it (state/threaded.py)
+
     def __init__(self, config: ClusterConfig) -> None:
         self.config = config
         self._layout = Layout(config.prefix)

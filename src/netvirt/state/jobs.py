@@ -131,6 +131,29 @@ def execute(store: StateStore, ops: Sequence[Op]) -> list[object]:
     return ungrouped(order, batch.execute())
 
 
+def execute_merged(store: StateStore, rounds: Sequence[Sequence[Op]]) -> list[Reply]:
+    """Several round trips' operations in one batch (a worker that found more than one
+    waiting, ``state/threaded.py``): each round trip's operations keep their grouping
+    and the round trips their order; a failure fails all of them."""
+    if len(rounds) == 1:
+        return [execute_now(store, rounds[0])]
+    orders = [grouped(ops) for ops in rounds]
+    batch = store.batch()
+    for ops, order in zip(rounds, orders, strict=True):
+        for i in order:
+            batch.add(ops[i])
+    try:
+        out = batch.execute()
+    except StateStoreError as exc:
+        return [exc] * len(rounds)
+    replies: list[Reply] = []
+    offset = 0
+    for order in orders:
+        replies.append(ungrouped(order, out[offset : offset + len(order)]))
+        offset += len(order)
+    return replies
+
+
 def execute_now(store: StateStore, ops: Sequence[Op]) -> Reply:
     """One round trip, synchronously; a store failure is returned, not raised."""
     try:
