@@ -21,7 +21,7 @@ from netvirt.dataplane.drops import DropReason
 from netvirt.dataplane.fastpath import FlowCache
 from netvirt.state.jobs import Ticket, execute_now
 from netvirt.state.memory import MemoryStore
-from netvirt.state.store import Op, StateStoreUnavailable
+from netvirt.state.store import GetOp, Op, StateStoreUnavailable
 
 
 class ManualStore(MemoryStore):
@@ -225,3 +225,25 @@ def test_a_store_failure_while_parked_fails_closed_and_frees_the_connection(clou
     assert lab.taps["web"].sent == []
     assert forwarder.drops.get(DropReason.STATE_UNAVAILABLE, 0) >= 2
     assert forwarder.parking.status()["pairs"] == 0
+
+
+def test_a_slow_path_bug_while_parked_drops_its_packets_and_frees_the_connection(
+    cloud: Cloud,
+) -> None:
+    lab, store = lab_with(cloud, manual=True)
+    assert isinstance(store, ManualStore)
+    forwarder = lab.agents["hostB"].local
+    real = forwarder.pipeline.process_steps
+
+    def broken(items, *, trace=False):  # type: ignore[no-untyped-def]
+        yield [GetOp("anything")]
+        raise RuntimeError("a bug in the pipeline")
+
+    forwarder.pipeline.process_steps = broken  # type: ignore[method-assign]
+    lab.send("vm2", to_web(cloud, "S"))
+    lab.send("vm2", to_web(cloud, "S", seq=1))  # held behind it
+    forwarder.pipeline.process_steps = real  # type: ignore[method-assign]
+    store.answer()
+    assert forwarder.drops.get(DropReason.INTERNAL_ERROR) == 1
+    assert forwarder.parking.status()["pairs"] == 0
+    assert len(lab.taps["web"].take()) == 1  # the held packet went on through the real path

@@ -402,6 +402,9 @@ class Forwarder:
         except StateStoreError as err:
             log.debug("state store: %s", err)
             return [Verdict(drops=[DropReason.STATE_UNAVAILABLE], cacheable=False) for _ in items]
+        except Exception:  # a bug: these packets are lost, their held connections go on
+            log.exception("slow path failed on %d packets", len(items))
+            return [Verdict(drops=[DropReason.INTERNAL_ERROR], cacheable=False) for _ in items]
 
     def _slow(self, items: list[BatchItem]) -> list[Verdict]:
         """The pipeline for a batch; a state store that cannot be reached drops what the

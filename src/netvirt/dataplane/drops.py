@@ -59,6 +59,7 @@ class DropReason(enum.Enum):
     QOS_POLICED = "qos_policed"
     STATE_UNAVAILABLE = "state_unavailable"
     STATE_BACKLOG = "state_backlog"
+    INTERNAL_ERROR = "internal_error"
     EXPLICIT_DROP = "explicit_drop"
 
     @property
@@ -108,7 +109,8 @@ _DESCRIPTIONS: dict[DropReason, str] = {
     DropReason.NO_LB_BACKEND: "load balancer VIP has no healthy member",
     DropReason.QOS_POLICED: "dropped by a QoS rate limit",
     DropReason.STATE_UNAVAILABLE: "the connection state store could not be reached (fail closed)",
-    DropReason.STATE_BACKLOG: "too many packets of one host pair waiting for the state store",
+    DropReason.STATE_BACKLOG: "too many packets of one connection waiting for the state store",
+    DropReason.INTERNAL_ERROR: "the datapath failed on the packet (a bug: see its log)",
     DropReason.EXPLICIT_DROP: "a flow asked for the drop with no more specific reason",
 }
 
