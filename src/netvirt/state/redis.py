@@ -405,7 +405,7 @@ class RedisStore:
             self._stats.failure("unavailable")
             ticket.complete(StateStoreUnavailable("redis unavailable: held down after a failure"))
             return ticket
-        began = time.perf_counter()
+        began = time.thread_time()
         self._stats.call(len(ops))
         order = grouped(ops)
         ordered = [ops[i] for i in order]
@@ -432,7 +432,7 @@ class RedisStore:
             return ungrouped(order, results)
 
         self._pipe().send(commands, ticket, finish)
-        self._stats.client(time.perf_counter() - began)
+        self._stats.client(time.thread_time() - began)
         return ticket
 
     def _pipe(self) -> RedisPipe:

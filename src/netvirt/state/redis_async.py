@@ -189,7 +189,7 @@ class RedisPipe:
         sock = self._sock
         if sock is None:
             return
-        started = time.perf_counter()
+        started = time.thread_time()
         while True:
             try:
                 data = sock.recv(READ_SIZE)
@@ -209,7 +209,7 @@ class RedisPipe:
     def _dispatch(self, started: float) -> None:
         """Complete the round trips whose replies are in, in order. The time spent here,
         minus the tickets' callbacks (the work they resume), is charged as client time."""
-        reader, queue, clock = self._reader, self._queue, time.perf_counter
+        reader, queue, clock = self._reader, self._queue, time.thread_time
         while queue:
             try:
                 reply = reader.gets()

@@ -14,7 +14,7 @@ refused connections) are counted too: a timeout is exactly the latency worth
 seeing. ``waited_us_sum`` is the part of that time callers were blocked
 (synchronous calls); asynchronous round trips (``submit``) block nobody and
 instead count the client's own work (encode, send, read, decode) in
-``client_us_sum``: together, what the store cost its caller. Calls refused
+``client_us_sum`` (CPU time): together, what the store cost its caller. Calls refused
 at once because their server is *held down* after a failure (nothing sent, no
 round trip) count in ``held_down`` (and, since they raise
 StateStoreUnavailable, in ``unavailable``).
@@ -87,8 +87,10 @@ class StoreStats:
             self._latency_sum += micros
 
     def client(self, seconds: float) -> None:
-        """Time the caller spent in the client for asynchronous round trips: encoding and
-        sending, reading and decoding (not waiting: the caller went on meanwhile)."""
+        """CPU time the caller spent in the client for asynchronous round trips: encoding
+        and sending, reading and decoding (not waiting: the caller went on meanwhile).
+        CPU, not wall time: on a busy machine the wall time of that work is mostly the
+        time other processes had the CPU."""
         with self._lock:
             self._client_sum += seconds * 1e6
 
