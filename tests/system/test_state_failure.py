@@ -15,6 +15,10 @@ groups, so every new connection needs conntrack, i.e. the store.
 A connection established before the outage keeps exchanging lines throughout
 it: the datapath flow cache serves flows it already knows without the store
 (agent/forwarder.py, docs/stateless-nf.md).
+
+4. Redis hangs (SIGSTOP) instead: the same, and hv1's loop never waits for it
+   (its store round trips are asynchronous: docs/stateless-nf.md, "Non-blocking
+   store access").
 """
 
 from __future__ import annotations
@@ -269,3 +273,42 @@ def test_redis_outage_fails_closed_and_recovers_clean(
             assert entry.orig.proto == 6
     finally:
         client.close()
+
+
+def store_counters(lab: LabRun, host: str) -> dict[str, Any]:
+    return dict(datapath_status(lab, host)["counters"]["state"])
+
+
+def test_a_hung_redis_never_makes_the_datapath_wait(
+    lab: LabRun, echo: None, tmp_path: Path
+) -> None:
+    """Redis stopped (SIGSTOP: connections stay open, nothing answers) while new
+    connections keep trying: the established connection keeps its answers, the
+    attempts fail closed at the store timeout, and hv1's loop was never blocked on the
+    store (its round trips are asynchronous: ``waited_us_sum`` stays flat while
+    ``unavailable`` grows). SIGCONT: new connections work again."""
+    assert wait_for("a first connection", lambda: connects(lab, 2.0), 20) >= 0
+    stream = start_stream(lab, tmp_path / "hung.out")
+    time.sleep(1.0)
+    before = store_counters(lab, "hv1")
+    proc = redis_record(lab)
+    stopped = time.time()
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        attempts = [connects(lab, 1.0) for _ in range(3)]
+        assert not any(attempts), "a new connection got through without the state store"
+        time.sleep(1.5)  # a status write after the attempts
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        resumed = time.time()
+    during, lost = stream_report(stream, tmp_path / "hung.out", (stopped, resumed))
+    assert not lost, "the established connection stalled while the store hung"
+    assert during >= 5
+    after = store_counters(lab, "hv1")
+    assert after["unavailable"] > before["unavailable"]
+    assert after["async_round_trips"] > before["async_round_trips"]
+    waited_ms = (after["waited_us_sum"] - before["waited_us_sum"]) / 1000
+    print(f"hv1 waited {waited_ms:.1f} ms on the store during a {resumed - stopped:.1f} s hang")
+    assert waited_ms < 120  # at most one synchronous sweep's timeout, not one per batch
+    took = wait_for("new connections after SIGCONT", lambda: connects(lab, 1.0), RECOVERY)
+    print(f"new connections work again {took:.1f} s after redis-server resumed")
