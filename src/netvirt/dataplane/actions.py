@@ -23,9 +23,12 @@ Semantics summary (full detail in ``pipeline.py``):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from netvirt.dataplane.drops import DropReason
+from netvirt.dataplane.fields import F
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,3 +220,82 @@ Action = (
     | LookupMacBinding
     | SelectEcmp
 )
+
+
+# --------------------------------------------------------------------------- #
+# action lists compiled for the pipeline's slow path
+# --------------------------------------------------------------------------- #
+# An op is (code, operands...): field names resolved to key indexes once per rule.
+Op = tuple[Any, ...]
+Program = int | tuple[Op, ...] | None  # a jump to a table | plain ops | run by _execute
+OP_SET, OP_SET_MASKED, OP_MOVE, OP_EXCHANGE, OP_DEC_TTL = range(5)
+OP_NEXT, OP_END, OP_DROP, OP_CT_CLEAR, OP_LEARN, OP_LOOKUP_BINDING, OP_ECMP = range(5, 12)
+OP_OUTPUT, OP_CT = 12, 13  # last ops only: run by Pipeline._run itself (they yield)
+YIELD = -1  # _run_plain stopped at OP_OUTPUT or OP_CT (never a table number)
+
+
+def compile_program(
+    acts: Iterable[object], table: int, next_table: Callable[[int], int | None]
+) -> Program:
+    """Compile a rule's action list for the pipeline's table walk (``Pipeline._run``).
+
+    A lone ``next`` to a known table compiles to that table's number; a list of
+    actions that never yield (no conntrack, output nor generated packet) to ops
+    for ``Pipeline._run_plain``, possibly ended by an ``output`` that is the
+    last action or by a conntrack action that ends the list (``ct_next``,
+    ``ct_dnat``, ``ct_snat``, ``ct_lb``: what follows them is never run);
+    anything else to None (``Pipeline._execute``). Compilation stops where
+    ``_execute`` would stop (``next``, ``drop``, those conntrack actions), so
+    actions it would never reach are never looked at."""
+    ops: list[Op] = []
+    acts = tuple(acts)
+    for position, act in enumerate(acts):
+        if isinstance(act, CtNext | CtDnat | CtSnat | CtLb):
+            ops.append((OP_CT, act))
+            return tuple(ops)
+        if isinstance(act, Output) and position == len(acts) - 1:
+            ops.append((OP_OUTPUT,))
+            return tuple(ops)
+        if isinstance(act, Next):
+            target = act.table if act.table is not None else next_table(table)
+            if target is None:
+                ops.append((OP_END,))
+            elif not ops:
+                return target
+            else:
+                ops.append((OP_NEXT, target))
+            return tuple(ops)
+        op = _plain_op(act)
+        if op is None:
+            return None
+        ops.append(op)
+        if op[0] == OP_DROP:
+            break
+    return tuple(ops)
+
+
+def _plain_op(act: object) -> Op | None:
+    """The op of an action that never yields; None for the others."""
+    if isinstance(act, SetField):
+        if act.mask is None:
+            return (OP_SET, F(act.field), act.value)
+        return (OP_SET_MASKED, F(act.field), act.value & act.mask, ~act.mask)
+    if isinstance(act, Output | CtNext | CtDnat | CtSnat | CtLb | CtCommit):
+        return None
+    if isinstance(act, Drop):
+        return (OP_DROP, act.reason)
+    if isinstance(act, Move):
+        return (OP_MOVE, F(act.dst), F(act.src))
+    if isinstance(act, Exchange):
+        return (OP_EXCHANGE, F(act.a), F(act.b))
+    if isinstance(act, DecTTL):
+        return (OP_DEC_TTL,)
+    if isinstance(act, CtClear):
+        return (OP_CT_CLEAR,)
+    if isinstance(act, PutMacBinding):
+        return (OP_LEARN,)
+    if isinstance(act, LookupMacBinding):
+        return (OP_LOOKUP_BINDING,)
+    if isinstance(act, SelectEcmp):
+        return (OP_ECMP, max(act.count, 1))
+    return None  # a generated packet

@@ -33,6 +33,15 @@ lets priority sorting stop at the first subtable whose best rank is below
 the best hit, ties included.  The reference classifier of the tests uses
 exactly this order.
 
+Memo (the slow path).  A lookup without wildcards first asks the table's
+memo: its answers keyed by the key's bits under the union of every subtable's
+masks. The full search reads no other bit, so its answer is a function of that
+key and can be remembered; the pipeline's lookups mostly repeat (a handful of
+datapaths and ports per table), so most are one masking and one dict lookup
+instead of one per probed subtable. A table's memo is replaced whenever its
+rules change (``_Table.refresh``) and when it reaches ``_MEMO_LIMIT`` answers.
+Lookups with wildcards never use it: they record exactly what the search probed.
+
 Wildcards (the megaflow contract). Every probed subtable ORs its mask into
 the ``Wildcards`` — on a miss too, because the miss is part of why the
 answer came out as it did. The probed subtables are always a prefix of the
@@ -62,7 +71,10 @@ Thread-safety.  None internally: one writer, and lookups from the same
 thread (the datapath applies flow changes between packet batches).  Under
 the GIL a lookup racing a writer in another thread is memory-safe (probe
 orders are replaced, not mutated) but may see a half-applied change; such a
-reader must discard its answer if ``version`` moved during the lookup.
+reader must discard its answer if ``version`` moved during the lookup. An
+answer such a reader puts in a memo lands in the memo the change replaces, or
+is computed after that table's change completed; lookups only ever insert
+into or clear the memo they read, never install one.
 """
 
 from __future__ import annotations
@@ -85,6 +97,8 @@ KeyFunction = Callable[[Sequence[int]], Hashable]
 _SEQ_BITS = 48
 _SEQ_LIMIT = 1 << _SEQ_BITS
 _NO_RANK = -1  # below every rank: priorities are >= 0
+_UNKNOWN = object()  # not in a table's memo (None is an answer: no rule matches)
+_MEMO_LIMIT = 1 << 14  # answers remembered per table
 
 FIELDS_BY_NAME_INDEX: dict[str, int] = {f.name: f.index for f in FIELDS}
 _ZEROS = (0,) * NUM_FIELDS
@@ -272,13 +286,16 @@ _Probe = tuple[int, KeyFunction, dict[Hashable, _Hit], Signature]
 
 
 class _Table:
-    __slots__ = ("probe", "subtables")
+    __slots__ = ("memo", "probe", "subtables")
 
     def __init__(self) -> None:
         self.subtables: dict[Signature, _Subtable] = {}
         # (probe order by max_rank descending, masks of all subtables): one
         # tuple, replaced whole, so a racing reader never mixes two versions
         self.probe: tuple[list[_Probe], Signature] = ([], ())
+        # (key function of the union of all subtables' masks, its values -> answer):
+        # the answers of lookups without wildcards; replaced whole by refresh()
+        self.memo: tuple[KeyFunction, dict[Hashable, Rule | None]] = (key_function(()), {})
 
     def refresh(self) -> None:
         for sig in [sig for sig, sub in self.subtables.items() if not sub.heads]:
@@ -294,6 +311,7 @@ class _Table:
             for index, mask in sub.sig:
                 seen[index] = seen.get(index, 0) | mask
         self.probe = (order, tuple(seen.items()))
+        self.memo = (key_function(tuple(sorted(seen.items()))), {})
 
 
 class Delta(NamedTuple):
@@ -341,6 +359,12 @@ class Classifier:
         tab = self._tables.get(table)
         if tab is None:
             return None
+        if wc is None:
+            memo_key, memo = tab.memo
+            values = memo_key(key)
+            known = memo.get(values, _UNKNOWN)
+            if known is not _UNKNOWN:
+                return known  # type: ignore[return-value]  # (no cast: a call per lookup)
         order, consulted = tab.probe
         best: Rule | None = None
         best_rank = _NO_RANK
@@ -355,6 +379,10 @@ class Classifier:
             masks = wc.masks
             for index, mask in consulted:
                 masks[index] |= mask
+        else:
+            if len(memo) >= _MEMO_LIMIT:
+                memo.clear()  # full: start over (connections churn); in place, see refresh()
+            memo[values] = best
         return best
 
     # -- changes ------------------------------------------------------------ #

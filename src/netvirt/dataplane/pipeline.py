@@ -53,6 +53,25 @@ from typing import Literal, Protocol, cast
 
 from netvirt.dataplane import actions as A  # noqa: N812
 from netvirt.dataplane import generate
+from netvirt.dataplane.actions import (
+    OP_CT_CLEAR,
+    OP_DEC_TTL,
+    OP_DROP,
+    OP_ECMP,
+    OP_END,
+    OP_EXCHANGE,
+    OP_LEARN,
+    OP_LOOKUP_BINDING,
+    OP_MOVE,
+    OP_NEXT,
+    OP_OUTPUT,
+    OP_SET,
+    OP_SET_MASKED,
+    YIELD,
+    Op,
+    Program,
+    compile_program,
+)
 from netvirt.dataplane.drops import DropReason, ParseError
 from netvirt.dataplane.fields import CT_TRK, FLAG_LOOPBACK, MULTICAST_BASE, F
 from netvirt.dataplane.flow import Rule
@@ -78,8 +97,13 @@ _HASHED = [
 ]
 _ICMP_ERRORS = {4: (3, 4, 5, 11, 12), 6: (1, 2, 3, 4)}
 _CARRY = [_METADATA, _INPORT, _OUTPORT, _FLAGS, _CT_STATE, *_REGS]
+# the registers are contiguous in the key: cleared with one slice assignment
+_REGS_FIRST, _REGS_END = _REGS[0], _REGS[-1] + 1
+_REGS_CLEAR = [0] * len(_REGS)
+assert list(range(_REGS_FIRST, _REGS_END)) == _REGS, "registers must be contiguous"
 MAX_STEPS = 256  # tables visited per packet, across every datapath
 MAX_HOPS = 8  # datapaths entered per packet
+_PROGRAMS_LIMIT = 1 << 16  # compiled rules kept (rules replaced by reconciliation pile up)
 REMOTE_KINDS = ("tunnel", "unbound")  # ports whose egress pipeline runs elsewhere (or nowhere)
 
 # A packet's walk through the tables: yields at each conntrack action of a batching
@@ -199,6 +223,10 @@ class Pipeline:
         self.topology = topology
         self.conntrack = conntrack
         self.drop_counts: dict[DropReason, int] = {}
+        # id(rule) -> (rule, table, program): rules' actions compiled for the walk
+        # (actions.compile_program), valid for the next_table they were compiled with
+        self._programs: dict[int, tuple[Rule, int, Program]] = {}
+        self._programs_next: Callable[[int], int | None] | None = None
 
     # -- entry ---------------------------------------------------------------
     def process(
@@ -311,18 +339,101 @@ class Pipeline:
 
     # -- table walk ----------------------------------------------------------
     def _run(self, ctx: _Ctx, key: list[int], table: int | None) -> Walk:
+        """Walk the tables from ``table``. A rule's actions run from its compiled
+        program (``actions.compile_program``): a bare ``next`` is a jump, actions
+        that cannot stop the walk for conntrack or output run without a generator,
+        the others in :meth:`_execute`."""
+        programs = self._programs_valid()
+        verdict = ctx.verdict
         while table is not None:
             ctx.steps += 1
             if ctx.steps > MAX_STEPS:
-                self._drop(ctx.verdict, DropReason.LOOP_LIMIT, key[_METADATA], table)
+                self._drop(verdict, DropReason.LOOP_LIMIT, key[_METADATA], table)
                 return
             rule = self.classifier.lookup(table, key)
             if rule is None:
-                self._drop(ctx.verdict, DropReason.EXPLICIT_DROP, key[_METADATA], table, "no flow")
+                self._drop(verdict, DropReason.EXPLICIT_DROP, key[_METADATA], table, "no flow")
                 return
-            if ctx.verdict.trace is not None:
-                ctx.verdict.note(TraceEvent("stage", key[_METADATA], table, rule, key=tuple(key)))
-            table = yield from self._execute(ctx, key, rule.actions, table)
+            if verdict.trace is not None:
+                verdict.note(TraceEvent("stage", key[_METADATA], table, rule, key=tuple(key)))
+            compiled = programs.get(id(rule))
+            if compiled is None or compiled[0] is not rule or compiled[1] != table:
+                compiled = self._compile(rule, table)
+            program = compiled[2]
+            if type(program) is int:
+                table = program
+                continue
+            if program is None:
+                table = yield from self._execute(ctx, key, rule.actions, table)
+            else:
+                ops: tuple[Op, ...] = program  # type: ignore[assignment]  # no cast() call
+                following = self._run_plain(ctx, key, ops, table)
+                if following != YIELD:
+                    table = following
+                    continue
+                if ops[-1][0] == OP_OUTPUT:  # the last action: the key is not used after it
+                    yield from self._output(ctx, key, table)
+                    table = None
+                elif (yield from self._conntrack(ctx, key, ops[-1][1], table)):
+                    table = self._next(ctx, key, table)  # ct_next, ct_dnat, ct_snat, ct_lb
+                else:
+                    table = None
+            programs = self._programs_valid()  # resumed: the topology may have been replaced
+
+    def _programs_valid(self) -> dict[int, tuple[Rule, int, Program]]:
+        """The compiled programs, dropped when the topology's table order changed
+        (a program holds the table its ``next`` goes to) or there are too many."""
+        next_table = self.topology.next_table
+        if next_table is not self._programs_next or len(self._programs) > _PROGRAMS_LIMIT:
+            self._programs = {}
+            self._programs_next = next_table
+        return self._programs
+
+    def _compile(self, rule: Rule, table: int) -> tuple[Rule, int, Program]:
+        compiled = (rule, table, compile_program(rule.actions, table, self.topology.next_table))
+        self._programs[id(rule)] = compiled  # holds the rule: its id is not reused meanwhile
+        return compiled
+
+    def _run_plain(self, ctx: _Ctx, key: list[int], ops: tuple[Op, ...], table: int) -> int | None:
+        """A program of actions that never wait for conntrack nor output: exactly what
+        :meth:`_execute` does with them, from precomputed field indexes."""
+        for op in ops:
+            code = op[0]
+            if code == OP_SET:
+                key[op[1]] = op[2]
+            elif code == OP_NEXT:
+                target: int = op[1]
+                return target
+            elif code == OP_SET_MASKED:
+                idx = op[1]
+                key[idx] = (key[idx] & op[3]) | op[2]
+            elif code == OP_MOVE:
+                key[op[1]] = key[op[2]]
+            elif code == OP_DEC_TTL:
+                if key[_TTL] <= 1:
+                    self._drop(ctx.verdict, DropReason.TTL_EXPIRED, key[_METADATA], table)
+                    return None
+                key[_TTL] -= 1
+            elif code == OP_END:
+                return self._next(ctx, key, table)
+            elif code == OP_DROP:
+                self._drop(ctx.verdict, op[1], key[_METADATA], table)
+                return None
+            elif code == OP_EXCHANGE:
+                a, b = op[1], op[2]
+                key[a], key[b] = key[b], key[a]
+            elif code == OP_CT_CLEAR:
+                key[_CT_STATE] = 0
+            elif code == OP_LEARN:
+                self._learn(key)
+                ctx.verdict.cacheable = False
+            elif code == OP_LOOKUP_BINDING:
+                self._lookup_binding(key)
+            elif code == OP_ECMP:
+                key[_REG3] = 1 + _flow_hash(key) % op[1]
+            else:  # OP_OUTPUT, OP_CT: the walk runs them (they may wait for conntrack)
+                return YIELD
+        return None
 
     def _execute(self, ctx: _Ctx, key: list[int], acts: Iterable[object], table: int) -> Step:
         """Run an action list; return the table to continue at, or None to stop."""
@@ -404,21 +515,19 @@ class Pipeline:
             return False
         if isinstance(act, A.CtNext):
             key[_CT_STATE] = call.state | CT_TRK
-            detail = f"ct_next zone={zone:#x} state={key[_CT_STATE]:#x}"
         elif isinstance(act, A.CtLb):
             if not call.ok:
                 verdict.ct.append(None)  # no backend: never cached
                 self._drop(verdict, DropReason.NO_LB_BACKEND, dp, table)
                 return False
-            detail = f"ct_lb -> {key[F('ip4.dst')]:#x}:{key[F('tp.dst')]}"
         elif isinstance(act, A.CtCommit):
             verdict.ct.append(call.result)
-            verdict.note(TraceEvent("ct", dp, table, detail="ct_commit"))
+            if verdict.trace is not None:
+                verdict.note(TraceEvent("ct", dp, table, detail="ct_commit"))
             return True
-        else:
-            detail = f"{type(act).__name__} zone={zone:#x}"
         verdict.ct.append(call.result)
         if verdict.trace is not None:
+            detail = _ct_detail(act, zone, key)
             verdict.note(TraceEvent("ct", dp, table, detail=detail, key=tuple(key)))
         return True
 
@@ -486,11 +595,12 @@ class Pipeline:
                     continue
                 copy = list(key)
                 copy[_OUTPORT] = member
-                for idx in _REGS:
-                    copy[idx] = 0
+                copy[_REGS_FIRST:_REGS_END] = _REGS_CLEAR
                 copy[_CT_STATE] = 0
                 if self._remote(dp, member):
-                    ctx.verdict.note(TraceEvent("note", dp, table, detail="egress runs remotely"))
+                    if ctx.verdict.trace is not None:
+                        note = TraceEvent("note", dp, table, detail="egress runs remotely")
+                        ctx.verdict.note(note)
                     yield from self._deliver(ctx, copy, table)
                     continue
                 yield from self._run(ctx, copy, self.topology.first_table[(kind, "egress")])
@@ -525,12 +635,11 @@ class Pipeline:
             copy[_METADATA], copy[_INPORT], copy[_OUTPORT] = peer_dp, peer_port, 0
             copy[_FLAGS] = 0
             copy[_CT_STATE] = 0
-            for idx in _REGS:
-                copy[idx] = 0
+            copy[_REGS_FIRST:_REGS_END] = _REGS_CLEAR
             kind = self.topology.kinds[peer_dp]
-            ctx.verdict.note(
-                TraceEvent("enter", peer_dp, None, detail=f"{kind} ingress via {port.name}")
-            )
+            if ctx.verdict.trace is not None:
+                detail = f"{kind} ingress via {port.name}"
+                ctx.verdict.note(TraceEvent("enter", peer_dp, None, detail=detail))
             yield from self._run(ctx, copy, self.topology.first_table[(kind, "ingress")])
             return
         frame = rewrite_frame(ctx.packet, ctx.orig, key)
@@ -607,6 +716,15 @@ def _flow_hash(key: list[int]) -> int:
     """Stable (not per-process salted) hash of the 5-tuple for ECMP member choice."""
     data = b"".join(key[i].to_bytes(16, "big") for i in _HASHED)
     return zlib.crc32(data)
+
+
+def _ct_detail(act: object, zone: int, key: list[int]) -> str:
+    """The trace line of an answered ``ct_next``/``ct_lb``/``ct_dnat``/``ct_snat``."""
+    if isinstance(act, A.CtNext):
+        return f"ct_next zone={zone:#x} state={key[_CT_STATE]:#x}"
+    if isinstance(act, A.CtLb):
+        return f"ct_lb -> {key[F('ip4.dst')]:#x}:{key[F('tp.dst')]}"
+    return f"{type(act).__name__} zone={zone:#x}"
 
 
 def _quoted(packet: Packet) -> CtTuple | None:

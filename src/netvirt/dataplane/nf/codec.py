@@ -223,6 +223,26 @@ class CtEntry:
         return " ".join([text, *nat, f"mark={self.mark:#x}"])
 
 
+def advanced_entry(
+    entry: CtEntry, state: CtState, mark: int, flags: int, last_seen: float, expiry: float
+) -> CtEntry:
+    """``dataclasses.replace(entry, state=..., ...)`` without its per-call field walk."""
+    e = entry
+    return CtEntry(
+        e.zone, e.orig, e.reply, state, e.created, last_seen, expiry, mark, flags,
+        e.lb_counter, e.lb_backend, e.serial, e.version,
+    )  # fmt: skip
+
+
+def versioned_entry(entry: CtEntry, version: int) -> CtEntry:
+    """``dataclasses.replace(entry, version=version)``, as :func:`advanced_entry`."""
+    e = entry
+    return CtEntry(
+        e.zone, e.orig, e.reply, e.state, e.created, e.last_seen, e.expiry, e.mark, e.flags,
+        e.lb_counter, e.lb_backend, e.serial, version,
+    )  # fmt: skip
+
+
 def _fmt(t: CtTuple) -> str:
     return f"[{t.proto} {t.src:#x}:{t.sport} > {t.dst:#x}:{t.dport}]"
 
@@ -235,7 +255,10 @@ FORMAT = 1
 PRIMARY, MIRROR = 0, 1
 _HEAD = struct.Struct("!BBBBQBBIQ3d")  # format kind ipver proto zone state flags mark serial times
 _PORTS = struct.Struct("!4I")
+_ADDRS4 = struct.Struct("!4I")  # the four IPv4 addresses (orig src, dst, reply src, dst)
 _LEN = struct.Struct("!H")
+_NO_TEXTS = b"\x00\x00\x00\x00"  # lb_counter and lb_backend both empty: the usual tail
+_STATES = {int(state): state for state in CtState}  # CtState(n) without the enum call
 
 
 def encode(entry: CtEntry, kind: int = PRIMARY) -> bytes:
@@ -257,9 +280,14 @@ def encode(entry: CtEntry, kind: int = PRIMARY) -> bytes:
             entry.last_seen,
             entry.expiry,
         ),
-        b"".join(a.to_bytes(width, "big") for a in (o.src, o.dst, r.src, r.dst)),
+        _ADDRS4.pack(o.src, o.dst, r.src, r.dst)
+        if width == 4
+        else b"".join(a.to_bytes(width, "big") for a in (o.src, o.dst, r.src, r.dst)),
         _PORTS.pack(o.sport, o.dport, r.sport, r.dport),
     ]
+    if not entry.lb_counter and not entry.lb_backend:
+        parts.append(_NO_TEXTS)
+        return b"".join(parts)
     for text in (entry.lb_counter, entry.lb_backend):
         raw = text.encode()
         parts += [_LEN.pack(len(raw)), raw]
@@ -293,28 +321,25 @@ def _decode(value: bytes, version: int) -> tuple[CtEntry, int]:
         raise CodecError(f"record format {fmt}, kind {kind}")
     width = _width(ipv)
     offset = _HEAD.size
-    addrs = [
-        int.from_bytes(value[offset + i * width : offset + (i + 1) * width], "big")
-        for i in range(4)
-    ]
+    if width == 4 and len(value) >= offset + 16:
+        addrs: Sequence[int] = _ADDRS4.unpack_from(value, offset)
+    else:
+        addrs = [
+            int.from_bytes(value[offset + i * width : offset + (i + 1) * width], "big")
+            for i in range(4)
+        ]
     offset += 4 * width
     osport, odport, rsport, rdport = _PORTS.unpack_from(value, offset)
     offset += _PORTS.size
-    texts: list[str] = []
-    for _ in range(2):
-        (size,) = _LEN.unpack_from(value, offset)
-        offset += _LEN.size
-        if offset + size > len(value):
-            raise CodecError("truncated record")
-        texts.append(value[offset : offset + size].decode())
-        offset += size
+    texts = _texts(value, offset)
     orig = CtTuple(ipv, proto, addrs[0], addrs[1], osport, odport)
     reply = CtTuple(ipv, proto, addrs[2], addrs[3], rsport, rdport)
+    known = _STATES.get(state)
     entry = CtEntry(
         zone,
         orig,
         reply,
-        CtState(state),
+        known if known is not None else CtState(state),
         created,
         last_seen,
         expiry,
@@ -326,6 +351,21 @@ def _decode(value: bytes, version: int) -> tuple[CtEntry, int]:
         version=version,
     )
     return entry, kind
+
+
+def _texts(value: bytes, offset: int) -> Sequence[str]:
+    """``lb_counter`` and ``lb_backend``: a length-prefixed string each."""
+    if value[offset:] == _NO_TEXTS:
+        return ("", "")
+    texts: list[str] = []
+    for _ in range(2):
+        (size,) = _LEN.unpack_from(value, offset)
+        offset += _LEN.size
+        if offset + size > len(value):
+            raise CodecError("truncated record")
+        texts.append(value[offset : offset + size].decode())
+        offset += size
+    return texts
 
 
 def _width(ip_version: int) -> int:

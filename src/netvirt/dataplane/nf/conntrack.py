@@ -95,7 +95,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from netvirt.dataplane.drops import DropReason
 from netvirt.dataplane.fields import (
@@ -120,10 +120,12 @@ from netvirt.dataplane.nf.codec import (
     CtState,
     CtTuple,
     Task,
+    advanced_entry,
     ct_key,
     decode,
     drive_steps,
     encode,
+    versioned_entry,
 )
 from netvirt.dataplane.nf.lb import LbRound, Pick
 from netvirt.dataplane.nf.nat import (
@@ -160,6 +162,17 @@ _CONTROL = TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK
 _CLOSING = (CtState.TIME_WAIT, CtState.CLOSED)
 
 
+# the Timeouts field of each TCP state (any other state: "closed")
+_TCP_TIMEOUTS = {
+    CtState.SYN_SENT: "syn_sent",
+    CtState.SYN_RECV: "syn_recv",
+    CtState.ESTABLISHED: "established",
+    CtState.FIN_WAIT: "fin_wait",
+    CtState.CLOSE_WAIT: "close_wait",
+    CtState.TIME_WAIT: "time_wait",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Timeouts:
     """Idle timeouts in seconds per state: Linux's shape, shorter where Linux is extreme."""
@@ -180,14 +193,8 @@ class Timeouts:
     def of(self, t: CtTuple, state: CtState) -> float:
         """The timeout of a connection like ``t`` in ``state``."""
         if t.proto == IPPROTO_TCP:
-            return {
-                CtState.SYN_SENT: self.syn_sent,
-                CtState.SYN_RECV: self.syn_recv,
-                CtState.ESTABLISHED: self.established,
-                CtState.FIN_WAIT: self.fin_wait,
-                CtState.CLOSE_WAIT: self.close_wait,
-                CtState.TIME_WAIT: self.time_wait,
-            }.get(state, self.closed)
+            timeout: float = getattr(self, _TCP_TIMEOUTS.get(state, "closed"))
+            return timeout
         if t.proto in PORT_PROTOCOLS:
             return self.udp_replied if state is CtState.REPLIED else self.udp_unreplied
         return self.icmp if t.is_icmp else self.other
@@ -487,9 +494,7 @@ class Conntrack:
         unchanged = (state, mark, flags) == (entry.state, entry.mark, entry.flags)
         if unchanged and now - entry.last_seen < timeout * self.timeouts.refresh_fraction:
             return entry
-        return replace(
-            entry, state=state, mark=mark, flags=flags, last_seen=now, expiry=now + timeout
-        )
+        return advanced_entry(entry, state, mark, flags, now, now + timeout)
 
     def _write(
         self,
@@ -529,7 +534,7 @@ class Conntrack:
         if cas.ok and cas.entry is not None:
             if new.lb_counter and entry.state not in _CLOSING and new.state in _CLOSING:
                 lb_round.release(new.lb_counter, new.lb_backend)
-            return self._final(req, replace(new, version=cas.entry.version), reply, CT_EST)
+            return self._final(req, versioned_entry(new, cas.entry.version), reply, CT_EST)
         return (yield from self._lost(key, primary_key, cas, new, now))
 
     def _lost(
@@ -650,10 +655,10 @@ class Conntrack:
             owned, version = True, primary.entry.version
             mirror = results[1] if mirror_key != key else None
             if mirror is None or (isinstance(mirror, CasResult) and mirror.ok):
-                return self._final(req, replace(entry, version=version), False, CT_NEW)
+                return self._final(req, versioned_entry(entry, version), False, CT_NEW)
             assert isinstance(mirror, CasResult)
             if (yield from self._take_over(mirror_key, mirror.entry, entry, now, ttl)):
-                return self._final(req, replace(entry, version=version), False, CT_NEW)
+                return self._final(req, versioned_entry(entry, version), False, CT_NEW)
             if port is None:
                 yield from self._undo(key, None)
                 return self._nat_failure(req, "reply tuple already in use")

@@ -48,6 +48,7 @@ _IP4_SRC, _IP4_DST, _IP6_SRC, _IP6_DST = F("ip4.src"), F("ip4.dst"), F("ip6.src"
 _TP_SRC, _TP_DST, _TCP_FLAGS = F("tp.src"), F("tp.dst"), F("tcp.flags")
 _ICMP_TYPE, _CT_STATE, _CT_MARK = F("icmp.type"), F("ct_state"), F("ct_mark")
 _IPV4, _IPV6 = 0x0800, 0x86DD
+_NAT_REQUESTS_LIMIT = 4096  # NAT actions remembered (one per NAT/LB rule)
 
 
 @dataclass(slots=True)
@@ -120,6 +121,7 @@ class FlowKeyConntrack:
         self.conntrack = conntrack
         self.last: CtResult | None = None
         self._assoc: Assoc = {}
+        self._nat_requests: dict[int, tuple[CtAction, NatRequest]] = {}
 
     # -- batches (the pipeline) ----------------------------------------------------------
     def ct_batch(self, calls: Sequence[CtCall]) -> None:
@@ -161,9 +163,21 @@ class FlowKeyConntrack:
         if isinstance(act, CtCommit):
             commit, mark = True, act.mark
         elif not isinstance(act, CtNext):
-            nat = NatRequest.from_action(act)
+            nat = self._nat_request(act)
         flags = call.key[_TCP_FLAGS]
         return CtRequest(call.zone, t, flags, commit, mark, nat, call.related, hint)
+
+    def _nat_request(self, act: CtDnat | CtSnat | CtLb) -> NatRequest:
+        """``NatRequest.from_action(act)``, built once per action: a rule's actions live
+        as long as the rule, and both are immutable."""
+        known = self._nat_requests.get(id(act))
+        if known is not None and known[0] is act:
+            return known[1]
+        if len(self._nat_requests) >= _NAT_REQUESTS_LIMIT:
+            self._nat_requests = {}
+        request = NatRequest.from_action(act)
+        self._nat_requests[id(act)] = (act, request)  # holds act: its id is not reused
+        return request
 
     def _apply(self, call: CtCall, result: CtResult) -> None:
         self.last = result
