@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -193,6 +194,8 @@ class Forwarder:
         # slow-path work parked on an asynchronous store, and the packets held behind it
         self.jobs = StoreJobs(state_store)
         self.parking = Parking()
+        self.slow_errors = 0  # slow-path batches lost to a bug (dropped as internal_error)
+        self._slow_error_logged = -1e9
 
     # -- local interfaces --------------------------------------------------------------------
 
@@ -403,7 +406,11 @@ class Forwarder:
             log.debug("state store: %s", err)
             return [Verdict(drops=[DropReason.STATE_UNAVAILABLE], cacheable=False) for _ in items]
         except Exception:  # a bug: these packets are lost, their held connections go on
-            log.exception("slow path failed on %d packets", len(items))
+            self.slow_errors += 1
+            now = time.monotonic()
+            if now - self._slow_error_logged >= 5.0:  # at packet rate: now and then
+                self._slow_error_logged = now
+                log.exception("slow path failed (%d times so far)", self.slow_errors)
             return [Verdict(drops=[DropReason.INTERNAL_ERROR], cacheable=False) for _ in items]
 
     def _slow(self, items: list[BatchItem]) -> list[Verdict]:
