@@ -293,23 +293,22 @@ class Forwarder:
             if where is None:
                 self._count_drop(counters, DropReason.UNKNOWN_PORT)
                 continue
-            if held:
-                pair = conversation(data)
-                if pair is not None and pair in held:
-                    if not parking.hold(pair, frame, iface=iface):
-                        self._count_drop(counters, DropReason.STATE_BACKLOG)
-                    continue
+            # read only while something waits (parked, or earlier in this batch)
+            talk = conversation(data) if held or pending else None
+            if talk is not None and talk in held:
+                if not parking.hold(talk, frame, iface=iface):
+                    self._count_drop(counters, DropReason.STATE_BACKLOG)
+                continue
             found = flow_key(data) if lookup is not None else None
             if found is None:
                 misses.append(_Miss(frame, now, None, None, None))
-                pair = conversation(data)
-                if pair is not None:
-                    pending.add(pair)
+                talk = talk or conversation(data)
+                if talk is not None:
+                    pending.add(talk)
                 continue
             vnet = frame.vnet
             key = (iface, found[0], vnet is not None and vnet.needs_csum)
             entry, expired = lookup(key, now)  # type: ignore[misc]
-            talk = conversation(data) if pending else None
             waiting = talk is not None and talk in pending
             if entry is None or waiting:
                 miss = _Miss(frame, now, key, found, expired)
@@ -396,12 +395,11 @@ class Forwarder:
             start = end
 
     def _slow_steps(self, items: list[BatchItem]) -> Steps[list[Verdict]]:
-        """The pipeline's store round trips for a batch, for :class:`StoreJobs`."""
-        steps = getattr(self.pipeline, "process_steps", None)
-        if steps is None:
-            return self._slow(items)
+        """The pipeline for a batch, its store round trips yielded to :class:`StoreJobs`;
+        a store that cannot be reached drops what the pipeline could not settle
+        without it, a bug drops the batch (never a held connection left behind)."""
         try:
-            return cast(list[Verdict], (yield from steps(items)))
+            return (yield from self.pipeline.process_steps(items))
         except StateStoreError as err:
             log.debug("state store: %s", err)
             return [Verdict(drops=[DropReason.STATE_UNAVAILABLE], cacheable=False) for _ in items]
@@ -412,23 +410,6 @@ class Forwarder:
                 self._slow_error_logged = now
                 log.exception("slow path failed (%d times so far)", self.slow_errors)
             return [Verdict(drops=[DropReason.INTERNAL_ERROR], cacheable=False) for _ in items]
-
-    def _slow(self, items: list[BatchItem]) -> list[Verdict]:
-        """The pipeline for a batch; a state store that cannot be reached drops what the
-        pipeline could not settle without it."""
-        try:
-            batch = getattr(self.pipeline, "process_batch", None)
-            if batch is not None:
-                return cast(list[Verdict], batch(items))
-            return [
-                self.pipeline.process(frame, dp, inport, now)
-                if outport is None
-                else self.pipeline.process_egress(frame, dp, inport, outport, now)
-                for frame, dp, inport, outport, now in items
-            ]
-        except StateStoreError as err:
-            log.debug("state store: %s", err)
-            return [Verdict(drops=[DropReason.STATE_UNAVAILABLE], cacheable=False) for _ in items]
 
     def _settle(
         self,
@@ -556,12 +537,11 @@ class Forwarder:
             if physical.topology.kinds.get(dp) != "switch":
                 self._count_drop(tunnel_counters, DropReason.UNKNOWN_VNI)
                 continue
-            if held:
-                pair = conversation(data)
-                if pair is not None and pair in held:
-                    if not parking.hold(pair, frame, tunnel=(dp, ingress, egress)):
-                        self._count_drop(tunnel_counters, DropReason.STATE_BACKLOG)
-                    continue
+            talk = conversation(data) if held or pending else None
+            if talk is not None and talk in held:
+                if not parking.hold(talk, frame, tunnel=(dp, ingress, egress)):
+                    self._count_drop(tunnel_counters, DropReason.STATE_BACKLOG)
+                continue
             now = self.clock()
             key: Hashable = None
             expired: Entry | None = None
@@ -570,11 +550,11 @@ class Forwarder:
                 vnet = frame.vnet
                 key = (dp, ingress, egress, found[0], vnet is not None and vnet.needs_csum)
                 entry, expired = cache.lookup(key, now)
-                hosts = cast(Pair, conversation(data))
-                if entry is not None and hosts not in pending:
+                talk = talk or cast(Pair, conversation(data))
+                if entry is not None and talk not in pending:
                     self._replay(entry, frame, out, tunnel_counters)
                     continue
-                pending.add(hosts)
+                pending.add(talk)
             targets: tuple[int, ...]
             if egress is not None:
                 inport, targets = ingress or NO_PORT, (egress,)

@@ -115,8 +115,9 @@ class CachedStore:
     def get(self, key: str) -> Entry | None:
         return self.get_many([key])[0]
 
-    def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
-        now = self.clock()
+    def _served(self, keys: Sequence[str], now: float) -> tuple[list[Entry | None], list[int]]:
+        """What the cache answers for ``keys`` (None where it cannot) and the positions it
+        cannot answer; counts hits and misses."""
         out: list[Entry | None] = []
         missing: list[int] = []
         for i, key in enumerate(keys):
@@ -126,6 +127,11 @@ class CachedStore:
                 missing.append(i)
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
+        return out, missing
+
+    def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        now = self.clock()
+        out, missing = self._served(keys, now)
         if missing:
             fetched = self.inner.get_many([keys[i] for i in missing])
             for i, entry in zip(missing, fetched, strict=True):
@@ -220,16 +226,8 @@ class CachedStore:
         outer = Ticket(ops)
         if all(type(op) is GetOp for op in ops):
             keys = [op.key for op in ops if isinstance(op, GetOp)]
-            now = self.clock()
-            found: list[object] = []
-            missing: list[int] = []
-            for i, key in enumerate(keys):
-                entry = self._fresh(key, now) if self.max_age > 0 else None
-                found.append(entry)
-                if entry is None:
-                    missing.append(i)
-            self.hits += len(keys) - len(missing)
-            self.misses += len(missing)
+            served, missing = self._served(keys, self.clock())
+            found: list[object] = list(served)
             if not missing:
                 outer.complete(found)
                 return outer

@@ -64,14 +64,13 @@ class Ticket:
     ticket completes; a ticket completed before the callback is set is
     picked up by whoever checks ``done``."""
 
-    __slots__ = ("callback", "done", "ops", "reply", "submitted")
+    __slots__ = ("callback", "done", "ops", "reply")
 
-    def __init__(self, ops: Sequence[Op], submitted: float = 0.0) -> None:
+    def __init__(self, ops: Sequence[Op]) -> None:
         self.ops = ops
         self.reply: Reply | None = None
         self.done = False
         self.callback: Callable[[Reply], None] | None = None
-        self.submitted = submitted
 
     def complete(self, reply: Reply) -> None:
         if self.done:

@@ -319,22 +319,35 @@ class RedisStore:
     def _round_trip(self, keys: int, requests: int = 1) -> Iterator[None]:
         """Time one exchange with the server, count it, translate its errors; fail at
         once, without an exchange, while the server is held down."""
-        if self._down_until and time.monotonic() < self._down_until:
-            self._stats.held_down()
-            self._stats.failure("unavailable")
-            raise StateStoreUnavailable("redis unavailable: held down after a failure")
+        held = self._held_down()
+        if held is not None:
+            raise held
         started = time.perf_counter()
         try:
             with _translated_errors():
                 yield
         except StateStoreError as exc:
-            unavailable = isinstance(exc, StateStoreUnavailable)
-            self._stats.failure("unavailable" if unavailable else "error")
-            if unavailable and self.hold_down > 0:
-                self._down_until = time.monotonic() + self.hold_down
+            if isinstance(exc, StateStoreUnavailable):
+                self._went_down()
+            else:
+                self._stats.failure("error")
             raise
         finally:
             self._stats.round_trip(keys, time.perf_counter() - started, requests)
+
+    def _held_down(self) -> StateStoreUnavailable | None:
+        """The error of a call made while the server is held down (counted), else None."""
+        if self._down_until and time.monotonic() < self._down_until:
+            self._stats.held_down()
+            self._stats.failure("unavailable")
+            return StateStoreUnavailable("redis unavailable: held down after a failure")
+        return None
+
+    def _went_down(self) -> None:
+        """A connection-level failure (either connection): count it, hold the server down."""
+        self._stats.failure("unavailable")
+        if self.hold_down > 0:
+            self._down_until = time.monotonic() + self.hold_down
 
     def _count_lookups(self, found: Iterable[object]) -> None:
         hits = misses = 0
@@ -400,10 +413,9 @@ class RedisStore:
         completes when :meth:`on_readable` reads its replies (results as ``execute``
         would return them) or when it fails (held down, timeout, lost connection)."""
         ticket = Ticket(ops)
-        if self._down_until and time.monotonic() < self._down_until:
-            self._stats.held_down()
-            self._stats.failure("unavailable")
-            ticket.complete(StateStoreUnavailable("redis unavailable: held down after a failure"))
+        held = self._held_down()
+        if held is not None:
+            ticket.complete(held)
             return ticket
         began = time.thread_time()
         self._stats.call(len(ops))
@@ -451,7 +463,7 @@ class RedisStore:
                 address,
                 timeout,
                 on_connect=self._script_loads,
-                on_failure=self._pipe_failed,
+                on_failure=lambda _exc: self._went_down(),
                 charge=self._stats.client,
             )
         return self._async
@@ -459,11 +471,6 @@ class RedisStore:
     @staticmethod
     def _script_loads() -> list[list[Arg]]:
         return [["SCRIPT", "LOAD", text] for text in _SCRIPTS.values()]
-
-    def _pipe_failed(self, exc: StateStoreUnavailable) -> None:
-        self._stats.failure("unavailable")
-        if self.hold_down > 0:
-            self._down_until = time.monotonic() + self.hold_down
 
     def handle(self) -> tuple[int, int] | None:
         return self._async.handle() if self._async is not None else None
