@@ -166,22 +166,24 @@ def test_same_cidr_same_addresses_different_flows_per_tenant(nbb: NBBuilder) -> 
 
 
 def test_remote_group_follows_membership(nbb: NBBuilder) -> None:
-    """A port joining a group changes the rules of every port that names the group."""
+    """A port joining a group changes the address-set flows of every switch whose rules name
+    the group, and only those: the rules themselves test the group's register bit."""
     nb = rich(nbb)
     before = {_full(f) for f in compile_nb(nb).flows}
     group = next(g for g in nb.security_groups if g["name"] == "default")
     nbb.port(nb.networks[0], "vm9", [(nb.subnets[0], "10.0.0.9")], sgs=[group])
-    changed = [
-        f
-        for f in compile_nb(nb).flows
-        if _full(f) not in before and f.provenance.nb_kind == "security_group_rule"
-    ]
+    changed = [f for f in compile_nb(nb).flows if _full(f) not in before]
     sources = {
         v.value
         for f in changed
-        if f.stage.name == "ls_out_acl"
+        if f.stage.name == "ls_out_acl_sets"
         for c in _cmps(f.match)
         if c.symbol == "ip4.src"
         for v in c.values
     }
     assert 0x0A000009 in sources  # 10.0.0.9 is now a member of the remote group
+    rules = [f for f in changed if f.provenance.nb_kind == "security_group_rule"]
+    assert rules  # the new port joined its group's rules (their port sets changed)
+    listed = {c.symbol for f in rules for c in _cmps(f.match)}
+    assert "ip4.src" not in listed  # members are not listed
+    assert "ip6.src" not in listed

@@ -6,6 +6,9 @@ Switch pipelines
   ``reg0`` bit 1 (REGBIT_CONNTRACK_COMMIT): commit the connection in
   ls_*_stateful (set by an ACL allowing a new connection).
   ``reg0`` bit 2 (REGBIT_LB): the packet is addressed to a VIP (ls_in_pre_lb).
+  ``reg4``: one bit per remote security group named by the switch's rules (per
+  direction): set in ls_*_acl_sets to the groups the peer address belongs to,
+  tested by the rules in ls_*_acl (``build/acl.py``).
 Router pipelines
   ``reg0``: IPv4 next hop chosen by lr_in_ip_routing; ``xreg0``: IPv6 next hop.
   ``reg1``: the router port's own IPv4 address on the output side (ICMP source,

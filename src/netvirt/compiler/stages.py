@@ -39,6 +39,7 @@ _TABLE: list[tuple[DatapathKind, Pipeline, list[tuple[str, str]]]] = [
             ("ls_in_pre_acl", "mark traffic that needs conntrack for security groups"),
             ("ls_in_pre_lb", "mark traffic to load balancer VIPs for conntrack"),
             ("ls_in_pre_stateful", "send marked traffic through conntrack (ct_next)"),
+            ("ls_in_acl_sets", "remote security groups the destination is in (reg4 bits)"),
             ("ls_in_acl", "security group rules for traffic leaving the port (egress rules)"),
             ("ls_in_qos_mark", "DSCP marking"),
             ("ls_in_lb", "VIP -> member selection (ct_lb)"),
@@ -54,6 +55,7 @@ _TABLE: list[tuple[DatapathKind, Pipeline, list[tuple[str, str]]]] = [
         [
             ("ls_out_pre_acl", "mark traffic that needs conntrack for security groups"),
             ("ls_out_pre_stateful", "send marked traffic through conntrack"),
+            ("ls_out_acl_sets", "remote security groups the source is in (reg4 bits)"),
             ("ls_out_acl", "security group rules for traffic entering the port (ingress rules)"),
             ("ls_out_stateful", "commit allowed new connections"),
             ("ls_out_port_sec_ip", "destination IP must be the port's"),

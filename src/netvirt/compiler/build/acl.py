@@ -35,6 +35,23 @@ lists all of that switch's ports using the rule's group in ``inport``/
 ``outport``. Neutron's default group falls out of its rules: egress anything,
 ingress from members of the same group.
 
+Remote groups as address sets (``acl_sets``, the stage before ``acl``). A rule
+naming a remote group does not list the group's addresses itself: the match
+``outport ∈ {ports} && ip4.src ∈ {members}`` would expand to ports x members
+classifier rules (10 ports of a switch and a group of 1,000 members: 10,000,
+over the expansion limit, so the flow could not be installed at all). Instead
+each switch gives every group its rules name (per direction, up to
+:data:`SET_BITS`) one bit of ``reg4``; ``acl_sets`` sets ``reg4`` to the bits
+of the groups the peer address belongs to (one rule per member address), and
+the rule tests its group's bit — ports + members rules, the same shape as Open
+vSwitch's conjunctive matches. An address that belongs to several groups gets
+all their bits in one rule; member prefixes (allowed address pairs) are
+matched longest-prefix first (priority 100 + prefix length) and a prefix's
+rule carries the bits of every member prefix containing it, so the most
+specific match always holds every group the address is in. Groups beyond
+:data:`SET_BITS` in one switch fall back to the expanded match. Membership
+changes change only the ``acl_sets`` flows of the switches using the group.
+
 Registers are zeroed by the pipeline when a packet enters the egress pipeline
 or another datapath, so each pipeline's REGBITs are its own.
 """
@@ -48,6 +65,7 @@ from netvirt.compiler.build import (
     LPort,
     Switch,
     add_defaults,
+    hex_mask,
     inport_in,
     ip_version,
     ips_cmp,
@@ -61,7 +79,7 @@ from netvirt.compiler.expr.ast import BoolSym, Cmp, Expr, Not, Value, conj, disj
 from netvirt.compiler.lflow import FlowSink, Provenance
 from netvirt.compiler.nb import NBSnapshot, Obj
 from netvirt.compiler.regs import REGBIT_CONNTRACK, REGBIT_CONNTRACK_COMMIT
-from netvirt.dataplane.actions import CtCommit, CtNext, Drop, Next
+from netvirt.dataplane.actions import CtCommit, CtNext, Drop, Next, SetField
 from netvirt.dataplane.drops import DropReason
 from netvirt.model.security import PROTOCOL_NUMBERS
 from netvirt.southbound.model import SBState
@@ -73,6 +91,11 @@ PRIO_CT_ALLOW = 65531
 PRIO_INFRA = 2000
 PRIO_RULE = 1000
 PRIO_PORT_DEFAULT = 1
+PRIO_SET = 100  # + the member prefix length: longest prefix first
+
+SET_REGISTER = "reg4"  # remote-group membership bits of the peer address (acl_sets → acl)
+SET_BITS = 32  # remote groups per switch and direction that get a bit (the register's width)
+SET_CHUNK = 4096  # member prefixes per acl_sets flow (the match expansion limit)
 
 PROTOCOLS = PROTOCOL_NUMBERS  # one table of names, shared with the API's validation
 PORT_PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
@@ -117,7 +140,7 @@ def build(nb: NBSnapshot, sb: SBState, sink: FlowSink) -> None:
             _rules(switch, way, guarded, groups, members, sink)
         defaults: dict[str, tuple[object, ...]] = {}
         for way in DIRECTIONS:
-            for name in ("pre_acl", "pre_stateful", "acl", "stateful"):
+            for name in ("pre_acl", "pre_stateful", "acl_sets", "acl", "stateful"):
                 defaults[way.stage(name)] = (Next(),)
         add_defaults(sink, switch, BUILDER, defaults)
 
@@ -171,7 +194,11 @@ def _rules(
     members: _RuleMatches,
     sink: FlowSink,
 ) -> None:
-    for group_id in sorted({g for p in guarded for g in p.nb["security_groups"]}):
+    used = sorted({g for p in guarded for g in p.nb["security_groups"]})
+    bits = _set_bits(used, groups, way)
+    if bits:
+        _address_sets(switch, way, bits, members, sink)
+    for group_id in used:
         group = groups.get(group_id)
         if group is None:
             continue
@@ -180,7 +207,7 @@ def _rules(
         for rule in sorted(group.get("security_group_rules", []), key=lambda r: str(r["id"])):
             if rule["direction"] != way.sg_direction:
                 continue
-            match = members.match(rule, way.peer)
+            match = members.match(rule, way.peer, bits.get(str(rule.get("remote_group_id"))))
             if match is None:
                 continue
             prov = Provenance(BUILDER, "security_group_rule", str(rule["id"]))
@@ -192,22 +219,65 @@ def _rules(
             sink.add(switch.key, way.stage("acl"), PRIO_RULE, full, acts, prov)
 
 
+def _set_bits(used: list[str], groups: dict[str, Obj], way: Direction) -> dict[str, int]:
+    """Remote group id → its ``reg4`` bit in this switch and direction (sorted ids, the
+    first :data:`SET_BITS`; the rest keep the expanded match)."""
+    remotes: set[str] = set()
+    for group_id in used:
+        for rule in groups.get(group_id, {}).get("security_group_rules", []):
+            if rule["direction"] == way.sg_direction and rule.get("remote_group_id"):
+                remotes.add(str(rule["remote_group_id"]))
+    return {g: 1 << i for i, g in enumerate(sorted(remotes)[:SET_BITS])}
+
+
+def _address_sets(
+    switch: Switch, way: Direction, bits: dict[str, int], members: _RuleMatches, sink: FlowSink
+) -> None:
+    """``acl_sets``: the peer address → the bits of every group of ``bits`` it belongs to."""
+    member_bits: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, int] = {}
+    for group_id, bit in bits.items():
+        for addr in members.members(group_id):
+            net = ipaddress.ip_network(addr, strict=False)
+            member_bits[net] = member_bits.get(net, 0) | bit
+    wide = [n for n in member_bits if n.prefixlen < n.max_prefixlen]
+    by_flow: dict[tuple[int, int, int], list[str]] = {}
+    for net, value in member_bits.items():
+        for outer in wide:  # a prefix inside a member prefix is in that member's groups too
+            if outer.version == net.version and outer != net and net.subnet_of(outer):  # type: ignore[arg-type]
+                value |= member_bits[outer]
+        by_flow.setdefault((net.version, net.prefixlen, value), []).append(str(net))
+    prov = switch.provenance(BUILDER, "remote group members")
+    stage = way.stage("acl_sets")
+    for (version, prefixlen, value), nets in sorted(by_flow.items()):
+        acts = (SetField(SET_REGISTER, value), Next())
+        symbol = f"ip{version}.{way.peer}"
+        for start in range(0, len(nets), SET_CHUNK):
+            match = ips_cmp(symbol, nets[start : start + SET_CHUNK])
+            sink.add(switch.key, stage, PRIO_SET + prefixlen, match, acts, prov)
+
+
 class _RuleMatches:
-    """``rule_match`` per (rule, direction), computed once per compile: a rule's match does
-    not depend on the switch, and with a remote group it expands every member address, so
-    recomputing it for each switch using the group was quadratic in the size of the cloud."""
+    """``rule_match`` per (rule, direction, set bit), computed once per compile: a rule's
+    match does not depend on the switch (only on the bit its remote group got there), and
+    expanding a remote group's addresses for each switch using the group was quadratic in
+    the size of the cloud."""
 
     def __init__(self, nb: NBSnapshot) -> None:
         self.nb = nb
         self._members: dict[str, list[str]] | None = None  # read only if a rule needs it
-        self._cache: dict[tuple[str, str], Expr | None] = {}
+        self._cache: dict[tuple[str, str, int | None], Expr | None] = {}
 
-    def match(self, rule: Obj, peer: str) -> Expr | None:
-        key = (str(rule["id"]), peer)
+    def members(self, group_id: str) -> list[str]:
+        if self._members is None:
+            self._members = _group_members(self.nb)
+        return self._members.get(group_id, [])
+
+    def match(self, rule: Obj, peer: str, bit: int | None = None) -> Expr | None:
+        key = (str(rule["id"]), peer, bit)
         if key not in self._cache:
-            if rule.get("remote_group_id") and self._members is None:
-                self._members = _group_members(self.nb)
-            self._cache[key] = rule_match(rule, peer, self._members or {})
+            remote = rule.get("remote_group_id")
+            listed = {str(remote): self.members(str(remote))} if remote else {}
+            self._cache[key] = rule_match(rule, peer, listed, set_bit=bit)
         return self._cache[key]
 
 
@@ -234,8 +304,13 @@ def protocol_number(protocol: object, version: int) -> int | None:
     return number
 
 
-def rule_match(rule: Obj, peer: str, members: dict[str, list[str]]) -> Expr | None:
-    """The match of one rule (without the port part), or None if it can match nothing."""
+def rule_match(
+    rule: Obj, peer: str, members: dict[str, list[str]], *, set_bit: int | None = None
+) -> Expr | None:
+    """The match of one rule (without the port part), or None if it can match nothing.
+
+    A remote group is matched by its ``reg4`` bit when it has one (``set_bit``, set by
+    ``acl_sets``), else by listing its members' addresses."""
     version = 4 if rule.get("ethertype", "IPv4") == "IPv4" else 6
     try:
         proto = protocol_number(rule.get("protocol"), version)
@@ -260,7 +335,10 @@ def rule_match(rule: Obj, peer: str, members: dict[str, list[str]]) -> Expr | No
         addrs = [a for a in members.get(remote, []) if _version(a) == version]
         if not addrs:
             return None
-        terms.append(ips_cmp(symbol, addrs))
+        if set_bit is None:
+            terms.append(ips_cmp(symbol, addrs))
+        else:
+            terms.append(Cmp(SET_REGISTER, "==", (hex_mask(set_bit),)))
     return conj(*terms)
 
 
