@@ -8,10 +8,12 @@ tunnel endpoints bound to the underlay address inside the host's namespace
 it), one port per plugged interface (``ifaces.PlugDir``: one file per
 interface naming its NB port; AF_PACKET or TAP), and the
 :class:`~netvirt.agent.forwarder.Forwarder` with what is installed. Its loop
-waits on the port fds, the tunnel fds and an eventfd (epoll, short timeout),
+waits on the port fds, the tunnel fds, an eventfd and an inotify watch of the
+plug directory (epoll, short timeout; a plug wakes it at once, ``dirwatch``),
 drains up to a batch per ready fd into the forwarder, then runs periodic
 work (reopening tunnels, scanning the plug directory, state sweeps, the
 status file) and whatever its subclass adds in :meth:`DatapathLoop.periodic`.
+The process's garbage-collection pauses are in its status (``gcpause``).
 
 Two ways to run it:
 
@@ -39,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from netvirt.agent import gcpause
+from netvirt.agent.dirwatch import DirWatch
 from netvirt.agent.dpctl import ControlServer
 from netvirt.agent.forwarder import Forwarder
 from netvirt.agent.ifaces import (
@@ -88,6 +92,7 @@ class DatapathConfig:
     tick: float = 0.1
     batch: int = 64
     flow_cache: int = 65_536  # entries of the datapath's flow cache (0: every packet slow)
+    gc_tuned: bool = False  # process-wide: young threshold raised, heap frozen after installs
 
 
 @dataclass
@@ -151,6 +156,7 @@ class DatapathLoop(LoopProcess):
         self.tunnel_errors: dict[str, str] = {}
         self.underlay_mtu: int | None = config.underlay_mtu
         self.plug_dir = PlugDir(config.iface_dir)
+        self.plug_watch = DirWatch(config.iface_dir)  # a plug wakes the loop (else: tick)
         self.ports = PortTable(self.open_port)
         tunnels: dict[str, Tunnel] = {str(e): t for e, t in self.tunnels.items()}
         cache = FlowCache(capacity=config.flow_cache) if config.flow_cache > 0 else None
@@ -173,6 +179,7 @@ class DatapathLoop(LoopProcess):
         self._logged_at = -LOG_EVERY
         self._next_scan = self._next_status = self._next_tunnel = 0.0
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
+        self.gc_pauses = gcpause.GcPauses()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -246,6 +253,8 @@ class DatapathLoop(LoopProcess):
             self._epoll = None
         self.store.close()
         self.close_wake()
+        self.plug_watch.close()
+        self.gc_pauses.close()
         log.info("datapath %s stopped", self.dp_config.name)
 
     # -- packets ----------------------------------------------------------------------------
@@ -262,6 +271,8 @@ class DatapathLoop(LoopProcess):
             self._epoll.close()
         self._epoll = select.epoll()
         self._epoll.register(self._wake_fd, select.EPOLLIN)
+        if self.plug_watch.fd is not None:
+            self._epoll.register(self.plug_watch.fd, select.EPOLLIN)
         self._store_registered = None  # registered again at the next store tick
         self._store_fd = None
         handlers = _Handlers()
@@ -304,6 +315,10 @@ class DatapathLoop(LoopProcess):
             return
         if fd == self._store_fd:
             self._from_store(events)
+            return
+        if fd == self.plug_watch.fd:
+            if self.plug_watch.drain():  # something changed in the plug directory: look now
+                self._guarded("plug scan", self._scan, time.monotonic())
             return
         iface = self._handlers.ports.get(fd)
         try:
@@ -447,8 +462,11 @@ class DatapathLoop(LoopProcess):
                 "iterations": self.stats.iterations,
                 "steps": self.stats.steps,
                 "errors": self.stats.errors,
+                "plug_events": self.plug_watch.events,
+                "plug_watch": self.plug_watch.fd is not None,
             },
             "io": self.io_counters(),
+            "gc": self.gc_pauses.as_dict(),
         }
 
     def status(self) -> dict[str, object]:
@@ -482,6 +500,8 @@ class DatapathProcess(DatapathLoop):
         if config.control is None:
             raise ValueError("a datapath process needs a control socket path")
         super().__init__(config, store=store, open_port=open_port, open_tunnel=open_tunnel)
+        if config.gc_tuned:
+            gcpause.tune()
         self.events: list[object] = []
         self.control = ControlServer(
             config.control,
@@ -524,6 +544,8 @@ class DatapathProcess(DatapathLoop):
         self, physical: PhysicalState, add: list[Rule], remove: list[Rule]
     ) -> dict[str, object]:
         delta: Delta = self.forwarder.install(physical, add, remove)
+        if self.dp_config.gc_tuned:
+            gcpause.settle()  # the rules just built join the permanent generation
         self.write_status()  # the new generation is visible at once
         self.forwarder.health_tick()  # new members are probed at once
         return {

@@ -159,6 +159,15 @@ def datapath(
             help="Entries of the flow cache that replays established flows (0: off)", min=0
         ),
     ] = 65_536,
+    gc_tuned: Annotated[
+        bool,
+        typer.Option(
+            "--gc-tuned/--gc-default",
+            envvar="NETVIRT_DATAPATH_GC_TUNED",
+            help="Fewer young garbage collections and the heap frozen after each install "
+            "(collection pauses are in the status either way)",
+        ),
+    ] = False,
     status_file: StatusFile = None,
     log_level: LogLevel = "info",
 ) -> None:
@@ -180,6 +189,7 @@ def datapath(
         state_cache=state_cache,
         state_fail=state_fail.value,
         flow_cache=flow_cache,
+        gc_tuned=gc_tuned,
         status_file=status_file,
         control=control,
     )
