@@ -59,7 +59,8 @@ or another datapath, so each pipeline's REGBITs are its own.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from netvirt.compiler.build import (
     LPort,
@@ -234,9 +235,19 @@ def _address_sets(
     switch: Switch, way: Direction, bits: dict[str, int], members: _RuleMatches, sink: FlowSink
 ) -> None:
     """``acl_sets``: the peer address → the bits of every group of ``bits`` it belongs to."""
+    prov = switch.provenance(BUILDER, "remote group members")
+    stage = way.stage("acl_sets")
+    for priority, match, acts in members.sets(bits, way.peer):
+        sink.add(switch.key, stage, priority, match, acts, prov)
+
+
+def _set_flows(
+    bits: dict[str, int], peer: str, members: Callable[[str], list[str]]
+) -> list[tuple[int, Expr, tuple[object, ...]]]:
+    """The ``acl_sets`` flows (priority, match, actions) for one assignment of bits."""
     member_bits: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, int] = {}
     for group_id, bit in bits.items():
-        for addr in members.members(group_id):
+        for addr in members(group_id):
             net = ipaddress.ip_network(addr, strict=False)
             member_bits[net] = member_bits.get(net, 0) | bit
     wide = [n for n in member_bits if n.prefixlen < n.max_prefixlen]
@@ -246,14 +257,14 @@ def _address_sets(
             if outer.version == net.version and outer != net and net.subnet_of(outer):  # type: ignore[arg-type]
                 value |= member_bits[outer]
         by_flow.setdefault((net.version, net.prefixlen, value), []).append(str(net))
-    prov = switch.provenance(BUILDER, "remote group members")
-    stage = way.stage("acl_sets")
+    flows: list[tuple[int, Expr, tuple[object, ...]]] = []
     for (version, prefixlen, value), nets in sorted(by_flow.items()):
         acts = (SetField(SET_REGISTER, value), Next())
-        symbol = f"ip{version}.{way.peer}"
+        symbol = f"ip{version}.{peer}"
         for start in range(0, len(nets), SET_CHUNK):
             match = ips_cmp(symbol, nets[start : start + SET_CHUNK])
-            sink.add(switch.key, stage, PRIO_SET + prefixlen, match, acts, prov)
+            flows.append((PRIO_SET + prefixlen, match, acts))
+    return flows
 
 
 class _RuleMatches:
@@ -266,11 +277,20 @@ class _RuleMatches:
         self.nb = nb
         self._members: dict[str, list[str]] | None = None  # read only if a rule needs it
         self._cache: dict[tuple[str, str, int | None], Expr | None] = {}
+        self._sets: dict[tuple[str, tuple[tuple[str, int], ...]], list[Any]] = {}
 
     def members(self, group_id: str) -> list[str]:
         if self._members is None:
             self._members = _group_members(self.nb)
         return self._members.get(group_id, [])
+
+    def sets(self, bits: dict[str, int], peer: str) -> list[tuple[int, Expr, tuple[object, ...]]]:
+        """The ``acl_sets`` flows of one bit assignment: switches whose rules name the same
+        groups share them (building them per switch was ports x switches of work)."""
+        key = (peer, tuple(sorted(bits.items())))
+        if key not in self._sets:
+            self._sets[key] = _set_flows(bits, peer, self.members)
+        return self._sets[key]
 
     def match(self, rule: Obj, peer: str, bit: int | None = None) -> Expr | None:
         key = (str(rule["id"]), peer, bit)
