@@ -165,7 +165,7 @@ def datapath(
             "--gc-tuned/--gc-default",
             envvar="NETVIRT_DATAPATH_GC_TUNED",
             help="Fewer young garbage collections and the heap frozen after each install "
-            "(collection pauses are in the status either way)",
+            "(measured: a longer latency tail, no rate gain; pauses are in the status)",
         ),
     ] = False,
     status_file: StatusFile = None,
