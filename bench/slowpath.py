@@ -231,10 +231,14 @@ class Conn:
 class Runner:
     """Connections through a fresh pipeline and store; CPU time per packet kind."""
 
-    def __init__(self, world: World, classifier: Any, topo: Any, batch: int) -> None:
+    def __init__(
+        self, world: World, classifier: Any, topo: Any, batch: int, megaflow: bool = False
+    ) -> None:
         self.w, self.batch = world, batch
         conntrack = FlowKeyConntrack(Conntrack(MemoryStore()))
         self.pipeline = Pipeline(classifier, topo, conntrack)
+        # as the datapath with its flow cache: walks record their megaflow wildcards
+        self.pipeline.record_wildcards = megaflow
         self.now = 1.0
         self.cpu: dict[str, float] = dict.fromkeys(KINDS, 0.0)
         self.count: dict[str, int] = dict.fromkeys(KINDS, 0)
@@ -297,10 +301,10 @@ def make_pipeline_parts(world: World) -> tuple[Any, Any]:
     return classifier, topology(world.sb)
 
 
-def one_run(world: World, conns: int, batch: int) -> dict[str, float]:
+def one_run(world: World, conns: int, batch: int, megaflow: bool = False) -> dict[str, float]:
     """µs per packet by kind, plus per connection, for one fresh run."""
     classifier, topo = make_pipeline_parts(world)
-    runner = Runner(world, classifier, topo, batch)
+    runner = Runner(world, classifier, topo, batch, megaflow)
     runner.run(conns)
     out = {k: 1e6 * runner.cpu[k] / runner.count[k] for k in KINDS}
     out["per_conn"] = sum(out[k] for k in KINDS)
@@ -320,6 +324,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sort", default="tottime", help="pstats sort key with --profile")
     p.add_argument("--top", type=int, default=35, help="functions printed with --profile")
     p.add_argument("--json", help="write the figures here")
+    p.add_argument(
+        "--megaflow",
+        choices=("off", "on", "ab"),
+        default="off",
+        help="walks record megaflow wildcards, as in the datapath (ab: alternate both)",
+    )
     p.add_argument(
         "--tune-gc",
         action="store_true",
@@ -359,7 +369,17 @@ def main(argv: list[str]) -> int:
     if args.profile:
         profile(world, args)
         return 0
-    runs = [one_run(world, args.conns, args.batch) for _ in range(args.runs)]
+    if args.megaflow == "ab":  # interleaved: the machine's load moves both alike
+        pairs = [
+            (one_run(world, args.conns, args.batch), one_run(world, args.conns, args.batch, True))
+            for _ in range(args.runs)
+        ]
+        off, on = (statistics.median(p[i]["per_conn"] for p in pairs) for i in (0, 1))
+        print(f"µs per connection, median: without wildcards {off:.0f}, with {on:.0f}")
+        print(f"ratio with/without: {on / off:.3f}")
+        return 0
+    megaflow = args.megaflow == "on"
+    runs = [one_run(world, args.conns, args.batch, megaflow) for _ in range(args.runs)]
     median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     print(f"{'packet':<10} {'µs/pkt (median of ' + str(args.runs) + ')':>24} {'min':>8} {'max':>8}")
     for k in (*KINDS, "per_conn"):

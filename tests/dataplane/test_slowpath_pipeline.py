@@ -45,8 +45,8 @@ class FullSearch:
 class PlainPipeline(Pipeline):
     """Every rule's actions through the generic ``_execute``, as before the programs."""
 
-    def _compile(self, rule: Rule, table: int) -> tuple[Rule, int, Program]:
-        return rule, table, None
+    def _compile(self, rule: Rule, table: int) -> tuple[Rule, int, Program, None]:
+        return rule, table, None, None
 
 
 def pipelines(w: World) -> list[Pipeline]:

@@ -35,8 +35,11 @@ tunnel packets with VNI 0 are gateway hellos, fed to it (docs/gateways.md).
 Flow cache: with ``flow_cache`` set (the datapath process does), a packet
 whose flow the slow path already handled under the same installed state and
 connection states is rewritten and sent from the cache without running the
-pipeline (``dataplane/fastpath.py``); policers and health checks still see
-every packet first. The installed state a cached outcome depends on is
+pipeline (``dataplane/fastpath.py``); behind it, megaflows serve every packet
+(connection setup and teardown included) that agrees with a walk on the bits
+it read, for walks without conntrack (``dataplane/megaflow.py``, learned from
+local ports only). Policers and health checks still see every packet first;
+counters and drops are those of the slow path. Cached outcomes depend on
 :meth:`Forwarder.cache_version`: the install count, the MAC bindings and the
 live gateways.
 
@@ -130,6 +133,7 @@ class _Miss:
     key: Hashable
     found: tuple[bytes, Layout] | None
     expired: Entry | None
+    iface: str | None = None  # received on this local interface (megaflows are per port)
 
 
 _Work = tuple[_Miss, PortCounters, BatchItem]  # a slow-path packet, where it counts, its item
@@ -270,10 +274,9 @@ class Forwarder:
         health = self.health if self.health.active and not resumed else None
         cache = self._cache_for_batch()
         lookup = cache.lookup if cache is not None else None
-        out = _Outbox()
+        mega = cache.megaflows if cache is not None else None
+        out, clock, parking = _Outbox(), self.clock, self.parking
         local = out.local
-        clock = self.clock
-        parking = self.parking
         held = parking.held  # conversations with work parked on the store (usually empty)
         misses: list[_Miss] = []
         pending: set[Pair] = set()  # conversations with a packet on the slow path
@@ -300,18 +303,20 @@ class Forwarder:
                     self._count_drop(counters, DropReason.STATE_BACKLOG)
                 continue
             found = flow_key(data) if lookup is not None else None
-            if found is None:
-                misses.append(_Miss(frame, now, None, None, None))
-                talk = talk or conversation(data)
-                if talk is not None:
-                    pending.add(talk)
-                continue
             vnet = frame.vnet
-            key = (iface, found[0], vnet is not None and vnet.needs_csum)
-            entry, expired = lookup(key, now)  # type: ignore[misc]
+            seeded = vnet is not None and vnet.needs_csum
+            key: Hashable = None
+            entry = expired = None  # (the exact cache first; a megaflow hit fills it)
+            if found is not None:
+                key = (iface, found[0], seeded)
+                entry, expired = lookup(key, now)  # type: ignore[misc]
+            if entry is None and expired is None and mega is not None:
+                entry = mega.lookup(iface, data, seeded, now, found and found[1])
+                if entry is not None and key is not None:
+                    cache.insert(key, entry)  # type: ignore[union-attr]
             waiting = talk is not None and talk in pending
             if entry is None or waiting:
-                miss = _Miss(frame, now, key, found, expired)
+                miss = _Miss(frame, now, key, found, expired, iface)
                 if expired is not None and not waiting:
                     # revalidating a known flow: now, one packet, so that the rest of the
                     # batch hits the renewed entry (or waits for it, when it is parked)
@@ -319,7 +324,9 @@ class Forwarder:
                     self._start_slow([(miss, counters, now_item)], out, from_tunnel=False)
                     continue
                 misses.append(miss)
-                pending.add(cast(Pair, talk or conversation(data)))  # later packets keep order
+                talk = talk or conversation(data)
+                if talk is not None:
+                    pending.add(talk)  # later packets of the conversation keep their order
                 continue
             outputs = entry.outputs
             if len(outputs) == 1 and not entry.drops:  # the usual case, inlined
@@ -431,7 +438,7 @@ class Forwarder:
             return
         queued = self._dispatch(verdict, miss.frame, out, counters, from_tunnel=from_tunnel)
         if cache is not None and learn:
-            self._learn(cache, miss.key, miss.found, miss.frame, verdict, queued, miss.now)
+            self._learn(cache, miss, verdict, queued)
 
     # -- the flow cache ---------------------------------------------------------------------------
 
@@ -444,6 +451,7 @@ class Forwarder:
         cache = self.flow_cache
         if cache is not None:
             cache.sync(self.cache_version())
+        self.pipeline.record_wildcards = cache is not None and cache.megaflows is not None
         return cache
 
     def _replay(self, entry: Entry, frame: Frame, out: _Outbox, counters: PortCounters) -> None:
@@ -462,34 +470,42 @@ class Forwarder:
     def _learn(
         self,
         cache: FlowCache,
-        key: Hashable,
-        found: tuple[bytes, Layout] | None,
-        frame: Frame,
+        miss: _Miss,
         verdict: Verdict,
         outputs: list[tuple[Hashable, Item]] | None,
-        now: float,
     ) -> None:
-        """Remember the slow path's outcome for the flow when it is a pure rewrite."""
+        """Remember a pure rewrite's outcome: as a megaflow when the walk allows, by its key."""
         deps = cache.epochs.observe(verdict.ct)  # also for uncacheable outcomes: epochs move
-        if key is None or found is None:
-            return
-        if deps is None or outputs is None or not verdict.cacheable:
-            cache.counters.uncacheable += 1
-            return
-        layout = found[1]
-        seeded = frame.vnet is not None and frame.vnet.needs_csum
-        cached: list[Output] = []
-        for dest, item in outputs:
-            wire = item.data if isinstance(item, Frame) else item
+        key, found, frame, mega, wires = miss.key, miss.found, miss.frame, cache.megaflows, []
+        for dest, item in outputs or ():
             if isinstance(item, Frame) and item.vnet != frame.vnet:
-                cache.counters.uncacheable += 1  # metadata changed (a pushed tag): not cached
+                outputs = None  # metadata changed (a pushed tag): not cached
+                break
+            wires.append((dest, item.data if isinstance(item, Frame) else item))
+        if outputs is None or not verdict.cacheable:
+            cache.counters.uncacheable += key is not None
+            return
+        seeded = frame.vnet is not None and frame.vnet.needs_csum
+        via, wildcards = self.installed.physical.via_gateway, verdict.wildcards
+        direct = not verdict.ct and not any((e.datapath, e.port) in via for e in verdict.outputs)
+        if mega and miss.iface and wildcards and direct:
+            entry = mega.learn(
+                miss.iface, frame.data, seeded, wildcards, wires, verdict.drops, miss.now
+            )
+            if entry is not None and key is not None:
+                cache.insert(key, entry)
                 return
-            rewrite = derive(frame.data, wire, layout, seeded)
+        if key is None or found is None or deps is None:
+            cache.counters.uncacheable += key is not None
+            return
+        cached: list[Output] = []
+        for dest, wire in wires:
+            rewrite = derive(frame.data, wire, found[1], seeded)
             if rewrite is None:
                 cache.counters.uncacheable += 1
                 return
             cached.append(Output(dest, rewrite))
-        cache.insert(key, Entry(tuple(cached), tuple(verdict.drops), deps, now))
+        cache.insert(key, Entry(tuple(cached), tuple(verdict.drops), deps, miss.now))
 
     # -- packets from the underlay ----------------------------------------------------------------
 
@@ -551,8 +567,9 @@ class Forwarder:
                 key = (dp, ingress, egress, found[0], vnet is not None and vnet.needs_csum)
                 entry, expired = cache.lookup(key, now)
                 talk = talk or cast(Pair, conversation(data))
-                if entry is not None and talk not in pending:
-                    self._replay(entry, frame, out, tunnel_counters)
+                if entry is not None and talk not in pending:  # drops count where the slow
+                    counters = self._target_counters(dp, egress, data) if entry.drops else None
+                    self._replay(entry, frame, out, counters or tunnel_counters)  # path's do
                     continue
                 pending.add(talk)
             targets: tuple[int, ...]
@@ -580,6 +597,13 @@ class Forwarder:
             verdicts = self._start_slow(work, out, from_tunnel=True)
         self._flush(out)
         return verdicts
+
+    def _target_counters(self, dp: int, egress: int | None, data: bytes) -> PortCounters | None:
+        """The counters of a tunnel packet's one local destination interface, if any."""
+        physical = self.installed.physical
+        targets = (egress,) if egress is not None else _l2_targets(physical, dp, data)
+        iface = physical.local.get((dp, targets[0])) if len(targets) == 1 else None
+        return self.port_counters.setdefault(iface, PortCounters()) if iface else None
 
     # -- dispatch ---------------------------------------------------------------------------------
 
@@ -742,6 +766,7 @@ class Forwarder:
         cache = self.flow_cache
         return {
             "flow_cache": cache.stats() if cache is not None else {},
+            "megaflows": cache.megaflows.stats() if cache and cache.megaflows else {},
             "installed_generation": self.generation,
             "ports": {iface: c.as_dict() for iface, c in sorted(self.port_counters.items())},
             "tunnel": self.tunnel_counters.as_dict(),

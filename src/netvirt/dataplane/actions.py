@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netvirt.dataplane.drops import DropReason
-from netvirt.dataplane.fields import F
+from netvirt.dataplane.fields import BY_NAME, F
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,3 +299,48 @@ def _plain_op(act: object) -> Op | None:
     if isinstance(act, SelectEcmp):
         return (OP_ECMP, max(act.count, 1))
     return None  # a generated packet
+
+
+# --------------------------------------------------------------------------- #
+# what an action list adds to a megaflow's wildcards
+# --------------------------------------------------------------------------- #
+Reads = tuple[tuple[int, int], ...]  # (field index, mask)
+_NOTHING = (Next, Output, Drop, CtClear)
+_ECMP_READS = ("ip4.src", "ip4.dst", "ip6.src", "ip6.dst", "ip.proto", "tp.src", "tp.dst", "reg3")
+_BINDING_READS = ("eth.type", "eth.dst", "reg0", "xreg0", "reg7", "metadata", "outport")
+
+
+def megaflow_reads(acts: Iterable[object]) -> Reads | None:
+    """The key fields a rule's actions read or write, for the megaflow of a walk that ran
+    them (``pipeline.py``); None when the walk may not be cached as a megaflow at all.
+
+    A whitelist: only actions whose effect is a function of the key. A field an action
+    writes is recorded whole so that every packet of the megaflow has the same value
+    there before and after, which keeps the output's byte patches constants (a packet
+    already carrying the value written must not share a megaflow with one that does
+    not); a field it reads (a ``Move`` source, the TTL of ``dec_ttl``, the ECMP hash)
+    is recorded because the outcome depends on it. Conntrack, generated packets and
+    learning read more than the key: no megaflow."""
+    reads: dict[int, int] = {}
+    names: tuple[str, ...]
+    for act in acts:
+        if isinstance(act, _NOTHING):
+            continue
+        if isinstance(act, SetField):
+            names = (act.field,)
+        elif isinstance(act, Move):
+            names = (act.dst, act.src)
+        elif isinstance(act, Exchange):
+            names = (act.a, act.b)
+        elif isinstance(act, DecTTL):
+            names = ("ip.ttl",)
+        elif isinstance(act, SelectEcmp):
+            names = _ECMP_READS
+        elif isinstance(act, LookupMacBinding):
+            names = _BINDING_READS
+        else:
+            return None
+        for name in names:
+            spec = BY_NAME[name]
+            reads[spec.index] = spec.full_mask
+    return tuple(sorted(reads.items()))

@@ -58,6 +58,21 @@ for ``ct_lb``) must add them with :meth:`Wildcards.add`; a pipeline whose
 outcome depends on state outside the key (conntrack) must split its
 megaflows where it reads it.
 
+Staged lookup (the megaflow cache's variant, :meth:`Classifier.lookup_megaflow`).
+Probing a high-priority subtable that misses un-wildcards its whole mask: the
+DHCP rules of an ACL table (``ip.proto == 17 && tp.src == 68 && tp.dst == 67``)
+would pin the TCP source port of every packet, one megaflow per connection. As
+Open vSwitch does, each subtable also indexes the prefixes of its signature
+that end at a stage boundary (metadata, L2, L3 — ARP and IP —, L4, in field
+index order): a prefix no rule of the subtable has means a miss, and only the
+fields of that prefix are recorded. A TCP packet misses the DHCP subtable at
+the L3 stage and records ``ip.proto``, not its ports. The indexes count the
+subtable's distinct values per prefix and follow every insert and delete. The
+staged search reads no bit outside the table's memo key either, so its answer
+*and* the bits it read are remembered together (``_Table.wmemo``): a lookup
+that hits the memo ORs a precomputed tuple of masks, and the search itself
+runs once per distinct memo key, not once per packet.
+
 Invariants. Key values lie within their field's width (``key[i] & full mask
 == key[i]``; the parser and the actions keep it so); whole-field masks are
 not applied. ``version`` increases by one on every call that changes the
@@ -245,10 +260,29 @@ def _neg_rank(hit: _Hit) -> int:
     return -hit[0]
 
 
+def _stage_of(index: int) -> int:
+    """0 metadata, 1 L2, 2 L3 (ARP and IP), 3 L4: the staged lookup's field order."""
+    return bisect.bisect_right(_STAGE_STARTS, index)
+
+
+_STAGE_STARTS = tuple(FIELDS_BY_NAME_INDEX[name] for name in ("eth.src", "arp.op", "tp.src"))
+assert list(_STAGE_STARTS) == sorted(_STAGE_STARTS), "stages must follow field-index order"
+
+
+def _prefix(values: Hashable, length: int) -> Hashable:
+    """The first ``length`` masked values, shaped as :func:`key_function` shapes them."""
+    items = cast(tuple[int, ...], values)
+    return items[0] if length == 1 else items[:length]
+
+
+# (key function of a prefix of the signature, prefix values -> buckets with it, the prefix)
+_Stage = tuple[KeyFunction, dict[Hashable, int], Signature]
+
+
 class _Subtable:
     """Rules of one table sharing one signature."""
 
-    __slots__ = ("buckets", "heads", "key_of", "max_rank", "sig", "stale")
+    __slots__ = ("buckets", "heads", "key_of", "max_rank", "sig", "stages", "stale")
 
     def __init__(self, sig: Signature) -> None:
         self.sig = sig
@@ -257,9 +291,26 @@ class _Subtable:
         self.buckets: dict[Hashable, list[_Hit]] = {}  # values -> all, best first
         self.max_rank = _NO_RANK
         self.stale = False  # max_rank may be too high after a removal
+        # staged lookup: one index per stage boundary inside the signature (a proper prefix)
+        ends = [i for i in range(1, len(sig)) if _stage_of(sig[i][0]) != _stage_of(sig[i - 1][0])]
+        self.stages: tuple[_Stage, ...] = tuple(
+            (key_function(sig[:end]), {}, sig[:end]) for end in ends
+        )
+
+    def _index(self, values: Hashable, step: int) -> None:
+        for _, present, prefix in self.stages:
+            part = _prefix(values, len(prefix))
+            count = present.get(part, 0) + step
+            if count:
+                present[part] = count
+            else:
+                del present[part]
 
     def insert(self, values: Hashable, hit: _Hit) -> None:
-        bucket = self.buckets.setdefault(values, [])
+        bucket = self.buckets.get(values)
+        if bucket is None:
+            bucket = self.buckets[values] = []
+            self._index(values, 1)
         bisect.insort(bucket, hit, key=_neg_rank)
         self.heads[values] = bucket[0]
         self.max_rank = max(self.max_rank, hit[0])
@@ -272,6 +323,7 @@ class _Subtable:
         else:
             del self.buckets[values]
             del self.heads[values]
+            self._index(values, -1)
         if hit[0] == self.max_rank:
             self.stale = True
 
@@ -283,10 +335,14 @@ class _Subtable:
 
 # (max_rank, key_of, heads, masks of the subtables probed before this one)
 _Probe = tuple[int, KeyFunction, dict[Hashable, _Hit], Signature]
+# (max_rank, key_of, heads, stages, signature): the probe order of the staged lookup
+_StagedProbe = tuple[int, KeyFunction, dict[Hashable, _Hit], tuple[_Stage, ...], Signature]
+# a staged lookup's answer and the bits it read, as ((field index, mask), ...)
+_Staged = tuple[Rule | None, Signature]
 
 
 class _Table:
-    __slots__ = ("memo", "probe", "subtables")
+    __slots__ = ("memo", "probe", "staged", "subtables", "wmemo")
 
     def __init__(self) -> None:
         self.subtables: dict[Signature, _Subtable] = {}
@@ -296,6 +352,9 @@ class _Table:
         # (key function of the union of all subtables' masks, its values -> answer):
         # the answers of lookups without wildcards; replaced whole by refresh()
         self.memo: tuple[KeyFunction, dict[Hashable, Rule | None]] = (key_function(()), {})
+        self.staged: list[_StagedProbe] = []
+        # the staged lookup's answers with their wildcards, under the memo's key function
+        self.wmemo: dict[Hashable, _Staged] = {}
 
     def refresh(self) -> None:
         for sig in [sig for sig, sub in self.subtables.items() if not sub.heads]:
@@ -312,6 +371,28 @@ class _Table:
                 seen[index] = seen.get(index, 0) | mask
         self.probe = (order, tuple(seen.items()))
         self.memo = (key_function(tuple(sorted(seen.items()))), {})
+        self.staged = [(s.max_rank, s.key_of, s.heads, s.stages, s.sig) for s in subs]
+        self.wmemo = {}
+
+    def search_staged(self, key: Sequence[int]) -> _Staged:
+        """The priority search with staged probes (see :meth:`Classifier.lookup_megaflow`)."""
+        best: Rule | None = None
+        best_rank = _NO_RANK
+        read: dict[int, int] = {}
+        for max_rank, key_of, heads, stages, sig in self.staged:
+            if max_rank < best_rank:
+                break
+            for prefix_of, present, prefix in stages:
+                if prefix_of(key) not in present:
+                    sig = prefix  # no rule has this prefix: what it read is all that counts
+                    break
+            else:
+                hit = heads.get(key_of(key))
+                if hit is not None and hit[0] > best_rank:
+                    best_rank, best = hit
+            for index, mask in sig:
+                read[index] = read.get(index, 0) | mask
+        return best, tuple(read.items())
 
 
 class Delta(NamedTuple):
@@ -384,6 +465,25 @@ class Classifier:
                 memo.clear()  # full: start over (connections churn); in place, see refresh()
             memo[values] = best
         return best
+
+    def lookup_megaflow(self, table: int, key: Sequence[int], masks: list[int]) -> Rule | None:
+        """:meth:`lookup` with *staged* probes, ORing the key bits the answer depends on into
+        ``masks`` (a :attr:`Wildcards.masks` list); see "Staged lookup" in the module
+        docstring. Answered from the table's wildcard memo when it can."""
+        tab = self._tables.get(table)
+        if tab is None:
+            return None
+        values = tab.memo[0](key)
+        wmemo = tab.wmemo
+        known = wmemo.get(values)
+        if known is None:
+            known = tab.search_staged(key)
+            if len(wmemo) >= _MEMO_LIMIT:
+                wmemo.clear()
+            wmemo[values] = known
+        for index, mask in known[1]:
+            masks[index] |= mask
+        return known[0]
 
     # -- changes ------------------------------------------------------------ #
 

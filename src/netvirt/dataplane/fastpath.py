@@ -19,8 +19,12 @@ cached outcome is the slow path's outcome for any packet with that key, given
 the same rules, bindings and connection states. Only the frames the cache can
 serve get a key: unicast IPv4 (no options, not a fragment) and IPv6 (no
 extension headers) carrying TCP without SYN/FIN/RST, UDP, or ICMP echo; all
-others (ARP, ND, DHCP, fragments, connection setup and teardown) always take
-the slow path.
+others (ARP, ND, DHCP, fragments, connection setup and teardown) miss this
+cache. Behind it, :attr:`FlowCache.megaflows` (``megaflow.py``) serves the
+frames of this shape, SYN/FIN/RST included, that agree with a walk without
+conntrack on the bits it read; a megaflow hit fills this cache when the frame
+has a key here (the entry then serves the exact flow first). Everything else
+takes the slow path.
 
 *Outcome.* :func:`derive` compares the slow path's output frame with its input:
 a byte that differs must be in the key (then every packet of the flow gets the
@@ -35,19 +39,21 @@ pseudo-header sum, not its complement) is adjusted without the complement.
 
 *Validity.* An entry holds while (1) the forwarder's installed state is the
 one it was learned under (rules, topology, MAC bindings, live gateways: the
-``version`` given to :meth:`FlowCache.sync`); (2) every connection the slow
-path consulted is still in the state it was in (:class:`ConnEpochs`: only
-outcomes with connections ESTABLISHED, UNREPLIED or REPLIED are cached, and
-any change of a connection's state seen by the slow path — its first reply,
-its FIN — bumps that connection's epoch and so invalidates its entries);
-(3) it is younger than ``max_age``: the slow path then runs again for one
-packet, which refreshes the connection in the state store and picks up
-changes made by other hosts sharing the store (the same bound as the state
-read cache, ``state/cached.py``). An entry whose revalidation fails only
-because the store is unreachable keeps serving its flow (``stale_served``):
-established connections continue while their state cannot be read.
+``version`` given to :meth:`FlowCache.sync`, which flushes the megaflows too);
+(2) every connection the slow path consulted is still in the state it was in
+(:class:`ConnEpochs`: only outcomes with connections ESTABLISHED, UNREPLIED or
+REPLIED are cached, and any change of a connection's state seen by the slow
+path — its first reply, its FIN — bumps that connection's epoch and so
+invalidates its entries); (3) it is younger than ``max_age``: the slow path
+then runs again for one packet, which refreshes the connection in the state
+store and picks up changes made by other hosts sharing the store (the same
+bound as the state read cache, ``state/cached.py``). An entry whose
+revalidation fails only because the store is unreachable keeps serving its
+flow (``stale_served``): established connections continue while their state
+cannot be read.
 
-*Bounds.* ``capacity`` entries, oldest inserted evicted first; the connection
+*Bounds.* ``capacity`` entries; a full cache drops its oldest eighth at once
+(:func:`evict_oldest`) before inserting; the connection
 epochs are cleared (and the cache flushed) past ``ConnEpochs.limit`` connections.
 
 Thread-safety: none; one cache per datapath loop.
@@ -55,12 +61,16 @@ Thread-safety: none; one cache per datapath loop.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from netvirt.dataplane.drops import DropReason
 from netvirt.dataplane.fields import CT_EST, CT_INV, CT_NEW, CT_REL
+
+if TYPE_CHECKING:
+    from netvirt.dataplane.megaflow import MegaflowCache
 
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6 = 1, 6, 17, 58
 _TCP_SYN_FIN_RST = 0x07
@@ -378,6 +388,17 @@ class ConnEpochs:
         return True
 
 
+def evict_oldest(entries: dict[Hashable, Entry], capacity: int) -> dict[Hashable, Entry]:
+    """The newest entries of a full cache, the oldest eighth (at least one) left out.
+
+    A new dict, not ``del entries[next(iter(entries))]`` per insert: a dict emptied
+    from the front keeps the deleted slots until it is resized, and finding the first
+    live entry walks over them — about 100 µs per insert once a 65,536-entry cache is
+    full and churning (new connections), measured."""
+    drop = max(1, capacity // 8)
+    return dict(itertools.islice(entries.items(), drop, None))
+
+
 @dataclass
 class CacheCounters:
     hits: int = 0
@@ -391,9 +412,16 @@ class CacheCounters:
     evictions: int = 0
 
 
+def _megaflows() -> MegaflowCache:
+    from netvirt.dataplane.megaflow import MegaflowCache  # (it builds on this module)
+
+    return MegaflowCache()
+
+
 @dataclass
 class FlowCache:
-    """Key → :class:`Entry`; see the module docstring."""
+    """Key → :class:`Entry`, with the megaflows behind it (``megaflow.py``; None: off);
+    see the module docstring."""
 
     capacity: int = 65_536
     max_age: float = 0.5
@@ -401,6 +429,7 @@ class FlowCache:
     counters: CacheCounters = field(default_factory=CacheCounters)
     entries: dict[Hashable, Entry] = field(default_factory=dict)
     version: Hashable = None
+    megaflows: MegaflowCache | None = field(default_factory=_megaflows)
 
     def sync(self, version: Hashable) -> None:
         """Flush when what the entries were learned under changed (call once per batch)."""
@@ -409,6 +438,8 @@ class FlowCache:
             if self.entries:
                 self.entries.clear()
                 self.counters.flushes += 1
+            if self.megaflows is not None:
+                self.megaflows.flush()
             self.version = version
 
     def lookup(self, key: Hashable, now: float) -> tuple[Entry | None, Entry | None]:
@@ -431,8 +462,8 @@ class FlowCache:
     def insert(self, key: Hashable, entry: Entry) -> None:
         entries = self.entries
         if key not in entries and len(entries) >= self.capacity:
-            del entries[next(iter(entries))]
-            self.counters.evictions += 1
+            self.entries = entries = evict_oldest(entries, self.capacity)
+            self.counters.evictions += self.capacity - len(entries)
         entries[key] = entry
         self.counters.inserts += 1
 

@@ -33,6 +33,11 @@ per step for the whole batch — and each packet resumes with its answer.
 ``process`` and ``process_egress`` are batches of one. A conntracker without
 ``ct_batch`` is called one action at a time, packets one after the other.
 
+*Megaflows.* With :attr:`Pipeline.record_wildcards` an ingress walk records in
+``Verdict.wildcards`` what its staged lookups read and its rules' actions read or
+wrote (``actions.megaflow_reads``; None past a rule outside that whitelist); a
+port whose walks end None records for one packet in 1, 3 … 63 (backoff).
+
 Every drop has a :class:`DropReason`; the executor never raises on packet
 input, and a state store that cannot be reached costs only the packets that
 needed it (``STATE_UNAVAILABLE``, or passed as established under the ``open``
@@ -70,10 +75,12 @@ from netvirt.dataplane.actions import (
     YIELD,
     Op,
     Program,
+    Reads,
     compile_program,
+    megaflow_reads,
 )
 from netvirt.dataplane.drops import DropReason, ParseError
-from netvirt.dataplane.fields import CT_TRK, FLAG_LOOPBACK, MULTICAST_BASE, F
+from netvirt.dataplane.fields import CT_TRK, FLAG_LOOPBACK, MULTICAST_BASE, NUM_FIELDS, F
 from netvirt.dataplane.flow import Rule
 from netvirt.dataplane.key import extract
 from netvirt.dataplane.nf.codec import CtTuple, quoted_tuple
@@ -117,6 +124,10 @@ CtAction = A.CtNext | A.CtCommit | A.CtDnat | A.CtSnat | A.CtLb
 
 class Lookup(Protocol):
     def lookup(self, table: int, key: list[int]) -> Rule | None: ...
+
+
+MegaflowLookup = Callable[[int, list[int], list[int]], Rule | None]
+_Compiled = tuple[Rule, int, Program, Reads | None]  # rule, table, program, megaflow reads
 
 
 class ConnTracker(Protocol):
@@ -191,13 +202,17 @@ class Verdict:
     ``last`` after each call), and ``cacheable`` turns False when the outcome
     depends on more than the packet's headers, installed rules and those
     connections (a generated packet, a learned MAC binding): the datapath's
-    flow cache (``dataplane/fastpath.py``) reads both."""
+    flow cache (``dataplane/fastpath.py``) reads both. ``wildcards`` (with
+    :attr:`Pipeline.record_wildcards`): per key field, the bits the walk's outcome
+    depends on (classifier lookups, what the actions read and wrote), or None
+    when the walk may not be a megaflow (``dataplane/megaflow.py``)."""
 
     outputs: list[Emit] = field(default_factory=list)
     drops: list[DropReason] = field(default_factory=list)
     trace: list[TraceEvent] | None = None
     ct: list[object] = field(default_factory=list)
     cacheable: bool = True
+    wildcards: list[int] | None = None
 
     def note(self, event: TraceEvent) -> None:
         if self.trace is not None:
@@ -223,10 +238,23 @@ class Pipeline:
         self.topology = topology
         self.conntrack = conntrack
         self.drop_counts: dict[DropReason, int] = {}
-        # id(rule) -> (rule, table, program): rules' actions compiled for the walk
-        # (actions.compile_program), valid for the next_table they were compiled with
-        self._programs: dict[int, tuple[Rule, int, Program]] = {}
+        # id(rule) -> (rule, table, program, megaflow reads): rules' actions compiled for
+        # the walk (actions.compile_program), valid for the next_table they were compiled with
+        self._programs: dict[int, _Compiled] = {}
+        # the staged lookup while walks record wildcards; per ingress (datapath, port) whose
+        # walks could not be megaflows: (packets left to walk without recording, backoff)
+        self._megaflow: MegaflowLookup | None = None
+        self._quiet: dict[tuple[int, int], tuple[int, int]] = {}
         self._programs_next: Callable[[int], int | None] | None = None
+
+    @property
+    def record_wildcards(self) -> bool:
+        """Walks record megaflow wildcards (needs the classifier's ``lookup_megaflow``)."""
+        return self._megaflow is not None
+
+    @record_wildcards.setter
+    def record_wildcards(self, on: bool) -> None:
+        self._megaflow = getattr(self.classifier, "lookup_megaflow", None) if on else None
 
     # -- entry ---------------------------------------------------------------
     def process(
@@ -280,10 +308,13 @@ class Pipeline:
         on with other packets until the replies are in."""
         verdicts: list[Verdict] = []
         waiting: list[tuple[Walk, CtCall]] = []
+        recorded: list[tuple[tuple[int, int], Verdict]] = []
         for frame, datapath, inport, outport, now in items:
             verdict = Verdict(trace=[] if trace else None)
             verdicts.append(verdict)
             walk = self._walk(verdict, frame, datapath, inport, outport, now)
+            if verdict.wildcards is not None:
+                recorded.append(((datapath, inport), verdict))
             if walk is not None:
                 _advance(walk, waiting)
         while waiting:
@@ -291,7 +322,19 @@ class Pipeline:
             yield from self._answer_steps([call for _, call in current])
             for walk, _ in current:
                 _advance(walk, waiting)
+        for where, verdict in recorded:
+            self._backoff(where, verdict.wildcards is not None and not verdict.ct)
         return verdicts
+
+    def _backoff(self, where: tuple[int, int], megaflow: bool) -> None:
+        """After a walk that recorded: see "Megaflows" in the module docstring."""
+        if megaflow:
+            self._quiet.pop(where, None)
+            return
+        if len(self._quiet) >= 4096:
+            self._quiet.clear()
+        level = min(2 * self._quiet.get(where, (0, 0))[1] + 1, 63)
+        self._quiet[where] = (level, level)
 
     def _walk(
         self,
@@ -312,6 +355,7 @@ class Pipeline:
                 verdict.note(TraceEvent("enter", datapath, None, detail=detail, key=tuple(key)))
             return self._run(ctx, key, self.topology.first_table[(kind, "ingress")])
         key[_OUTPORT] = outport
+        verdict.wildcards = None  # (megaflows are learned from local ports only)
         if verdict.trace is not None:
             detail = f"{kind} egress to {outport:#x}"
             verdict.note(TraceEvent("enter", datapath, None, detail=detail, key=tuple(key)))
@@ -335,6 +379,12 @@ class Pipeline:
         if kind is None:
             self._drop(verdict, DropReason.UNKNOWN_PORT, datapath, None, "unknown datapath")
             return None
+        if self._megaflow is not None:
+            quiet = self._quiet.get((datapath, inport))
+            if quiet is None or not quiet[0]:
+                verdict.wildcards = [0] * NUM_FIELDS
+            else:
+                self._quiet[(datapath, inport)] = (quiet[0] - 1, quiet[1])
         return ctx, key, kind
 
     # -- table walk ----------------------------------------------------------
@@ -350,7 +400,11 @@ class Pipeline:
             if ctx.steps > MAX_STEPS:
                 self._drop(verdict, DropReason.LOOP_LIMIT, key[_METADATA], table)
                 return
-            rule = self.classifier.lookup(table, key)
+            wildcards = verdict.wildcards
+            if wildcards is None:
+                rule = self.classifier.lookup(table, key)
+            else:  # recording a megaflow: the staged lookup, ORing what it read
+                rule = self._megaflow(table, key, wildcards)  # type: ignore[misc]
             if rule is None:
                 self._drop(verdict, DropReason.EXPLICIT_DROP, key[_METADATA], table, "no flow")
                 return
@@ -359,6 +413,13 @@ class Pipeline:
             compiled = programs.get(id(rule))
             if compiled is None or compiled[0] is not rule or compiled[1] != table:
                 compiled = self._compile(rule, table)
+            if wildcards is not None:
+                reads = compiled[3]
+                if reads is None:
+                    verdict.wildcards = None  # an action outside the megaflow whitelist
+                else:
+                    for index, mask in reads:
+                        wildcards[index] |= mask
             program = compiled[2]
             if type(program) is int:
                 table = program
@@ -380,7 +441,7 @@ class Pipeline:
                     table = None
             programs = self._programs_valid()  # resumed: the topology may have been replaced
 
-    def _programs_valid(self) -> dict[int, tuple[Rule, int, Program]]:
+    def _programs_valid(self) -> dict[int, _Compiled]:
         """The compiled programs, dropped when the topology's table order changed
         (a program holds the table its ``next`` goes to) or there are too many."""
         next_table = self.topology.next_table
@@ -389,8 +450,9 @@ class Pipeline:
             self._programs_next = next_table
         return self._programs
 
-    def _compile(self, rule: Rule, table: int) -> tuple[Rule, int, Program]:
-        compiled = (rule, table, compile_program(rule.actions, table, self.topology.next_table))
+    def _compile(self, rule: Rule, table: int) -> _Compiled:
+        program = compile_program(rule.actions, table, self.topology.next_table)
+        compiled = (rule, table, program, megaflow_reads(rule.actions))
         self._programs[id(rule)] = compiled  # holds the rule: its id is not reused meanwhile
         return compiled
 
