@@ -266,9 +266,10 @@ def test_a_megaflow_answers_what_the_slow_path_answers(
         mask = next(g.mask for g in group if any(e is entry for e in g.entries.values()))
         for seed in range(4):
             other = mutate(frame, mask, layout.end, data.draw(st.integers(0, 2**32)) + seed)
-            found = cache.lookup(sender, other, False, now)
-            if frame_layout(other) is None:
+            other_layout = frame_layout(other)
+            if other_layout is None:
                 continue
+            found = cache.lookup(sender, other, False, now, other_layout)
             assert found is not None
             truth = plain.process(other, binding.datapath, binding.key, now)
             if found is entry:

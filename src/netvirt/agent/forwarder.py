@@ -80,7 +80,7 @@ from netvirt.agent.physical import (
 )
 from netvirt.dataplane.classifier import Classifier, Delta
 from netvirt.dataplane.drops import DropReason, ParseError
-from netvirt.dataplane.fastpath import Entry, FlowCache, Layout, Output, derive, flow_key
+from netvirt.dataplane.fastpath import Entry, FlowCache, Layout, Output, derive, flow_key, frame_key
 from netvirt.dataplane.flow import Rule
 from netvirt.dataplane.nf import Conntrack, FlowKeyConntrack
 from netvirt.dataplane.pipeline import Pipeline, Topology, Verdict
@@ -302,7 +302,8 @@ class Forwarder:
                 if not parking.hold(talk, frame, iface=iface):
                     self._count_drop(counters, DropReason.STATE_BACKLOG)
                 continue
-            found = flow_key(data) if lookup is not None else None
+            framed = frame_key(data) if lookup is not None else None
+            found: tuple[bytes, Layout] | None = framed if framed and framed[0] else None  # type: ignore[assignment]
             vnet = frame.vnet
             seeded = vnet is not None and vnet.needs_csum
             key: Hashable = None
@@ -310,8 +311,8 @@ class Forwarder:
             if found is not None:
                 key = (iface, found[0], seeded)
                 entry, expired = lookup(key, now)  # type: ignore[misc]
-            if entry is None and expired is None and mega is not None:
-                entry = mega.lookup(iface, data, seeded, now, found and found[1])
+            if entry is None and expired is None and mega is not None and framed is not None:
+                entry = mega.lookup(iface, data, seeded, now, framed[1])
                 if entry is not None and key is not None:
                     cache.insert(key, entry)  # type: ignore[union-attr]
             waiting = talk is not None and talk in pending

@@ -101,14 +101,16 @@ UDP6 = Layout("udp6", ((0, 18), (20, 58)), None, 60, 62, udp=True)
 ICMP6 = Layout("icmp6", ((0, 18), (20, 56), (58, 60)), None, 56, 62, seeded=False)
 
 
-def flow_key(data: bytes) -> tuple[bytes, Layout] | None:
-    """The cache key of a frame and its layout; None for a frame the cache never serves.
+def frame_key(data: bytes) -> tuple[bytes | None, Layout] | None:
+    """The layout of a frame the caches may serve and its exact-cache key; None for any
+    other frame. The key is None for TCP SYN/FIN/RST (connection setup and teardown:
+    only a megaflow, ``megaflow.py``, serves those).
 
-    A frame the parser would refuse (lengths that do not hold together, a bad
-    IPv4 header checksum) gets no key either, so the slow path drops it under
-    its reason even when its flow is cached. The slices below are exactly
-    ``Layout.covered`` (a test checks it); they are written out because this
-    runs for every packet."""
+    The one copy of the caches' frame checks: a frame the parser would refuse
+    (lengths that do not hold together, a bad IPv4 header checksum) gets no
+    layout, so the slow path drops it under its reason even when its flow is
+    cached. The slices below are exactly ``Layout.covered`` (a test checks it);
+    they are written out because this runs for every packet."""
     size = len(data)
     if size < 42 or data[0] & 1:
         return None
@@ -122,8 +124,10 @@ def flow_key(data: bytes) -> tuple[bytes, Layout] | None:
             return None
         proto = data[23]
         if proto == IPPROTO_TCP:
-            if end < 54 or data[47] & _TCP_SYN_FIN_RST or 34 + (data[46] >> 4) * 4 > end:
+            if end < 54 or 34 + (data[46] >> 4) * 4 > end:
                 return None
+            if data[47] & _TCP_SYN_FIN_RST:
+                return None, TCP4
             return data[:16] + data[20:24] + data[26:38] + data[46:48], TCP4
         if proto == IPPROTO_UDP:
             length = data[38] << 8 | data[39]
@@ -139,8 +143,10 @@ def flow_key(data: bytes) -> tuple[bytes, Layout] | None:
             return None
         proto = data[20]
         if proto == IPPROTO_TCP:
-            if end < 74 or data[67] & _TCP_SYN_FIN_RST or 54 + (data[66] >> 4) * 4 > end:
+            if end < 74 or 54 + (data[66] >> 4) * 4 > end:
                 return None
+            if data[67] & _TCP_SYN_FIN_RST:
+                return None, TCP6
             return data[:18] + data[20:58] + data[66:68], TCP6
         if proto == IPPROTO_UDP:
             length = data[58] << 8 | data[59]
@@ -150,6 +156,21 @@ def flow_key(data: bytes) -> tuple[bytes, Layout] | None:
         if proto == IPPROTO_ICMPV6 and data[54] in (128, 129) and end >= 62:
             return data[:18] + data[20:56] + data[58:60], ICMP6
     return None
+
+
+def flow_key(data: bytes) -> tuple[bytes, Layout] | None:
+    """The exact-cache key of a frame and its layout; None for a frame that cache never
+    serves (:func:`frame_key` without the layout of connection setup and teardown)."""
+    found = frame_key(data)
+    if found is None or found[0] is None:
+        return None
+    return cast(tuple[bytes, Layout], found)
+
+
+def frame_layout(data: bytes) -> Layout | None:
+    """The layout of a frame megaflows may serve (:func:`frame_key`'s checks)."""
+    found = frame_key(data)
+    return found[1] if found is not None else None
 
 
 def _fold(value: int) -> int:

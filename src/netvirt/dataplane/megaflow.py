@@ -30,10 +30,11 @@ So entries live per ingress interface, and :func:`byte_mask` turns the header
 fields' masks into a mask over the frame's first ``Layout.end`` bytes for the
 frame's layout (``fastpath.Layout``: IPv4/IPv6 without options or extension
 headers carrying TCP, UDP or ICMP echo; TCP options are allowed, they are after
-``end`` and never rewritten). A lookup is the layout's sanity checks (the
-same as ``fastpath.flow_key``'s, so a frame the parser would drop still takes
-the slow path and is dropped there), one ``int.from_bytes`` of the header, and
-one ``&`` and dict probe per mask group of that port and layout. SYN, FIN and
+``end`` and never rewritten). The layout comes from ``fastpath.frame_key``,
+which the forwarder calls once per packet for both caches (so a frame the
+parser would drop still takes the slow path and is dropped there); a lookup is
+then one ``int.from_bytes`` of the header and one ``&`` and dict probe per mask
+group of that port and layout. SYN, FIN and
 RST are served too: ``tcp.flags`` is in the mask only when a rule read it.
 
 *Outputs.* The rewrite is derived as for the exact cache (``fastpath.derive``)
@@ -65,10 +66,6 @@ from netvirt.dataplane.drops import DropReason
 from netvirt.dataplane.fastpath import (
     ICMP4,
     ICMP6,
-    IPPROTO_ICMP,
-    IPPROTO_ICMPV6,
-    IPPROTO_TCP,
-    IPPROTO_UDP,
     TCP4,
     TCP6,
     UDP4,
@@ -77,6 +74,7 @@ from netvirt.dataplane.fastpath import (
     Layout,
     Output,
     derive,
+    frame_layout,
 )
 from netvirt.dataplane.fields import F
 
@@ -140,46 +138,6 @@ def byte_mask(wildcards: Sequence[int], layout: Layout) -> int:
     return mask
 
 
-def frame_layout(data: bytes) -> Layout | None:
-    """The layout of a frame megaflows may serve; None for any other frame.
-
-    ``fastpath.flow_key``'s checks (a frame the parser would refuse gets none)
-    without its exclusion of TCP SYN/FIN/RST. Written out: it runs per packet."""
-    size = len(data)
-    if size < 42 or data[0] & 1:
-        return None
-    ethertype = data[12:14]
-    if ethertype == b"\x08\x00":
-        if data[14] != 0x45 or data[20] & 0x3F or data[21]:
-            return None
-        end = 14 + (data[16] << 8 | data[17])
-        if end > size or int.from_bytes(data[14:34], "big") % 0xFFFF:
-            return None
-        proto = data[23]
-        if proto == IPPROTO_TCP:
-            return TCP4 if end >= 54 and 34 + (data[46] >> 4) * 4 <= end else None
-        if proto == IPPROTO_UDP:
-            length = data[38] << 8 | data[39]
-            ok = end >= 42 and length >= 8 and 34 + length <= end and (data[40] or data[41])
-            return UDP4 if ok else None
-        if proto == IPPROTO_ICMP and data[34] in (0, 8) and end >= 42:
-            return ICMP4
-        return None
-    if ethertype == b"\x86\xdd" and size >= 62:
-        end = 54 + (data[18] << 8 | data[19])
-        if end > size:
-            return None
-        proto = data[20]
-        if proto == IPPROTO_TCP:
-            return TCP6 if end >= 74 and 54 + (data[66] >> 4) * 4 <= end else None
-        if proto == IPPROTO_UDP:
-            length = data[58] << 8 | data[59]
-            return UDP6 if end >= 62 and length >= 8 and 54 + length <= end else None
-        if proto == IPPROTO_ICMPV6 and data[54] in (128, 129) and end >= 62:
-            return ICMP6
-    return None
-
-
 class _Group:
     """The megaflows of one port, layout and mask: masked header → entry."""
 
@@ -219,13 +177,10 @@ class MegaflowCache:
         self.order.clear()
 
     def lookup(
-        self, port: Hashable, data: bytes, seeded: bool, now: float, layout: Layout | None = None
+        self, port: Hashable, data: bytes, seeded: bool, now: float, layout: Layout
     ) -> Entry | None:
-        """The entry covering ``data`` received on ``port``, or None. ``layout``: the one
-        ``flow_key`` found for it already (its checks are this module's)."""
-        layout = layout or frame_layout(data)
-        if layout is None:
-            return None
+        """The entry covering ``data`` (of ``layout``: ``fastpath.frame_key``'s, which the
+        caller found already) received on ``port``, or None."""
         groups = self.groups.get((port, layout.name, seeded))
         if groups is not None:
             header = int.from_bytes(data[: layout.end], "big")
