@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 
-from agent.conftest import ADDRESSES, NETWORK_OF, Cloud, Lab, make_lab
+from agent.conftest import ADDRESSES, NETWORK_OF, Cloud, Lab, build, make_lab
 from conftest import Api
 from netvirt.dataplane.fastpath import FlowCache
 from netvirt.northbound.db import Database
@@ -27,30 +27,11 @@ ROUTER_OF = {"net1": "r1-net1", "net2": "r1-net2"}
 OTHER_IPS = ("10.0.0.1", "10.0.1.1", "10.0.0.99", "192.0.2.50")
 
 
-def build(cloud: Cloud) -> None:
-    api = cloud.alice
-    for net, cidr in (("net1", "10.0.0.0/24"), ("net2", "10.0.1.0/24")):
-        n = api.ok("POST", "/v2.0/networks", {"network": {"name": net}})["network"]
-        body = {"network_id": n["id"], "cidr": cidr, "name": f"{net}-sub"}
-        s = api.ok("POST", "/v2.0/subnets", {"subnet": body})["subnet"]
-        cloud.ids[net], cloud.ids[f"{net}-sub"] = n["id"], s["id"]
-    for vm, ip in ADDRESSES.items():
-        body = {"network_id": cloud.ids[NETWORK_OF[vm]], "name": vm} | POLICY[vm]
-        body["fixed_ips"] = [{"ip_address": ip}]
-        cloud.ids[vm] = api.ok("POST", "/v2.0/ports", {"port": body})["port"]["id"]
-        cloud.place(vm, {"vm1": "hostA"}.get(vm, "hostB"))
-    router = api.ok("POST", "/v2.0/routers", {"router": {"name": "r1"}})["router"]
-    for net in ("net1", "net2"):
-        path = f"/v2.0/routers/{router['id']}/add_router_interface"
-        port = api.ok("PUT", path, {"subnet_id": cloud.ids[f"{net}-sub"]})["port_id"]
-        cloud.ids[f"r1-{net}"] = port
-
-
 @pytest.fixture
 def labs(db: Database, admin: Api, alice: Api) -> tuple[Lab, Lab]:
     """(plain, cached): the same cloud, without and with the flow cache."""
     cloud = Cloud(db, admin, alice)
-    build(cloud)
+    build(cloud, POLICY)
     plain, cached = make_lab(cloud), make_lab(cloud)
     for agent in cached.agents.values():
         agent.local.flow_cache = FlowCache()
