@@ -8,45 +8,22 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
+from hypothesis.stateful import rule
 
-from dataplane.test_classifier import TABLES, Reference, keys, relaxed, rules
+from dataplane.test_classifier import TABLES, keys, relaxed, rules
+from dataplane.test_classifier_stateful import ClassifierVsReference
 from netvirt.dataplane import classifier as classifier_module
 from netvirt.dataplane.classifier import Classifier, Wildcards
 from netvirt.dataplane.fields import F, new_key
 from netvirt.dataplane.flow import FieldMatch, Rule, exact
 
-few_rules = st.lists(rules(), max_size=8)
 
-
-class MemoLookupVsReference(RuleBasedStateMachine):
-    """Lookups interleaved with changes: a stale memo would answer wrong."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cls = Classifier()
-        self.ref = Reference()
-
-    @rule(new=rules())
-    def add(self, new: Rule) -> None:
-        self.cls.add(new)
-        self.ref.add(new)
-
-    @precondition(lambda self: self.ref.rules)
-    @rule(data=st.data())
-    def remove(self, data: st.DataObject) -> None:
-        old = data.draw(st.sampled_from(self.ref.rules))
-        self.cls.remove(old)
-        self.ref.remove(old)
-
-    @rule(data=st.data(), new=few_rules)
-    def replace_all(self, data: st.DataObject, new: list[Rule]) -> None:
-        kept = data.draw(st.lists(st.sampled_from(self.ref.rules))) if self.ref.rules else []
-        self.cls.replace_all(kept + new)
-        self.ref.replace_all(kept + new)
+class MemoLookupVsReference(ClassifierVsReference):
+    """Lookups interleaved with changes (the reference machine's): a stale memo would answer
+    wrong."""
 
     @rule(key=keys())
-    def lookup(self, key: list[int]) -> None:
+    def memo_lookup(self, key: list[int]) -> None:
         for table in (*TABLES, 99):
             want = self.ref.lookup(table, key)
             assert self.cls.lookup(table, key) == want
