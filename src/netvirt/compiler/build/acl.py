@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from netvirt.compiler.build import (
     LPort,
@@ -241,9 +240,12 @@ def _address_sets(
         sink.add(switch.key, stage, priority, match, acts, prov)
 
 
+SetFlow = tuple[int, Expr, tuple[object, ...]]  # an acl_sets flow: priority, match, actions
+
+
 def _set_flows(
     bits: dict[str, int], peer: str, members: Callable[[str], list[str]]
-) -> list[tuple[int, Expr, tuple[object, ...]]]:
+) -> list[SetFlow]:
     """The ``acl_sets`` flows (priority, match, actions) for one assignment of bits."""
     member_bits: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, int] = {}
     for group_id, bit in bits.items():
@@ -257,7 +259,7 @@ def _set_flows(
             if outer.version == net.version and outer != net and net.subnet_of(outer):  # type: ignore[arg-type]
                 value |= member_bits[outer]
         by_flow.setdefault((net.version, net.prefixlen, value), []).append(str(net))
-    flows: list[tuple[int, Expr, tuple[object, ...]]] = []
+    flows: list[SetFlow] = []
     for (version, prefixlen, value), nets in sorted(by_flow.items()):
         acts = (SetField(SET_REGISTER, value), Next())
         symbol = f"ip{version}.{peer}"
@@ -277,14 +279,14 @@ class _RuleMatches:
         self.nb = nb
         self._members: dict[str, list[str]] | None = None  # read only if a rule needs it
         self._cache: dict[tuple[str, str, int | None], Expr | None] = {}
-        self._sets: dict[tuple[str, tuple[tuple[str, int], ...]], list[Any]] = {}
+        self._sets: dict[tuple[str, tuple[tuple[str, int], ...]], list[SetFlow]] = {}
 
     def members(self, group_id: str) -> list[str]:
         if self._members is None:
             self._members = _group_members(self.nb)
         return self._members.get(group_id, [])
 
-    def sets(self, bits: dict[str, int], peer: str) -> list[tuple[int, Expr, tuple[object, ...]]]:
+    def sets(self, bits: dict[str, int], peer: str) -> list[SetFlow]:
         """The ``acl_sets`` flows of one bit assignment: switches whose rules name the same
         groups share them (building them per switch was ports x switches of work)."""
         key = (peer, tuple(sorted(bits.items())))
