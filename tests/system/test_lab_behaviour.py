@@ -12,7 +12,9 @@ counted under named reasons while the agent stays up and keeps forwarding;
 traceroute through the router shows the router hop (TTL expiry answered by
 the router); an iperf3 TCP stream survives a restart of a host's agent; the
 DHCP lease matches the API's subnet and network where they differ from the
-defaults test_lab.py sees.
+defaults test_lab.py sees; a group admitting only its own members (a remote-group
+rule, matched through the ``acl_sets`` address set) lets a member in across the
+router and another host, and not a VM outside the group.
 """
 
 from __future__ import annotations
@@ -512,3 +514,21 @@ def test_qos_bandwidth_limits_police_both_directions(lab: Lab) -> None:
     iface = next(i for i, p in counters["ports"].items() if i.endswith("a1"))
     assert counters["ports"][iface]["drops"].get("qos_policed", 0) > 0
     assert set(counters["qos"][iface]) == {"egress", "ingress"}
+
+
+# ---------------------------------------------------------------------- remote security groups
+
+
+def test_a_remote_group_admits_its_members_and_nobody_else(lab: Lab) -> None:
+    """p2's group ``peers`` admits TCP only from members of ``peers``: p1 (a member, on the
+    other subnet and host) fetches p2's page with curl; a1 (group ``open``) cannot, nor can
+    p1 ping p2 (no ICMP rule). The rule names the group, the switch matches the member
+    addresses through its ``acl_sets`` flows."""
+    url = f"http://{lab.vm('p2').ip}/"
+    member = lab.sh("p1", "curl", "-s", "--noproxy", "*", "-m", "5", url, timeout=15)
+    assert member.returncode == 0, member.stderr
+    assert "p2" in member.stdout
+    stranger = lab.sh("a1", "curl", "-s", "--noproxy", "*", "-m", "3", url, timeout=15)
+    assert stranger.returncode == 28  # curl: operation timed out (the SYN was dropped)
+    ping = lab.sh("p1", "ping", "-c", "2", "-i", "0.2", "-W", "1", lab.vm("p2").ip)
+    assert ping.returncode != 0
