@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql redis-server iproute2 procps iputils-ping busybox iperf3 curl chromium traceroute)
+# clang + libbpf-dev: the datapath's kernel offload (eBPF) is built on the machine
+APT_PACKAGES=(postgresql redis-server iproute2 procps iputils-ping busybox iperf3 curl chromium traceroute
+  clang libbpf-dev)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -1,0 +1,61 @@
+"""Kernel offload of exact flows: the flow cache's entries served by an eBPF program.
+
+Theory of operation
+-------------------
+*Why.* A packet the exact cache serves still costs the datapath a wakeup, a
+ring read, a dict probe, the patches and a ring send: tens of microseconds of
+CPython per packet, and a process wakeup per round trip (the RTT of a ping is
+mostly that). The kernel can do the same replay — compare the covered header
+bytes, patch, redirect — in a fraction of a microsecond without waking anyone,
+as Cilium's TC programs do. The datapath stays the only place where a decision
+is made: the kernel program only replays outcomes the slow path produced and
+the exact cache holds, and it forgets them on the cache's own terms.
+
+*What is offloaded.* An exact-cache entry (``fastpath.py``) learned on a local
+port (a VM's, or a gateway's uplink) whose outcome is one output to another
+local port of the same host, by a rewrite the kernel value holds: at most four
+patches of up to 14 bytes and eight changed 16-bit words under the L4
+checksum — switching, routing (MACs, TTL, the IPv4 header checksum adjusted by
+the slow path's constant) and NAT (addresses and ports: the program updates the
+L4 checksum from each changed word's old and new value with
+``bpf_l4_csum_replace``, which also keeps a checksum-offload seed right for the
+new pseudo-header) — no drop, neither port policed nor health-checked. Tunnel
+outputs (another host) stay in user space. Its key is the entry's key:
+ingress ifindex, layout and the covered header bytes, after the same sanity
+checks as ``fastpath.frame_key`` (a malformed frame never matches and goes to
+the datapath, which drops it under its reason).
+
+*Who serves a frame.* Packet sockets see a frame before TC ingress, so two
+programs share the flow map (``flows.bpf.c``): ``punt``, the socket filter of
+the port's ring socket, keeps from the datapath the frames of fresh entries,
+and ``forward``, at TC ingress of the same device, replays those and redirects
+them to the output device. *Revalidation*: the first frame of an entry past its
+deadline is given to the datapath, which runs the slow path for it (conntrack
+refreshed, other hosts' changes picked up) and offloads the new exact entry;
+the filter marks that frame in a per-CPU slot, which ``forward`` (run next for
+the same frame on the same CPU) reads to leave it alone, and moves the
+deadline 100 ms on, so the flow's later frames stay in the kernel meanwhile
+instead of queueing behind the slow path (a bulk TCP flow sees one frame
+reordered, not a burst). Exactly one of the two serves a frame, except when
+the datapath changes the map between the two programs' lookups of the same
+frame (an invalidation: the frame is dropped; a new entry: the frame goes both
+ways once). A flow's first frames are the datapath's until it learns the entry,
+and frames it still holds are overtaken by the kernel's: a new TCP flow can see
+some reordering once, at that handover.
+
+*Validity* mirrors the exact cache: the kernel entry's deadline is the cache
+entry's birth + ``max_age`` (2 s here, against the user-space cache's 0.5 s:
+each revalidation reorders a frame of a busy flow); a flush of the cache (rules, topology, bindings
+changed) empties the map; a connection whose state changes (its epoch moves)
+takes its entries out at once; an evicted or replaced entry is replaced or
+deleted. A datapath that dies leaves the programs attached: ``forward`` stops
+serving entries two seconds past their deadline, so nothing outlives it for
+long; a new datapath loads a new map and replaces the filter.
+
+*Counters.* Frames served in the kernel are not seen by the datapath's port
+counters; ``stats()`` reports them per port (``forward`` counts per ingress and
+egress ifindex) and in total, in the datapath status under ``offload``.
+
+The kernel parts need root, clang and libbpf (``bpf.py``); without them the
+datapath runs as before and its status says why there is no offload.
+"""

@@ -1,0 +1,313 @@
+"""The datapath's side of the kernel offload: which entries go down, and when they leave.
+
+See the package docstring for the design. :class:`KernelOffload` is a flow cache
+listener (``FlowCache.listener``): the cache tells it what it inserts, what it
+drops and when it flushes; connection epochs tell it which connections changed.
+It packs each eligible entry into the kernel map's key and value layout
+(``flows.bpf.c``: ``struct fkey``, ``struct fval``) and keeps, per cache key, the
+packed key and the connections the entry depends on, so that removal needs no
+search. Thread-safety: none (the datapath loop's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import Any
+
+from netvirt.dataplane.fastpath import ICMP4, ICMP6, TCP4, TCP6, UDP4, UDP6, Entry, Layout
+from netvirt.dataplane.offload import bpf
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = (TCP4, UDP4, ICMP4, TCP6, UDP6, ICMP6)
+LAYOUT_IDS = {layout.name: index + 1 for index, layout in enumerate(LAYOUTS)}
+BY_NAME = {layout.name: layout for layout in LAYOUTS}
+KEY_BYTES = 60
+MAX_PATCHES = 4
+MAX_WORDS = 8
+VALUE_SIZE = 120  # sizeof(struct fval): checked against the loaded map (bpf.Loaded)
+PATCH_BYTES = 14
+IP4_CHECKSUM = 24
+_KEY = struct.Struct("=II60s")
+_VALUE_HEAD = struct.Struct("=QQQIHBB")
+_PATCH = struct.Struct(f"=BB{PATCH_BYTES}s")
+_WORDS_HEAD = struct.Struct("=BBBB")
+_WORD = struct.Struct("=BB")
+_PSTAT = struct.Struct("=QQQQ")
+_PORT_FIELDS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
+
+
+def pack_value(out_ifindex: int, rewrite: Any, deadline_ns: int, layout: Layout) -> bytes | None:
+    """The kernel value for a rewrite of frames of ``layout``, or None when the kernel
+    cannot replay it (more pieces than the value holds, a checksum it does not know)."""
+    delta = has_delta = 0
+    for offset, adjust, seeded, _udp in rewrite.sums:
+        if offset == layout.ip_checksum and not seeded:
+            delta, has_delta = adjust, 1
+        elif offset != layout.l4_checksum:
+            return None  # (the kernel updates the L4 checksum from the changed words)
+    pieces: list[tuple[int, bytes]] = []
+    for offset, value in rewrite.patches:
+        for start in range(0, len(value), PATCH_BYTES):
+            pieces.append((offset + start, bytes(value[start : start + PATCH_BYTES])))
+    words = csum_words(rewrite.patches, layout)
+    if words is None or len(pieces) > MAX_PATCHES or any(off > 255 for off, _ in pieces):
+        return None
+    head = _VALUE_HEAD.pack(deadline_ns, 0, 0, out_ifindex, delta, has_delta, len(pieces))
+    body = b"".join(_PATCH.pack(off, len(data), data) for off, data in pieces)
+    tail = _WORDS_HEAD.pack(layout.l4_checksum, len(words), int(layout.udp), 0)
+    tail += b"".join(_WORD.pack(off, pseudo) for off, pseudo in words)
+    value = (
+        head
+        + body.ljust(MAX_PATCHES * _PATCH.size, b"\0")
+        + tail.ljust(_WORDS_HEAD.size + MAX_WORDS * _WORD.size, b"\0")
+    )
+    return value.ljust(VALUE_SIZE, b"\0")  # struct fval is 8-aligned
+
+
+def csum_words(
+    patches: tuple[tuple[int, bytes], ...], layout: Layout
+) -> list[tuple[int, int]] | None:
+    """The 16-bit words (offset, in the pseudo-header) the patches change that the L4
+    checksum covers; None if more than the kernel value holds."""
+    ip4 = layout.ip_checksum is not None
+    addresses = (26, 34) if ip4 else (22, 54)
+    l4 = 34 if ip4 else 54
+    pseudo_covered = not (ip4 and layout.name == ICMP4.name)  # ICMPv4 has no pseudo-header
+    words: dict[int, int] = {}
+    for offset, value in patches:
+        for byte in range(offset, offset + len(value)):
+            word = byte & ~1
+            if addresses[0] <= word < addresses[1] and pseudo_covered:
+                words[word] = 1
+            elif l4 <= word < layout.end and word != layout.l4_checksum:
+                words[word] = 0
+    if len(words) > MAX_WORDS:
+        return None
+    return sorted(words.items())
+
+
+def pack_key(ifindex: int, layout: str, covered: bytes) -> bytes:
+    return _KEY.pack(ifindex, LAYOUT_IDS[layout], covered)
+
+
+class KernelOffload:
+    """Mirror of the exact cache's offloadable entries in the kernel flow map."""
+
+    def __init__(
+        self,
+        max_age: float = 2.0,
+        netns: str | None = None,
+        blocked: Callable[[str], bool] = lambda _iface: False,
+        clock: Callable[[], float] = time.time,
+        loaded: bpf.Loaded | None = None,
+    ) -> None:
+        self.max_age = max_age
+        self.clock = clock  # the flow cache's clock (entries' ``born``)
+        self.netns = netns
+        self.blocked = blocked  # ports the datapath must see every frame of (QoS, health)
+        self.loaded = loaded or bpf.load()
+        if self.loaded.flows_value_size != VALUE_SIZE:
+            size = self.loaded.flows_value_size
+            self.loaded.close()
+            raise bpf.OffloadUnavailable(f"flow value of {size} bytes, {VALUE_SIZE} expected")
+        self.ifindex: dict[str, int] = {}
+        self.socks: dict[str, socket.socket] = {}
+        self.keys: dict[Hashable, bytes] = {}  # cache key -> kernel key
+        self.by_conn: dict[Hashable, set[Hashable]] = {}
+        self.installed = self.removed = self.refused = self.errors = 0
+        self._ncpu = _possible_cpus() or os.cpu_count() or 1
+
+    # -- ports ---------------------------------------------------------------------------
+    def port_opened(self, iface: str, port: object) -> None:
+        """Attach the filter to the port's ring socket and ``forward`` to its device."""
+        sock = getattr(port, "_sock", None)
+        ifname = getattr(port, "ifname", None)
+        if not isinstance(sock, socket.socket) or not isinstance(ifname, str):
+            return  # not a ring port (tests' memory ports, plain sockets): not offloaded
+        try:
+            ifindex = self._in_netns(socket.if_nametoindex, ifname)
+            self._in_netns(bpf.attach_ingress, self.loaded, ifindex)
+            fd = self.loaded.punt_fd
+            sock.setsockopt(socket.SOL_SOCKET, bpf.SO_ATTACH_BPF, fd)
+        except (OSError, bpf.OffloadUnavailable) as err:
+            self.errors += 1
+            log.warning("offload: cannot attach to %s: %s", iface, err)
+            return
+        zero = b"\0" * (_PSTAT.size * self._ncpu)
+        self._update(self.loaded.ports_fd, struct.pack("=I", ifindex), zero)
+        self.ifindex[iface] = ifindex
+        self.socks[iface] = sock
+
+    def port_closed(self, iface: str) -> None:
+        ifindex = self.ifindex.pop(iface, None)
+        self.socks.pop(iface, None)
+        if ifindex is None:
+            return
+        for key in [k for k in self.keys if _iface_of(k) == iface]:
+            self.forget(key)
+        with contextlib.suppress(OSError):  # the device may have gone with its filter
+            self._in_netns(bpf.detach_ingress, self.loaded, ifindex)
+
+    # -- the cache's listener -----------------------------------------------------------
+    def inserted(self, key: Hashable, entry: Entry) -> None:
+        """An exact entry was learned: offload it when the kernel can replay it."""
+        old = self.keys.pop(key, None)
+        found = self._kernel_entry(key, entry)
+        if found is None:
+            self.refused += 1
+            if old is not None:
+                self._delete(old)
+            return
+        kernel_key, value = found
+        if self._update(self.loaded.flows_fd, kernel_key, value):
+            self.keys[key] = kernel_key
+            self.installed += 1
+            for conn, _epoch in entry.deps:
+                self.by_conn.setdefault(conn, set()).add(key)
+        if old is not None and old != kernel_key:
+            self._delete(old)
+
+    def _kernel_entry(self, key: Hashable, entry: Entry) -> tuple[bytes, bytes] | None:
+        """The packed key and value of an offloadable entry (package docstring), or None."""
+        if not isinstance(key, tuple) or len(key) < 2 or entry.drops or len(entry.outputs) != 1:
+            return None
+        iface, covered = key[0], key[1]
+        output = entry.outputs[0]
+        out = output.dest
+        if not (isinstance(iface, str) and isinstance(out, str) and isinstance(covered, bytes)):
+            return None
+        layout = layout_of(covered)
+        ifindex, out_ifindex = self.ifindex.get(iface), self.ifindex.get(out)
+        if layout is None or ifindex is None or out_ifindex is None:
+            return None
+        if self.blocked(iface) or self.blocked(out):
+            return None
+        age_ns = int((self.clock() - entry.born) * 1e9)
+        deadline = time.monotonic_ns() + int(self.max_age * 1e9) - age_ns
+        value = pack_value(out_ifindex, output.rewrite, deadline, BY_NAME[layout])
+        if value is None:
+            return None
+        return pack_key(ifindex, layout, covered), value
+
+    def forget(self, key: Hashable) -> None:
+        """The cache dropped an entry (invalidated, evicted)."""
+        kernel_key = self.keys.pop(key, None)
+        if kernel_key is not None:
+            self._delete(kernel_key)
+
+    def flushed(self) -> None:
+        """The cache was flushed: so is the kernel map."""
+        for kernel_key in self.keys.values():
+            self._delete(kernel_key)
+        self.keys.clear()
+        self.by_conn.clear()
+
+    def conn_changed(self, conn: Hashable) -> None:
+        """A connection's state moved: its entries are no longer the slow path's answer."""
+        for key in self.by_conn.pop(conn, ()):
+            self.forget(key)
+
+    # -- status ----------------------------------------------------------------------------
+    def stats(self) -> dict[str, object]:
+        fd = self.loaded.stats_fd
+        per = [self._percpu_sum(fd, struct.pack("=I", i), 1)[0] for i in range(5)]
+        ports: dict[str, dict[str, int]] = {}
+        for iface, ifindex in self.ifindex.items():
+            row = self._percpu_sum(self.loaded.ports_fd, struct.pack("=I", ifindex), 4)
+            ports[iface] = dict(zip(_PORT_FIELDS, row, strict=True))
+        return {
+            "entries": len(self.keys),
+            "installed": self.installed,
+            "removed": self.removed,
+            "refused": self.refused,
+            "errors": self.errors,
+            "forwarded_packets": per[0],
+            "forwarded_bytes": per[1],
+            "punted_expired": per[2],
+            "forward_misses": per[3],
+            "punted_left_to_datapath": per[4],
+            "ports": ports,
+        }
+
+    def close(self) -> None:
+        for iface in list(self.ifindex):
+            sock = self.socks.get(iface)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, bpf.SO_DETACH_BPF, 0)
+            self.port_closed(iface)
+        self.loaded.close()
+
+    # -- kernel map access ------------------------------------------------------------------
+    def _update(self, fd: int, key: bytes, value: bytes) -> bool:
+        kb = ctypes.create_string_buffer(key, len(key))
+        vb = ctypes.create_string_buffer(value, len(value))
+        if self.loaded.lib.bpf_map_update_elem(fd, kb, vb, 0) != 0:
+            self.errors += 1
+            return False
+        return True
+
+    def _delete(self, key: bytes) -> None:
+        kb = ctypes.create_string_buffer(key, len(key))
+        self.loaded.lib.bpf_map_delete_elem(self.loaded.flows_fd, kb)  # gone already: fine
+        self.removed += 1
+
+    def _percpu_sum(self, fd: int, key: bytes, width: int) -> list[int]:
+        size = 8 * width * self._ncpu
+        vb = ctypes.create_string_buffer(size)
+        kb = ctypes.create_string_buffer(key, len(key))
+        if self.loaded.lib.bpf_map_lookup_elem(fd, kb, vb) != 0:
+            return [0] * width
+        values = struct.unpack(f"={width * self._ncpu}Q", vb.raw)
+        return [sum(values[i::width]) for i in range(width)]
+
+    def _in_netns(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.netns is None:
+            return fn(*args)
+        from netvirt.dataplane import netns
+
+        return netns.run_in_netns(self.netns, fn, *args)
+
+
+def layout_of(covered: bytes) -> str | None:
+    """The layout of an exact-cache key's covered bytes (``fastpath.frame_key``)."""
+    if len(covered) < 20:
+        return None
+    if covered[12:14] == b"\x08\x00":
+        proto = covered[19]  # frame byte 23
+        names = {6: TCP4.name, 17: UDP4.name, 1: ICMP4.name}
+    elif covered[12:14] == b"\x86\xdd":
+        proto = covered[18]  # frame byte 20 (bytes 18-19, the payload length, are not covered)
+        names = {6: TCP6.name, 17: UDP6.name, 58: ICMP6.name}
+    else:
+        return None
+    name = names.get(proto)
+    if name is None or len(covered) > KEY_BYTES:
+        return None
+    return name
+
+
+def _iface_of(key: Hashable) -> Hashable:
+    return key[0] if isinstance(key, tuple) and key else None
+
+
+def _possible_cpus() -> int:
+    """Per-CPU map values have one slot per possible CPU (not online, not allowed)."""
+    try:
+        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    except OSError:
+        return 0
+    count = 0
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        count += int(high or low) - int(low) + 1
+    return count
