@@ -14,6 +14,7 @@ from netvirt.dataplane.fields import CT_EST, CT_INV, CT_NEW, CT_RPL, CT_TRK
 from netvirt.dataplane.nf import Conntrack, CtTuple
 from netvirt.dataplane.nf.codec import CtState, ct_key, decode, stable_record
 from netvirt.state.cached import CachedStore
+from netvirt.state.store import CACHED_ABSENT, CachedEntry, Entry, GetOp
 from nf.nf_support import CountingMemoryStore
 from state.state_support import FakeClock
 
@@ -108,3 +109,26 @@ def test_conntrack_on_two_hosts_with_caches_stays_correct_and_cheap() -> None:
     # decided on the stale ESTABLISHED record, D would have written FIN_WAIT; its CAS lost,
     # it re-read FIN_WAIT and moved the connection on as the other side's FIN does
     assert record.state == CtState.TIME_WAIT
+
+
+def test_fresh_reads_bypass_the_cache_and_absences_serve_only_who_asks() -> None:
+    shared, a, b, _clock = hosts()
+    version = b.put("k", b"v1")
+    assert a.get("k") == (b"v1", version)
+    b.put("k", b"v2")
+    stale = a.get_ops([GetOp("k")])[0]
+    assert type(stale) is CachedEntry  # a hit says so: the caller may re-read it
+    assert stale.value == b"v1"
+    fresh = a.get_ops([GetOp("k", fresh=True)])[0]
+    assert fresh is not None
+    assert type(fresh) is Entry
+    assert fresh.value == b"v2"
+    assert a.get_ops([GetOp("k")])[0] == fresh  # and the cache learned it
+    assert a.get_ops([GetOp("gone", absent_ok=True)]) == [None]  # read from the store
+    trips = shared.round_trips
+    assert a.get_ops([GetOp("gone", absent_ok=True)])[0] is CACHED_ABSENT
+    assert shared.round_trips == trips
+    assert a.get("gone") is None  # plain reads never see a cached absence
+    assert shared.round_trips == trips + 1
+    b.put("gone", b"now")
+    assert a.get("gone") == (b"now", shared.get("gone").version)  # type: ignore[union-attr]

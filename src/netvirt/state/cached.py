@@ -10,18 +10,21 @@ record of an established connection changes only on state transitions
 (handshake, FIN, RST) and on rate-limited refreshes. So a host may keep what
 it read for a short while, and go to the store only when it must.
 
-*What is cached.* Present entries returned by ``get``/``get_many`` (value +
-version) that ``cacheable`` accepts, for at most ``max_age`` seconds after
-they were read; absences are never cached (a connection another host just
-created is seen at once). The datapath passes ``nf.codec.stable_record``:
-only ESTABLISHED and REPLIED connections, whose packets change nothing, are
-served from memory; a connection in a handshake or closing is read every
-packet, because a packet judged on a stale transitional record could be
-refused without writing (and so without a compare-and-set to correct it). Every
-write made through this store updates the cache with the version it produced
-(put, successful compare-and-set), a failed compare-and-set replaces the
-cached entry with the current one the store returned, and a delete or expire
-drops it. Pools (SNAT ports, LB backends) are not cached.
+*What is cached.* Entries returned by reads (value + version) that
+``cacheable`` accepts, and every write made through this store with the version
+it produced (put, successful compare-and-set; a failed compare-and-set caches
+the current entry the store returned; a delete or expire drops the key), for at
+most ``max_age`` seconds. Hits are returned as :class:`CachedEntry` so that the
+caller knows they may be stale. The datapath passes ``nf.codec.stable_record``,
+which accepts every readable conntrack record, in any state: conntrack itself
+re-reads (``GetOp(fresh=True)``) whatever it would *reject* on a cached record
+(an invalid packet, a connection it would treat as gone or replace), so a stale
+record can only let a packet pass without writing. Absences found by reads are
+remembered too (``CACHED_ABSENT``) but served only to reads that ask for them
+(``GetOp(absent_ok=True)``): conntrack uses a cached absence only to *create* a
+connection, with a compare-and-set on version 0 that fails if anything exists —
+it spares the second read of ``ct_next`` then ``ct_commit``. Pools (SNAT ports,
+LB backends) are not cached.
 
 *Consistency.* Writes are never served from the cache: every change is a
 compare-and-set against the store, with the version this host last saw. If
@@ -32,7 +35,8 @@ packet that changes nothing be judged on a record up to ``max_age`` old: a
 connection closed (RST, FIN) or re-marked on another host may pass packets
 here for at most ``max_age`` more; one that expired is still refused, because
 conntrack checks the record's own expiry time. That bound is the documented
-price (docs/stateless-nf.md); ``max_age = 0`` turns the cache off.
+price (docs/stateless-nf.md, "Consistency"); ``max_age = 0`` turns the cache off.
+``tests/nf/test_nf_cached_machine.py`` checks it against the uncached protocol.
 
 *Bounds.* At most ``capacity`` entries; the oldest read is evicted first
 (insertion order of a dict, moved to the end when re-read from the store).
@@ -46,7 +50,9 @@ from typing import cast
 
 from netvirt.state.jobs import AsyncStore, Reply, Ticket
 from netvirt.state.store import (
+    CACHED_ABSENT,
     Batch,
+    CachedEntry,
     CasOp,
     CasResult,
     DeleteOp,
@@ -79,13 +85,13 @@ class CachedStore:
         self.max_age = max_age
         self.capacity = capacity
         self.clock = clock
-        self._cache: dict[str, tuple[Entry, float]] = {}
+        self._cache: dict[str, tuple[CachedEntry, float]] = {}
         self.hits = 0
         self.misses = 0
 
     # -- the cache --------------------------------------------------------------------------
 
-    def _fresh(self, key: str, now: float) -> Entry | None:
+    def _fresh(self, key: str, now: float, absent_ok: bool = False) -> CachedEntry | None:
         cached = self._cache.get(key)
         if cached is None:
             return None
@@ -93,14 +99,27 @@ class CachedStore:
         if now - at > self.max_age:
             del self._cache[key]
             return None
+        if entry is CACHED_ABSENT and not absent_ok:
+            return None
         return entry
+
+    def _remember_read(self, key: str, entry: object, now: float) -> None:
+        """What a read from the store found: the entry, or the absence (served only to
+        reads that ask for it, ``GetOp.absent_ok``)."""
+        if isinstance(entry, Entry):
+            self._remember(key, entry, now)
+            return
+        self._cache.pop(key, None)
+        self._cache[key] = (CACHED_ABSENT, now)
+        if len(self._cache) > self.capacity:
+            del self._cache[next(iter(self._cache))]
 
     def _remember(self, key: str, entry: Entry | None, now: float) -> None:
         if entry is None or (self.cacheable is not None and not self.cacheable(entry.value)):
             self._cache.pop(key, None)
             return
         self._cache.pop(key, None)
-        self._cache[key] = (entry, now)
+        self._cache[key] = (CachedEntry(entry.value, entry.version), now)
         if len(self._cache) > self.capacity:
             del self._cache[next(iter(self._cache))]
 
@@ -115,28 +134,35 @@ class CachedStore:
     def get(self, key: str) -> Entry | None:
         return self.get_many([key])[0]
 
-    def _served(self, keys: Sequence[str], now: float) -> tuple[list[Entry | None], list[int]]:
-        """What the cache answers for ``keys`` (None where it cannot) and the positions it
-        cannot answer; counts hits and misses."""
+    def _served(self, gets: Sequence[GetOp], now: float) -> tuple[list[Entry | None], list[int]]:
+        """What the cache answers for ``gets`` (None where it cannot, or where the read
+        asks for the store: ``fresh``) and the positions it cannot answer; counts hits
+        and misses."""
         out: list[Entry | None] = []
         missing: list[int] = []
-        for i, key in enumerate(keys):
-            entry = self._fresh(key, now) if self.max_age > 0 else None
+        serve = self.max_age > 0
+        for i, op in enumerate(gets):
+            entry = self._fresh(op.key, now, op.absent_ok) if serve and not op.fresh else None
             out.append(entry)
             if entry is None:
                 missing.append(i)
-        self.hits += len(keys) - len(missing)
+        self.hits += len(gets) - len(missing)
         self.misses += len(missing)
         return out, missing
 
     def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        return self.get_ops([GetOp(key) for key in keys])
+
+    def get_ops(self, gets: Sequence[GetOp]) -> list[Entry | None]:
+        """A round trip of reads with their options (``fresh``, ``absent_ok``):
+        ``state.jobs.execute`` calls this instead of ``get_many``."""
         now = self.clock()
-        out, missing = self._served(keys, now)
+        out, missing = self._served(gets, now)
         if missing:
-            fetched = self.inner.get_many([keys[i] for i in missing])
+            fetched = self.inner.get_many([gets[i].key for i in missing])
             for i, entry in zip(missing, fetched, strict=True):
                 out[i] = entry
-                self._remember(keys[i], entry, now)
+                self._remember_read(gets[i].key, entry, now)
         return out
 
     # -- writes (always to the store; the cache learns their outcome) -----------------------
@@ -187,7 +213,7 @@ class CachedStore:
 
     def _execute(self, ops: Sequence[Op]) -> list[object]:
         if all(type(op) is GetOp for op in ops):
-            return list(self.get_many([op.key for op in ops if isinstance(op, GetOp)]))
+            return list(self.get_ops(cast(Sequence[GetOp], ops)))
         inner = self.inner.batch()
         for op in ops:
             inner.add(op)
@@ -200,7 +226,7 @@ class CachedStore:
         now = self.clock()
         for op, result in zip(ops, results, strict=True):
             if isinstance(op, GetOp):
-                self._remember(op.key, result if isinstance(result, Entry) else None, now)
+                self._remember_read(op.key, result, now)
             elif isinstance(op, PutOp):
                 assert isinstance(result, int)
                 self._remember(op.key, Entry(op.value, result), now)
@@ -225,8 +251,9 @@ class CachedStore:
         store's ``submit`` and the cache learns from their replies."""
         outer = Ticket(ops)
         if all(type(op) is GetOp for op in ops):
-            keys = [op.key for op in ops if isinstance(op, GetOp)]
-            served, missing = self._served(keys, self.clock())
+            gets = cast(Sequence[GetOp], ops)
+            keys = [op.key for op in gets]
+            served, missing = self._served(gets, self.clock())
             found: list[object] = list(served)
             if not missing:
                 outer.complete(found)
@@ -239,7 +266,7 @@ class CachedStore:
                 at = self.clock()
                 for i, entry in zip(missing, reply, strict=True):
                     found[i] = entry
-                    self._remember(keys[i], entry if isinstance(entry, Entry) else None, at)
+                    self._remember_read(keys[i], entry, at)
                 outer.complete(found)
 
             _then(self._inner_async().submit([GetOp(keys[i]) for i in missing]), fetched)

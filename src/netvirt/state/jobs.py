@@ -120,9 +120,14 @@ def ungrouped(order: Sequence[int], out: Sequence[object]) -> list[object]:
 
 
 def execute(store: StateStore, ops: Sequence[Op]) -> list[object]:
-    """One round trip: ``get_many`` for reads only, else one batch grouped by kind."""
+    """One round trip: ``get_many`` (a read cache's ``get_ops``) for reads only, else one
+    batch grouped by kind."""
     if all(type(op) is GetOp for op in ops):
-        return list(store.get_many([op.key for op in ops if isinstance(op, GetOp)]))
+        gets = cast(Sequence[GetOp], ops)
+        get_ops = getattr(store, "get_ops", None)  # a read cache: reads with their options
+        if get_ops is not None:
+            return list(get_ops(gets))
+        return list(store.get_many([op.key for op in gets]))
     order = grouped(ops)
     batch = store.batch()
     for i in order:

@@ -55,6 +55,17 @@ class Entry(NamedTuple):
     version: int
 
 
+class CachedEntry(Entry):
+    """An entry a read cache answered from memory (``state/cached.py``): possibly stale
+    within the cache's ``max_age``. A caller that would *reject* something on the strength
+    of it (conntrack: an invalid packet) reads it again with ``GetOp(key, fresh=True)``."""
+
+    __slots__ = ()
+
+
+CACHED_ABSENT = CachedEntry(b"", 0)  # version 0: absent, as a read cache remembers it
+
+
 class CasResult(NamedTuple):
     """Outcome of compare-and-set.
 
@@ -81,7 +92,13 @@ class StateStoreUnavailable(StateStoreError):
 
 @dataclass(slots=True)
 class GetOp:
+    """Read ``key``. ``fresh``: from the store itself, never from a read cache in between
+    (``state/cached.py``). ``absent_ok``: the caller accepts ``CACHED_ABSENT`` (a cache
+    remembering that the key was absent) for None. Plain stores ignore both."""
+
     key: str
+    fresh: bool = False
+    absent_ok: bool = False
 
 
 @dataclass(slots=True)

@@ -259,6 +259,7 @@ _ADDRS4 = struct.Struct("!4I")  # the four IPv4 addresses (orig src, dst, reply 
 _LEN = struct.Struct("!H")
 _NO_TEXTS = b"\x00\x00\x00\x00"  # lb_counter and lb_backend both empty: the usual tail
 _STATES = {int(state): state for state in CtState}  # CtState(n) without the enum call
+_MIN_SIZE = _HEAD.size + 4 * 4 + _PORTS.size + len(_NO_TEXTS)  # the smallest record: IPv4
 
 
 def encode(entry: CtEntry, kind: int = PRIMARY) -> bytes:
@@ -294,24 +295,51 @@ def encode(entry: CtEntry, kind: int = PRIMARY) -> bytes:
     return b"".join(parts)
 
 
-def stable_record(value: bytes) -> bool:
-    """A conntrack record whose next packets usually change nothing: ESTABLISHED (TCP) or
-    REPLIED. Only those may be served from a host's read cache (``state.cached``): a
-    packet judged on a stale transitional record (SYN_SENT while the peer's host already
-    wrote SYN_RECV) could be refused without ever writing, so it must see the store."""
-    try:
-        entry, _kind = decode(value)
-    except CodecError:
-        return False
-    return entry.state in (CtState.ESTABLISHED, CtState.REPLIED)
+def cacheable_record(value: bytes) -> bool:
+    """A conntrack record a host's read cache (``state.cached``) may keep: any readable one.
+
+    Safe in every state because conntrack never *rejects* a packet on a cached record
+    (``CachedEntry``): a decision that would refuse the packet, treat its connection as
+    gone or replace it is made again on a fresh read, and every change is a
+    compare-and-set that fails on a stale version. What a cached record can do is let a
+    packet pass without writing on a record up to the cache's ``max_age`` old
+    (docs/stateless-nf.md, "Consistency"). Records of other kinds (LB counters) are
+    never cached. Checked by the header alone: this runs for every write a host makes,
+    and a record that turns out unreadable is re-read by conntrack anyway."""
+    return len(value) >= _MIN_SIZE and value[0] == FORMAT and value[1] in (PRIMARY, MIRROR)
+
+
+# The name the datapath imports (agent/datapath.py). Until session 6 only ESTABLISHED and
+# REPLIED records were cached; conntrack's fresh re-read of rejections made all states safe.
+stable_record = cacheable_record
+
+
+# Records decoded lately, by their bytes: a packet of a connection reads the record the
+# previous packet (or this packet's previous conntrack action) read or wrote — with the
+# memory store the very same bytes object, whose hash Python caches. Bounded: cleared
+# when full. Entries are immutable, so sharing them is safe.
+_MEMO: dict[bytes, tuple[CtEntry, int]] = {}
+MEMO_SIZE = 16384
 
 
 def decode(value: bytes, version: int = 0) -> tuple[CtEntry, int]:
     """Unpack a record: the entry (with ``version``) and its kind (PRIMARY or MIRROR)."""
+    memo = _MEMO.get(value)
+    if memo is not None:
+        entry, kind = memo
+        if entry.version == version:
+            return memo
+        memo = versioned_entry(entry, version), kind
+        _MEMO[value] = memo
+        return memo
     try:
-        return _decode(value, version)
+        memo = _decode(value, version)
     except (struct.error, ValueError, UnicodeDecodeError) as err:
         raise CodecError(f"unreadable conntrack record: {err}") from None
+    if len(_MEMO) >= MEMO_SIZE:
+        _MEMO.clear()
+    _MEMO[value] = memo
+    return memo
 
 
 def _decode(value: bytes, version: int) -> tuple[CtEntry, int]:

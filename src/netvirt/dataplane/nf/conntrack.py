@@ -44,13 +44,14 @@ its last write, so an idle connection expires between 90% and 100% of its
 timeout after its last packet, and a busy one costs no write per packet.
 
 *Batches.* Each request runs as a small generator that yields the store
-operations it needs next; ``codec.drive`` gathers the operations of all requests
-of a batch into one store round trip per step. Round trips per batch:
+operations it needs next; ``codec.drive`` gathers the operations of all
+requests of a batch into one store round trip per step. Round trips per batch:
 1 for lookups (one ``get_many``, including load-balancer records); +1 to
-create connections; +1 per SNAT window when masquerading (before creating);
-+1 for reply-direction writes (read the primary); +1 to flush load-balancer
-counters and affinity; +1 per lost race. Packets of one batch are decided on
-the state at the start of the batch (CAS keeps concurrent decisions safe).
+create connections; +1 per SNAT window when masquerading (before creating; a
+TCP SYN sends its first window with the lookup); +1 for reply-direction writes
+(read the primary, unless cached); +1 to flush load-balancer counters and
+affinity; +1 per lost race. Packets of one batch are decided on the state at
+the start of the batch (CAS keeps concurrent decisions safe).
 
 *ct_state bits.* ``NEW``: no live connection and the packet may start one
 (TCP: SYN without ACK; not an echo reply); it stays NEW even on the packet that
@@ -81,14 +82,31 @@ entry never goes from ESTABLISHED back to SYN_SENT (only a new connection
 replacing a TIME_WAIT/CLOSED one starts in SYN_SENT); a record is never
 readable as live after its expiry.
 
+*Read cache.* A datapath reads through ``state.cached.CachedStore``, which
+answers recent reads from memory as ``CachedEntry`` (possibly stale, within its
+``max_age``). A cached record may only let a packet pass without writing:
+every decision that would reject the packet (invalid in its state, related to
+nothing, association gone), or treat its connection as gone or stale, is
+taken again on a fresh read (``_RECHECK``, ``GetOp(fresh=True)``); every change
+is a compare-and-set on the cached version, which fails and refreshes if
+another host wrote meanwhile. A cached *absence* (``CACHED_ABSENT``, asked for
+with ``GetOp(absent_ok=True)``) serves only a creation, which is a
+compare-and-set on version 0. So ``ct_next`` followed by ``ct_commit`` reads
+once, and a connection this host created or last wrote costs no read at all.
+
+*SNAT claims* are renewed only when the record needs it (``tcp.claim_due``):
+not on a fast SYN_SENT → SYN_RECV step, and not on the closing steps after the
+first FIN, whose claim is given TIME_WAIT's length at once.
+
 *Store failures.* ``process_batch`` never raises for the store: requests still
 waiting on a round trip that failed get a result flagged ``unavailable``,
 shaped by ``fail``: ``closed`` (default) drops them (``STATE_UNAVAILABLE``),
 ``open`` answers lookups and commits as ``trk|est`` without writing anything
 (NAT requests still drop: no translation can be invented).
 
-*Thread-safety.* A ``Conntrack`` keeps no state between calls; it may be
-shared by threads if its store may (both stores are thread-safe).
+*Thread-safety.* A ``Conntrack`` keeps no state between calls (``codec.decode``
+keeps a bounded memo of immutable decoded records); it may be shared by threads
+if its store may (both stores are thread-safe).
 """
 
 from __future__ import annotations
@@ -113,7 +131,6 @@ from netvirt.dataplane.nf.codec import (
     FIN_REPLY,
     IPPROTO_TCP,
     MIRROR,
-    PORT_PROTOCOLS,
     SNAT_POOL,
     CodecError,
     CtEntry,
@@ -140,9 +157,25 @@ from netvirt.dataplane.nf.nat import (
     translate,
     translate_related,
 )
+from netvirt.dataplane.nf.request import CtHit, CtRequest, CtResult  # re-exported
+from netvirt.dataplane.nf.tcp import (  # re-exported: callers import them from here
+    CLOSING,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_RST,
+    TCP_SYN,
+    Timeouts,
+    claim_due,
+    claim_ttl,
+    tcp_flags_valid,
+    tcp_opens,
+    tcp_step,
+)
 from netvirt.state.jobs import Steps, run_steps
 from netvirt.state.store import (
+    CACHED_ABSENT,
     AllocateOp,
+    CachedEntry,
     CasOp,
     CasResult,
     DeleteOp,
@@ -156,171 +189,55 @@ from netvirt.state.store import (
     StateStoreUnavailable,
 )
 
+__all__ = [
+    "FAIL_POLICIES",
+    "TCP_ACK",
+    "TCP_FIN",
+    "TCP_RST",
+    "TCP_SYN",
+    "Conntrack",
+    "CtHit",
+    "CtRequest",
+    "CtResult",
+    "Timeouts",
+    "tcp_flags_valid",
+    "tcp_opens",
+    "tcp_step",
+]
+
 FAIL_POLICIES = ("closed", "open")
-TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
-_CONTROL = TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK
-_CLOSING = (CtState.TIME_WAIT, CtState.CLOSED)
-
-
-# the Timeouts field of each TCP state (any other state: "closed")
-_TCP_TIMEOUTS = {
-    CtState.SYN_SENT: "syn_sent",
-    CtState.SYN_RECV: "syn_recv",
-    CtState.ESTABLISHED: "established",
-    CtState.FIN_WAIT: "fin_wait",
-    CtState.CLOSE_WAIT: "close_wait",
-    CtState.TIME_WAIT: "time_wait",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Idle timeouts in seconds per state: Linux's shape, shorter where Linux is extreme."""
-
-    syn_sent: float = 30.0
-    syn_recv: float = 30.0
-    established: float = 7200.0  # Linux: 5 days
-    fin_wait: float = 30.0  # Linux: 120 s
-    close_wait: float = 30.0  # Linux: 60 s
-    time_wait: float = 120.0
-    closed: float = 10.0
-    udp_unreplied: float = 30.0
-    udp_replied: float = 180.0
-    icmp: float = 30.0
-    other: float = 600.0
-    refresh_fraction: float = 0.1  # rewrite an unchanged entry after this share of its timeout
-
-    def of(self, t: CtTuple, state: CtState) -> float:
-        """The timeout of a connection like ``t`` in ``state``."""
-        if t.proto == IPPROTO_TCP:
-            timeout: float = getattr(self, _TCP_TIMEOUTS.get(state, "closed"))
-            return timeout
-        if t.proto in PORT_PROTOCOLS:
-            return self.udp_replied if state is CtState.REPLIED else self.udp_unreplied
-        return self.icmp if t.is_icmp else self.other
-
-
-@dataclass(frozen=True, slots=True)
-class CtRequest:
-    """One conntrack call for one packet.
-
-    ``commit``: create the connection if it is new (and set ``mark``, if
-    given, on it whether new or not). ``nat``: translate the packet (a
-    ``NatRequest`` with targets also creates NAT for a new connection, which
-    commits it). ``related``: the tuple quoted by an ICMP error (the packet is
-    then looked up as related, never as a connection of its own). ``hint``: the
-    entry this packet was already matched to in this zone by an earlier call
-    (the kernel's skb→conntrack association), so that a packet whose tuple NAT
-    has already rewritten still finds its connection.
-    """
-
-    zone: int
-    tuple: CtTuple
-    tcp_flags: int = 0
-    commit: bool = False
-    mark: int | None = None
-    nat: NatRequest | None = None
-    related: CtTuple | None = None
-    hint: CtEntry | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CtResult:
-    """What conntrack decided: ct_state bits, the entry, the packet's tuple after NAT.
-
-    ``quoted`` is the translated quoted tuple of a related ICMP error; ``drop``
-    is set when the packet cannot go on (no LB backend, NAT failure, store
-    unreachable); ``note`` explains the decision for traces. ``unavailable``:
-    the store could not be reached and ``Conntrack.fail`` decided.
-    """
-
-    state: int
-    entry: CtEntry | None
-    reply: bool
-    tuple: CtTuple
-    quoted: CtTuple | None = None
-    drop: DropReason | None = None
-    note: str = ""
-    unavailable: bool = False  # the store could not be asked: decided by the failure policy
-
-    @property
-    def mark(self) -> int:
-        return self.entry.mark if self.entry is not None else 0
-
-
-@dataclass(frozen=True, slots=True)
-class CtHit:
-    """A live connection found by :meth:`Conntrack.lookup_batch`."""
-
-    entry: CtEntry
-    reply: bool
+_CLOSING = CLOSING
 
 
 @dataclass(frozen=True, slots=True)
 class _Seen:
-    """A record as read: version 0 = absent; entry None with a version = unreadable/stale."""
+    """A record as read: version 0 = absent; entry None with a version = unreadable/stale.
+
+    ``cached``: a read cache answered it (``CachedEntry``), so it may be stale."""
 
     version: int
     entry: CtEntry | None
     mirror: bool
+    cached: bool = False
 
 
 _ABSENT = _Seen(0, None, False)
+# what a step returns when it would reject the packet on a cached record: read it again
+_RECHECK = _Seen(-1, None, False)
+_CACHED_ABSENT = _Seen(0, None, False, True)
 
 
 def _seen(raw: object) -> _Seen:
     if not isinstance(raw, Entry):
         return _ABSENT
+    if raw is CACHED_ABSENT:
+        return _CACHED_ABSENT
+    cached = type(raw) is CachedEntry
     try:
         entry, kind = decode(raw.value, raw.version)
     except CodecError:
-        return _Seen(raw.version, None, False)
-    return _Seen(raw.version, entry, kind == MIRROR)
-
-
-def tcp_flags_valid(flags: int) -> bool:
-    """Combinations no TCP stack sends are invalid whatever the state."""
-    if flags & TCP_SYN and flags & (TCP_FIN | TCP_RST):
-        return False
-    return bool(flags & _CONTROL)
-
-
-def tcp_opens(flags: int) -> bool:
-    """Only a plain SYN may start a connection (no mid-stream pickup)."""
-    return flags & _CONTROL == TCP_SYN
-
-
-def tcp_step(state: CtState, fins: int, reply: bool, flags: int) -> tuple[CtState, int] | None:
-    """The next (state, FIN bits) of a TCP connection for one packet; None = invalid.
-
-    Idempotent for retransmissions: the same packet twice gives the same state.
-    """
-    if not tcp_flags_valid(flags):
-        return None
-    if flags & TCP_RST:
-        return CtState.CLOSED, fins
-    syn, ack, fin = bool(flags & TCP_SYN), bool(flags & TCP_ACK), bool(flags & TCP_FIN)
-    if state is CtState.SYN_SENT:
-        if reply:
-            return (CtState.SYN_RECV, fins) if syn else None
-        return (state, fins) if syn and not ack else None
-    if state is CtState.SYN_RECV:
-        if syn:
-            return (state, fins) if reply or not ack else None
-        if reply or not ack:
-            return None
-        return (CtState.FIN_WAIT, fins | FIN_ORIG) if fin else (CtState.ESTABLISHED, fins)
-    if state is CtState.CLOSED or (syn and not (reply and ack)) or not ack:
-        return None
-    if syn:  # a retransmitted SYN-ACK
-        return state, fins
-    side = FIN_REPLY if reply else FIN_ORIG
-    if fin and not fins & side:
-        fins |= side
-        return (CtState.TIME_WAIT if fins == FIN_ORIG | FIN_REPLY else CtState.FIN_WAIT), fins
-    if state is CtState.FIN_WAIT and not fin and not fins & side:
-        return CtState.CLOSE_WAIT, fins
-    return state, fins
+        return _Seen(raw.version, None, False, cached)
+    return _Seen(raw.version, entry, kind == MIRROR, cached)
 
 
 class Conntrack:
@@ -382,10 +299,11 @@ class Conntrack:
         """:meth:`process_batch` as round trips yielded to its driver (``state/jobs.py``),
         so a datapath can park the batch on an asynchronous store."""
         lb_round = LbRound(self.prefix, now)
-        tasks = [self._task(r, now, lb_round) for r in requests]
+        later: list[Op] = []  # early SNAT claims nobody used, released with the LB flush
+        tasks = [self._task(r, now, lb_round, later) for r in requests]
         results = yield from drive_steps(tasks, lambda i, exc: self._unreachable(requests[i], exc))
         with suppress(StateStoreError):
-            yield from drive_steps([lb_round.flush()])
+            yield from drive_steps([lb_round.flush(), _run(later)])
         return results
 
     def lookup_batch(self, items: Sequence[tuple[int, CtTuple]], now: float) -> list[CtHit | None]:
@@ -410,20 +328,70 @@ class Conntrack:
                 return self.key(req.zone, hint.orig), True
         return self.key(req.zone, t), None
 
-    def _task(self, req: CtRequest, now: float, lb_round: LbRound) -> Task[CtResult]:
+    def _task(
+        self, req: CtRequest, now: float, lb_round: LbRound, later: list[Op]
+    ) -> Task[CtResult]:
         key, forced = self._lookup_key(req)
         lb = req.nat.lb if req.nat is not None and req.related is None else None
         extra = lb_round.read_keys(req.tuple, lb) if lb is not None else []
-        got = yield [GetOp(key), *(GetOp(k) for k in extra)]
-        for k, raw in zip(extra, got[1:], strict=True):
+        claim = self._early_claim(req, key, forced)
+        ops: list[Op] = [GetOp(key, absent_ok=True), *(GetOp(k) for k in extra)]
+        got = yield ops if claim is None else [*ops, claim]
+        for k, raw in zip(extra, got[1 : 1 + len(extra)], strict=True):
             lb_round.observe(k, raw if isinstance(raw, Entry) else None)
-        seen = _seen(got[0])
+        member = got[-1] if claim is not None and isinstance(got[-1], str) else None
+        early = [int(member)] if member is not None else []
+        result = yield from self._decide(req, key, forced, _seen(got[0]), now, lb_round, early)
+        if claim is not None and member is not None and not self._owns(req, result, claim, member):
+            later.append(ReleaseOp(claim.pool_key, member, key))
+        return result
+
+    def _owns(self, req: CtRequest, result: CtResult, claim: AllocateOp, member: str) -> bool:
+        """Whether the connection the packet ended in holds the early-claimed port (it was
+        created with it, or it is this SYN's connection and already had it)."""
+        entry = result.entry
+        if entry is None or not entry.flags & SNAT_POOL or entry.orig != req.tuple:
+            return False
+        return snat_pool(self.prefix, entry) == (claim.pool_key, member)
+
+    def _early_claim(self, req: CtRequest, key: str, forced: bool | None) -> AllocateOp | None:
+        """A masqueraded TCP SYN is nearly always a new connection: claim its port from the
+        first window in the lookup's round trip (released after the batch if unused)."""
+        nat, t = req.nat, req.tuple
+        snat = nat.snat if nat is not None else None
+        if snat is None or snat.port_range is None or forced is not None or req.related:
+            return None
+        if t.proto != IPPROTO_TCP or not tcp_opens(req.tcp_flags):
+            return None
+        lo, hi = snat.port_range
+        window = port_window(t, lo, hi, self.snat_window, 0)
+        pool = pool_key(self.prefix, t.ip_version, snat.ip, t.proto)
+        ttl = self.timeouts.of(t, CtState.SYN_SENT)
+        return AllocateOp(pool, tuple(str(p) for p in window), key, ttl)
+
+    def _decide(
+        self,
+        req: CtRequest,
+        key: str,
+        forced: bool | None,
+        seen: _Seen,
+        now: float,
+        lb_round: LbRound,
+        early: list[int],
+    ) -> Task[CtResult]:
         if req.related is not None:
-            return self._related(req, seen, now)
+            related = self._related(req, seen, now)
+            if seen.cached and related.state & CT_INV:
+                related = self._related(req, _seen((yield [GetOp(key, True)])[0]), now)
+            return related
+        fresh = False
         for _ in range(self.max_attempts):
-            step = yield from self._step(req, key, seen, forced, now, lb_round)
+            step = yield from self._step(req, key, seen, forced, now, lb_round, fresh, early)
             if isinstance(step, CtResult):
                 return step
+            if step is _RECHECK:  # a rejection decided on cached records: ask the store
+                fresh = True
+                step = _seen((yield [GetOp(key, True)])[0])
             seen = step
         return self._final(req, None, False, CT_INV, note="gave up: store contention")
 
@@ -435,34 +403,63 @@ class Conntrack:
         forced: bool | None,
         now: float,
         lb_round: LbRound,
+        fresh: bool = False,
+        early: list[int] | None = None,
     ) -> Task[CtResult | _Seen]:
+        """One decision on ``seen``. A decision that would reject the packet, or treat its
+        connection as gone, on a record a read cache answered returns ``_RECHECK`` instead
+        (the caller reads again with ``fresh``): a stale cached record may only ever let a
+        packet pass without writing, never refuse it or replace its connection."""
         entry = seen.entry
+        # a cached absence serves only a create (a compare-and-set on version 0)
+        creates = seen is _CACHED_ABSENT and forced is None and self._creates(req)
+        dead = entry is None or not self._live(entry, req, now)
+        if seen.cached and not fresh and dead and not creates:
+            return _RECHECK
         if forced is not None:
             assert req.hint is not None
             if entry is None or seen.mirror or not entry.same_connection(req.hint):
+                if seen.cached and not fresh:
+                    return _RECHECK
                 return self._final(req, None, forced, CT_INV, note="associated connection gone")
-            return (yield from self._write(req, key, key, seen, forced, now, lb_round))
+            return (yield from self._write(req, key, key, seen, forced, now, lb_round, fresh))
         if entry is None or not self._live(entry, req, now):
-            return (yield from self._create(req, key, seen.version, now, lb_round))
+            return (yield from self._create(req, key, seen.version, now, lb_round, early))
         if not seen.mirror:
-            return (yield from self._write(req, key, key, seen, False, now, lb_round))
+            return (yield from self._write(req, key, key, seen, False, now, lb_round, fresh))
         new = self._advance(entry, True, req, now)
         if new is None:
+            if seen.cached and not fresh:
+                return _RECHECK
             return self._final(req, entry, True, CT_INV, note=f"invalid in {entry.state.name}")
         if new is entry:
             return self._final(req, entry, True, CT_EST)  # nothing to write: no primary read
         primary_key = self.key(entry.zone, entry.orig)
-        got = yield [GetOp(primary_key)]
-        primary = _seen(got[0])
-        current = primary.entry
-        if (
-            current is None
-            or primary.mirror
-            or not current.same_connection(entry)
-            or not self._live(current, req, now)
-        ):
+        primary = _seen((yield [GetOp(primary_key, fresh)])[0])
+        if primary.cached and not self._continues(primary, entry, req, now):
+            primary = _seen((yield [GetOp(primary_key, True)])[0])
+        if not self._continues(primary, entry, req, now):
+            if seen.cached and not fresh:  # the mirror itself may be behind: read it again
+                return _RECHECK
             return _Seen(seen.version, None, False)  # stale mirror: its connection is gone
-        return (yield from self._write(req, key, primary_key, primary, True, now, lb_round))
+        return (yield from self._write(req, key, primary_key, primary, True, now, lb_round, fresh))
+
+    def _creates(self, req: CtRequest) -> bool:
+        """The packet creates its connection if it finds none (a write, so a compare-and-
+        set on the version it saw), rather than being answered new or invalid."""
+        t, nat = req.tuple, req.nat
+        opens = tcp_opens(req.tcp_flags) if t.proto == IPPROTO_TCP else not t.is_echo_reply
+        return opens and (req.commit or (nat is not None and nat.creates))
+
+    def _continues(self, primary: _Seen, mirror: CtEntry, req: CtRequest, now: float) -> bool:
+        """The primary read for a mirror is live and the same connection."""
+        current = primary.entry
+        return (
+            current is not None
+            and not primary.mirror
+            and current.same_connection(mirror)
+            and self._live(current, req, now)
+        )
 
     def _live(self, entry: CtEntry, req: CtRequest, now: float) -> bool:
         """Live, and not a closed TCP connection that this SYN replaces."""
@@ -505,11 +502,13 @@ class Conntrack:
         reply: bool,
         now: float,
         lb_round: LbRound,
+        fresh: bool = False,
     ) -> Task[CtResult | _Seen]:
         """Apply the packet to the live primary record (CAS) and copy it to the mirror.
 
         ``key`` is the key the packet was looked up by: the primary's own, or the
         mirror's for a reply-direction packet (its caller checked the primary is live).
+        A cached primary on which the packet is invalid is read again (``_RECHECK``).
         """
         entry = primary.entry
         assert entry is not None
@@ -517,6 +516,8 @@ class Conntrack:
             return _Seen(primary.version, None, False)
         new = self._advance(entry, reply, req, now)
         if new is None:
+            if primary.cached and not fresh:
+                return _RECHECK
             return self._final(req, entry, reply, CT_INV, note=f"invalid in {entry.state.name}")
         if new is entry:
             return self._final(req, entry, reply, CT_EST)
@@ -525,9 +526,9 @@ class Conntrack:
         mirror_key = self.key(new.zone, new.reply)
         if mirror_key != primary_key:
             ops.append(PutOp(mirror_key, encode(new, MIRROR), ttl))
-        if new.flags & SNAT_POOL:
+        if new.flags & SNAT_POOL and claim_due(self.timeouts, entry, new, now):
             pool, member = snat_pool(self.prefix, new)
-            ops.append(AllocateOp(pool, (member,), primary_key, ttl))
+            ops.append(AllocateOp(pool, (member,), primary_key, claim_ttl(self.timeouts, new)))
         results = yield ops
         cas = results[0]
         assert isinstance(cas, CasResult)
@@ -576,7 +577,13 @@ class Conntrack:
 
     # -- new connections ------------------------------------------------------------------
     def _create(
-        self, req: CtRequest, key: str, version: int, now: float, lb_round: LbRound
+        self,
+        req: CtRequest,
+        key: str,
+        version: int,
+        now: float,
+        lb_round: LbRound,
+        early: list[int] | None = None,
     ) -> Task[CtResult | _Seen]:
         t, nat = req.tuple, req.nat
         opens = tcp_opens(req.tcp_flags) if t.proto == IPPROTO_TCP else not t.is_echo_reply
@@ -596,7 +603,7 @@ class Conntrack:
         elif nat is not None and nat.dnat is not None:
             dnat = (nat.dnat.ip, nat.dnat.port)
         snat = nat.snat if nat is not None else None
-        result = yield from self._claim(req, key, version, now, dnat, snat, pick)
+        result = yield from self._claim(req, key, version, now, dnat, snat, pick, early)
         if pick is not None and (not isinstance(result, CtResult) or result.entry is None):
             lb_round.cancel(pick)
         return result
@@ -610,8 +617,10 @@ class Conntrack:
         dnat: tuple[int, int | None] | None,
         snat: Snat | None,
         pick: Pick | None,
+        early: list[int] | None = None,
     ) -> Task[CtResult | _Seen]:
-        """Create the primary and the mirror; on a reply-tuple collision, try other ports."""
+        """Create the primary and the mirror; on a reply-tuple collision, try other ports.
+        ``early``: a port already claimed for this connection in the lookup's round trip."""
         t = req.tuple
         state = CtState.SYN_SENT if t.proto == IPPROTO_TCP else CtState.UNREPLIED
         ttl = self.timeouts.of(t, state)
@@ -623,7 +632,12 @@ class Conntrack:
             if masquerade:
                 assert snat is not None
                 assert snat.port_range is not None
-                port = yield from self._allocate(key, t, snat.ip, snat.port_range, ttl, excluded)
+                if early:
+                    port = early.pop()
+                else:
+                    port = yield from self._allocate(
+                        key, t, snat.ip, snat.port_range, ttl, excluded
+                    )
                 if port is None:
                     yield from self._undo(key if owned else None, None)
                     return self._nat_failure(req, "SNAT port pool exhausted")
@@ -780,6 +794,12 @@ class Conntrack:
             tup = translate(entry, reply)
             state |= _nat_bits(entry)
         return CtResult(state, entry, reply, tup, drop=drop, note=note)
+
+
+def _run(ops: list[Op]) -> Task[None]:
+    """A task of one round trip of ``ops`` (none if empty)."""
+    if ops:
+        yield ops
 
 
 def _nat_bits(entry: CtEntry) -> int:

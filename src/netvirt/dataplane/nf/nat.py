@@ -18,14 +18,17 @@ that replies are unambiguous.
 
 Masquerade (SNAT with a port range) claims the external source port from a
 pool per (external address, protocol) with ``StateStore.allocate``, owned by
-the connection's primary key, with the entry's TTL (refreshed with every write
-of the entry). The candidates are a window of ``window`` ports starting at a
-hash of the original tuple — preceded by the original source port when it is
-in the range, so ports are preserved when they can be — and later windows
-follow when one is full. Two inside hosts using the same source port thus get
-distinct external ports; a retry by the same connection gets its own port
-back (same owner). If a claimed port still collides on the reply tuple (a
-claim that expired under a live connection), the next window is tried.
+the connection's primary key, with the entry's TTL (renewed with the entry's
+writes when they change how long it lives: ``tcp.claim_due``; a claim that
+ends before its record only lets the pool offer the port again, and the
+mirror's create-only write still keeps reply tuples unique). The candidates
+are a window of ``window`` ports starting at a hash of the original tuple —
+preceded by the original source port when it is in the range, so ports are
+preserved when they can be — and later windows follow when one is full. Two
+inside hosts using the same source port thus get distinct external ports; a
+retry by the same connection gets its own port back (same owner). If a claimed
+port still collides on the reply tuple (a claim that expired under a live
+connection), the next window is tried.
 
 ICMP echo identifiers are NATed like source ports (see ``codec.py`` for how
 echo tuples carry them); protocols without ports get 1:1 NAT only, and a
