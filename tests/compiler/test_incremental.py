@@ -173,7 +173,18 @@ def test_incremental_equals_full(ops: list[tuple[Any, ...]]) -> None:
         apply_op(nb, op, serial)
         got = compile_incremental(prev, nb)
         assert_same(got.sb, compile_nb(copy.deepcopy(nb)))
+        assert_dirty_bindings_named(prev, got)
         prev = got
+
+
+def assert_dirty_bindings_named(prev: Compiled, got: Compiled) -> None:
+    """Every binding that differs from the previous compile's is among those the compile
+    says it rebuilt (the southbound service compares only those)."""
+    if got.ports_dirty is None:
+        return
+    old, new = prev.sb.ports, got.sb.ports
+    differ = {n for n in old.keys() | new.keys() if old.get(n) != new.get(n)}
+    assert differ <= got.ports_dirty
 
 
 def test_port_add_rebuilds_its_switch_only() -> None:

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from netvirt.agent.bindings import Bindings, Claims, Plug, bind
+from netvirt.agent.bindings import Binder, Bindings, Claims, Plug
 from netvirt.agent.counters import PortCounters
 from netvirt.agent.forwarder import Forwarder, Installed, RuleVersion
 from netvirt.agent.physical import Encap, FlowTranslator, PhysicalState, Port, Tunnel, compute
@@ -135,6 +135,7 @@ class Agent:
         self.mirror = SBMirror()
         self.translator = FlowTranslator()
         self.claims = Claims(name)
+        self.binder = Binder(name)
         self.bindings: Bindings | None = None
         self.sb_stats = {"snapshots": 0, "deltas": 0, "gaps": 0, "errors": 0, "registrations": 0}
         self._sb_view: SBState | None = None
@@ -288,8 +289,11 @@ class Agent:
         sb = self._sb_view
         assert sb is not None
         self._dirty = False  # first: a change seen while computing triggers the next step
-        self.bindings = bind(sb, self.name, self.datapath.plugged())
-        physical = compute(sb, self.bindings, self.translator)
+        # only the ports the SB or the plugs changed are classified again, and only the
+        # relevant datapaths' ports are looked at (a port create at 10k ports must not
+        # walk every port of the cloud)
+        self.bindings = self.binder.bind(sb, self.datapath.plugged(), self.mirror.take_changed())
+        physical = compute(sb, self.bindings, self.translator, self.mirror.index())
         add, remove = self.reconciler.plan(physical.rules)
         delta = self.datapath.install(physical, add, remove)
         self.reconciler.commit(add, remove, delta)

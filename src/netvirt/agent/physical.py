@@ -42,7 +42,7 @@ Pure functions of their inputs; nothing here touches I/O.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, cast
 
@@ -58,7 +58,7 @@ from netvirt.dataplane.headers.vxlan import VxlanHeader
 from netvirt.dataplane.pipeline import Topology
 from netvirt.dataplane.policer import Limits
 from netvirt.dataplane.ports.base import Frame
-from netvirt.southbound.model import SBState, ServiceMonitor
+from netvirt.southbound.model import PortBinding, SBState, ServiceMonitor
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +132,31 @@ def empty_state() -> PhysicalState:
 # -- datapaths -------------------------------------------------------------------------------
 
 
-def relevant_datapaths(sb: SBState, bindings: Bindings) -> frozenset[int]:
-    """Switches with a local VIF plus everything reachable from them through patch ports."""
+@dataclass(frozen=True)
+class PortIndex:
+    """The SB's ports by datapath and its patch ports: what :func:`compute` needs to look
+    at only the relevant datapaths' ports. The agent's mirror keeps one up to date
+    delta by delta (``reconcile.SBMirror``); :func:`port_index` builds one from scratch."""
+
+    by_datapath: Mapping[int, Mapping[str, PortBinding]]
+    patches: Mapping[str, PortBinding]
+
+
+def port_index(sb: SBState) -> PortIndex:
+    by_dp: dict[int, dict[str, PortBinding]] = {}
+    for name, pb in sb.ports.items():
+        by_dp.setdefault(pb.datapath, {})[name] = pb
+    patches = {n: pb for n, pb in sb.ports.items() if pb.type == "patch"}
+    return PortIndex(by_dp, patches)
+
+
+def relevant_datapaths(
+    sb: SBState, bindings: Bindings, patches: Mapping[str, PortBinding] | None = None
+) -> frozenset[int]:
+    """Switches with a local VIF plus everything reachable from them through patch ports
+    (``patches``: the SB's patch ports, if known; else every port is looked at)."""
     neighbours: dict[int, set[int]] = {}
-    for pb in sb.ports.values():
+    for pb in (sb.ports if patches is None else patches).values():
         peer = sb.ports.get(pb.peer) if pb.type == "patch" and pb.peer else None
         if peer is not None:
             neighbours.setdefault(pb.datapath, set()).add(peer.datapath)
@@ -165,7 +186,7 @@ class FlowTranslator:
 
     def rules(self, flows: Iterable[LogicalFlow], sb: SBState, notes: list[str]) -> list[Rule]:
         """The rules of ``flows`` in order, without duplicates; drops stale cache entries."""
-        keys = port_keys(sb)
+        keys = PortKeys(sb)
         out: dict[Rule, None] = {}
         fresh: dict[LogicalFlow, tuple[tuple[Rule, ...], tuple[tuple[str, int], ...]]] = {}
         for flow in flows:
@@ -180,7 +201,7 @@ class FlowTranslator:
         return list(out)
 
     def _translate(
-        self, flow: LogicalFlow, sb: SBState, keys: dict[str, int], notes: list[str]
+        self, flow: LogicalFlow, sb: SBState, keys: PortKeys, notes: list[str]
     ) -> tuple[tuple[Rule, ...], tuple[tuple[str, int], ...]]:
         self.misses += 1
         recorder = _Resolver(keys)
@@ -196,7 +217,7 @@ class FlowTranslator:
 
 
 class _Resolver:
-    def __init__(self, keys: dict[str, int]) -> None:
+    def __init__(self, keys: PortKeys) -> None:
         self.keys = keys
         self.used: dict[str, int] = {}
 
@@ -206,6 +227,25 @@ class _Resolver:
             raise KeyError(f"unknown logical port {name!r}")
         self.used[name] = key
         return key
+
+
+class PortKeys:
+    """Name → key for ports and groups, as ``SBState.port_key`` resolves them, looked up
+    when asked (a dict of every port's key was O(ports) work per step)."""
+
+    def __init__(self, sb: SBState) -> None:
+        self.sb = sb
+        self._groups: dict[str, int] | None = None
+
+    def get(self, name: str) -> int | None:
+        pb = self.sb.ports.get(name)
+        if pb is not None:
+            return pb.key
+        if self._groups is None:
+            self._groups = {}
+            for group in self.sb.groups.values():
+                self._groups.setdefault(group.name, group.key)
+        return self._groups.get(name)
 
 
 def port_keys(sb: SBState) -> dict[str, int]:
@@ -220,15 +260,23 @@ def port_keys(sb: SBState) -> dict[str, int]:
 
 
 def compute(
-    sb: SBState, bindings: Bindings, translator: FlowTranslator | None = None
+    sb: SBState,
+    bindings: Bindings,
+    translator: FlowTranslator | None = None,
+    index: PortIndex | None = None,
 ) -> PhysicalState:
-    """The physical state of this host for ``sb`` (see the module docstring)."""
-    dps = relevant_datapaths(sb, bindings)
+    """The physical state of this host for ``sb`` (see the module docstring); ``index``:
+    ``sb``'s ports by datapath, if known (the work is then proportional to the relevant
+    datapaths' ports, not to the cloud's)."""
+    index = index or port_index(sb)
+    dps = relevant_datapaths(sb, bindings, index.patches)
     notes: list[str] = []
     flows = [f for f in sb.flows if f.datapath in dps]
     rules = (translator or FlowTranslator()).rules(flows, sb, notes)
-    state = PhysicalState(sb.generation, dps, rules, _topology(sb, bindings, dps), notes=notes)
-    _port_maps(sb, bindings, state)
+    dp_ports = {n: p for dp in sorted(dps) for n, p in index.by_datapath.get(dp, {}).items()}
+    topology = _topology(sb, bindings, dps, dp_ports)
+    state = PhysicalState(sb.generation, dps, rules, topology, notes=notes)
+    _port_maps(sb, bindings, state, dp_ports)
     _port_services(sb, bindings, state)
     _gateways(sb, bindings, state)
     return state
@@ -271,14 +319,16 @@ def _kind(name: str, bindings: Bindings) -> str:
     return "unbound"
 
 
-def _topology(sb: SBState, bindings: Bindings, dps: frozenset[int]) -> Topology:
+def _topology(
+    sb: SBState, bindings: Bindings, dps: frozenset[int], dp_ports: dict[str, PortBinding]
+) -> Topology:
     # only the relevant datapaths' part of the SB (a host of 10 ports in a 10k-port cloud
     # must not build the pipeline view of every port); patch peers of relevant ports are
     # relevant too (relevant_datapaths is closed over patch ports)
     part = SBState(
         generation=sb.generation,
         datapaths={k: d for k, d in sb.datapaths.items() if k in dps},
-        ports={n: p for n, p in sb.ports.items() if p.datapath in dps},
+        ports=dp_ports,
         groups={k: g for k, g in sb.groups.items() if k[0] in dps},
         mac_bindings=sb.mac_bindings,
     )
@@ -303,7 +353,9 @@ def _topology(sb: SBState, bindings: Bindings, dps: frozenset[int]) -> Topology:
     return topo
 
 
-def _port_maps(sb: SBState, bindings: Bindings, state: PhysicalState) -> None:
+def _port_maps(
+    sb: SBState, bindings: Bindings, state: PhysicalState, dp_ports: dict[str, PortBinding]
+) -> None:
     macs: dict[tuple[int, int], list[int]] = {}
     for name, iface in bindings.local.items():
         pb = sb.ports[name]
@@ -311,18 +363,17 @@ def _port_maps(sb: SBState, bindings: Bindings, state: PhysicalState) -> None:
         state.local_ports[iface] = (pb.datapath, pb.key)
         macs.setdefault((pb.datapath, pb.mac), []).append(pb.key)
     state.macs = {k: tuple(sorted(v)) for k, v in macs.items()}
-    for name, chassis in bindings.remote.items():
-        pb = sb.ports[name]
-        if pb.datapath in state.datapaths:
+    for name, pb in dp_ports.items():  # the relevant datapaths' ports
+        chassis = bindings.remote.get(name)
+        if chassis is not None:
             state.remote[(pb.datapath, pb.key)] = Remote(chassis.name, chassis.ip, chassis.encap)
     for (dp, _group), members in state.topology.groups.items():
         if state.topology.kinds.get(dp) == "switch":
             local = tuple(m for m in members if (dp, m) in state.local)
             state.flood[dp] = tuple(sorted({*state.flood.get(dp, ()), *local}))
-    for name, why in sorted(bindings.unbound.items()):
-        pb = sb.ports[name]
-        if pb.datapath in state.datapaths:
-            state.notes.append(f"port {name}: {why}; packets to it are dropped (unknown_port)")
+    for name in sorted(n for n in dp_ports if n in bindings.unbound):
+        why = bindings.unbound[name]
+        state.notes.append(f"port {name}: {why}; packets to it are dropped (unknown_port)")
 
 
 # -- encapsulation -----------------------------------------------------------------------------

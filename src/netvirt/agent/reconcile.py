@@ -37,6 +37,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
+from netvirt.agent.physical import PortIndex
 from netvirt.compiler.lflow import LogicalFlow
 from netvirt.dataplane.classifier import Classifier, Delta
 from netvirt.dataplane.flow import Rule
@@ -64,6 +65,10 @@ class SBMirror:
         self._chassis: dict[str, Chassis] = {}
         self._mac_bindings: dict[tuple[str, str], MacBinding] = {}
         self._monitors: dict[str, ServiceMonitor] = {}
+        # ports by datapath and patch ports, kept delta by delta (physical.PortIndex)
+        self._by_dp: dict[int, dict[str, PortBinding]] = {}
+        self._patches: dict[str, PortBinding] = {}
+        self._changed: set[str] | None = None  # ports changed since take_changed (None: all)
 
     @property
     def loaded(self) -> bool:
@@ -82,6 +87,44 @@ class SBMirror:
         self._mac_bindings = dict(snapshot.mac_bindings)
         self._monitors = dict(snapshot.monitors)
         self.generation = snapshot.generation
+        self._by_dp, self._patches = {}, {}
+        for pb in self._ports.values():
+            self._index(pb)
+        self._changed = None
+
+    def _index(self, pb: PortBinding) -> None:
+        self._by_dp.setdefault(pb.datapath, {})[pb.name] = pb
+        if pb.type == "patch":
+            self._patches[pb.name] = pb
+
+    def _unindex(self, pb: PortBinding) -> None:
+        ports = self._by_dp.get(pb.datapath)
+        if ports is not None:
+            ports.pop(pb.name, None)
+            if not ports:
+                del self._by_dp[pb.datapath]
+        self._patches.pop(pb.name, None)
+
+    def _set_port(self, name: str, pb: PortBinding | None) -> None:
+        old = self._ports.pop(name, None)
+        if old is not None:
+            self._unindex(old)
+        if pb is not None:
+            self._ports[name] = pb
+            self._index(pb)
+        if self._changed is not None:
+            self._changed.add(name)
+
+    def index(self) -> PortIndex:
+        """The mirrored ports by datapath and the patch ports (live: valid until the next
+        :meth:`apply` or :meth:`load`)."""
+        return PortIndex(self._by_dp, self._patches)
+
+    def take_changed(self) -> set[str] | None:
+        """The ports added, changed or removed since the previous call; None when unknown
+        (a snapshot was loaded since)."""
+        changed, self._changed = self._changed, set()
+        return changed
 
     def apply(self, delta: SBDelta) -> bool:
         """Advance by ``delta``; False (nothing changed) if it does not start here."""
@@ -92,9 +135,9 @@ class SBMirror:
         for dp in cast(tuple[Datapath, ...], delta.datapaths):
             self._datapaths[dp.key] = dp
         for name in delta.ports_removed:
-            self._ports.pop(name, None)
+            self._set_port(name, None)
         for pb in cast(tuple[PortBinding, ...], delta.ports):
-            self._ports[pb.name] = pb
+            self._set_port(pb.name, pb)
         for gkey in delta.groups_removed:
             self._groups.pop(gkey, None)
         for group in cast(tuple[MulticastGroup, ...], delta.groups):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from types import ModuleType
+from typing import Any
 
 from netvirt.compiler.build import acl, arp_nd, dhcp, l2, l3, lb, nat, port_security, qos
 from netvirt.compiler.build.monitors import service_monitors
@@ -36,7 +37,7 @@ BUILDERS: tuple[ModuleType, ...] = (port_security, acl, lb, arp_nd, dhcp, qos, l
 def compile_nb(nb: NBSnapshot) -> SBState:
     """Compute the whole SB state for ``nb`` (full recompute)."""
     sb, chunks = build(nb, None)
-    sb.flows = join(chunks)
+    sb.set_chunks(chunks)
     return sb
 
 
@@ -48,6 +49,10 @@ def build(
     scope: frozenset[int] | None,
     previous: SBState | None = None,
     bindings: frozenset[int] | None = None,
+    *,
+    seed: dict[object, Any] | None = None,
+    keep: dict[object, Any] | None = None,
+    drop: set[str] | None = None,
 ) -> tuple[SBState, Chunks]:
     """The SB state of ``nb`` without its flows, and the canonical flows of each datapath
     in ``scope`` (every datapath when None).
@@ -56,12 +61,17 @@ def build(
     router) and reads nothing of other datapaths' flows, so building a subset of the
     datapaths gives exactly their flows of a full compile. The canonical order starts
     with the datapath, so the per-datapath lists (:func:`join`) concatenate into the
-    compiler's one list."""
+    compiler's one list.
+
+    ``seed``: NB lookups known right for ``nb`` (``NBSnapshot.indexed``); ``keep``
+    receives the lookups this compile used, for the next incremental compile to carry
+    over or patch (``incremental.carried``, ``incremental.patch_index``); ``drop``:
+    ``previous``'s bindings that are built again (``topology.build_topology``)."""
     sb = SBState(generation=nb.generation)
-    with nb.indexed():
+    with nb.indexed(seed) as index:
         if scope is not None and previous is not None:
             # bindings of switches outside the scope are unchanged
-            build_topology(nb, sb, previous, scope if bindings is None else bindings)
+            build_topology(nb, sb, previous, scope if bindings is None else bindings, drop)
         else:
             build_topology(nb, sb)
         sink = FlowSink()
@@ -72,6 +82,8 @@ def build(
         finally:
             nb.scope = None
         sb.monitors = service_monitors(nb, sb)
+        if keep is not None:
+            keep.update(index)
     by_dp: dict[int, list[LogicalFlow]] = {}
     for flow in sink.flows:
         by_dp.setdefault(flow.datapath, []).append(flow)

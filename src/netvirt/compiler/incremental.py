@@ -26,19 +26,32 @@ What a change can affect (:func:`dirty_datapaths`), conservatively:
 
 The topology follows the same rule: bindings and flood groups of switches
 outside the rebuilt set are the previous compile's (routers are recomputed,
-they are few). The flows are kept per
-datapath (:attr:`Compiled.chunks`), in canonical order, so the SB flow list is
-their concatenation and ``dirty`` tells the southbound service which
-datapaths' flows may differ from the previous generation's.
+they are few). The flows are kept per datapath (:attr:`Compiled.chunks`), in
+canonical order; the SB state holds them as such chunks (``SBState.set_chunks``:
+its flow list is their concatenation, joined only when read whole), and ``dirty``
+tells the southbound service which datapaths' flows may differ from the previous
+generation's. The builders' NB lookups are carried from compile to compile: those
+over a kind no write touched as they were (:func:`carried`), those over ports
+patched for the changed ports (:func:`patch_index`).
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from netvirt.compiler.compile import Chunks, build, join
-from netvirt.compiler.nb import NBSnapshot, Obj
+from netvirt.compiler.compile import Chunks, build
+from netvirt.compiler.nb import (
+    NETWORKS_BY_KEY,
+    PORTS_BY_DEVICE,
+    PORTS_BY_ID,
+    PORTS_BY_NETWORK,
+    NBSnapshot,
+    Obj,
+)
+from netvirt.compiler.topology import ROUTER_OWNERS, router_port_name
 from netvirt.southbound.model import SBState
 
 # a change to any of these rebuilds everything
@@ -64,12 +77,18 @@ class Compiled:
     sb: SBState
     chunks: Chunks
     dirty: frozenset[int] | None  # datapaths rebuilt since the previous compile (None: all)
+    # the NB lookups this compile used (NBSnapshot.indexed), carried over or patched by
+    # the next compile instead of walking every port again
+    index: dict[object, Any] = field(default_factory=dict, repr=False, compare=False)
+    # names of the port bindings that may differ from the previous compile's (None: any)
+    ports_dirty: frozenset[str] | None = None
 
 
 def compile_full(nb: NBSnapshot) -> Compiled:
-    sb, chunks = build(nb, None)
-    sb.flows = join(chunks)
-    return Compiled(nb, sb, chunks, None)
+    index: dict[object, Any] = {}
+    sb, chunks = build(nb, None, keep=index)
+    sb.set_chunks(chunks)
+    return Compiled(nb, sb, chunks, None, index)
 
 
 def compile_incremental(
@@ -81,15 +100,142 @@ def compile_incremental(
     snapshots when the caller knows it; None compares every object."""
     if prev is None:
         return compile_full(nb)
-    found = dirty_datapaths(prev, nb, changed)
+    if changed is None:
+        changed = changed_objects(prev.nb, nb)
+    ports = _changed_ports(prev, nb, changed.get("ports", set()))
+    found = dirty_datapaths(prev, nb, changed, ports)
     if found is None:
         return compile_full(nb)
     dirty, bindings_only = found
-    sb, fresh = build(nb, dirty, prev.sb, dirty | bindings_only)
+    seed = patch_index(prev.index, ports) | carried(prev, nb)
+    index: dict[object, Any] = {}
+    scope = dirty | bindings_only
+    drop = rebuilt_bindings(prev, scope)
+    sb, fresh = build(nb, dirty, prev.sb, scope, seed=seed, keep=index, drop=drop)
     chunks = {dp: flows for dp, flows in prev.chunks.items() if dp not in dirty}
     chunks.update(fresh)
-    sb.flows = join(chunks)
-    return Compiled(nb, sb, chunks, dirty)
+    sb.set_chunks(chunks)  # the flow list is joined only if someone reads it whole
+    out = Compiled(nb, sb, chunks, dirty, index)
+    built = rebuilt_bindings(out, scope)
+    if drop is not None and built is not None:
+        out.ports_dirty = frozenset(drop | built)  # every other binding is prev's own
+    return out
+
+
+# port id -> (before, after); None where the port does not exist
+PortChanges = dict[str, tuple[Obj | None, Obj | None]]
+
+
+def _changed_ports(prev: Compiled, nb: NBSnapshot, ids: set[str]) -> PortChanges:
+    """The old and new versions of the changed ports: the old ones from the previous
+    compile's lookup when it has one (no walk over every old port)."""
+    if not ids:
+        return {}
+    old_by_id: dict[str, Obj] | None = prev.index.get(PORTS_BY_ID)
+    if old_by_id is None:
+        old_by_id = {str(p["id"]): p for p in prev.nb.ports if p["id"] in ids}
+    after = _find_ports(nb.ports, ids)
+    return {i: (old_by_id.get(i), after.get(i)) for i in ids}
+
+
+def _find_ports(ports: list[Obj], ids: set[str]) -> dict[str, Obj]:
+    """The ports of ``ids`` in ``ports``: by bisection, as the store lists them by id; a
+    walk over the list only for ids not found that way (deleted ports, or a snapshot
+    not sorted by id)."""
+    found: dict[str, Obj] = {}
+    for ident in ids:
+        at = bisect.bisect_left(ports, ident, key=_port_id)
+        if at < len(ports) and _port_id(ports[at]) == ident:
+            found[ident] = ports[at]
+    if len(found) < len(ids):
+        missing = ids - found.keys()
+        found.update((str(p["id"]), p) for p in ports if p["id"] in missing)
+    return found
+
+
+def _port_id(port: Obj) -> str:
+    return str(port["id"])
+
+
+def patch_index(index: dict[object, Any], ports: PortChanges) -> dict[object, Any]:
+    """The previous compile's port lookups (by id, by network) with the changed ports replaced
+    (new containers: the previous snapshot's stay as they were)."""
+    out: dict[object, Any] = {}
+    by_id: dict[str, Obj] | None = index.get(PORTS_BY_ID)
+    if by_id is not None:
+        by_id = dict(by_id)
+        for pid, (_, new) in ports.items():
+            if new is None:
+                by_id.pop(pid, None)
+            else:
+                by_id[pid] = new
+        out[PORTS_BY_ID] = by_id
+    grouped: dict[str, list[Obj]] | None = index.get(PORTS_BY_NETWORK)
+    if grouped is not None:
+        grouped = dict(grouped)
+        for pid, (old, new) in ports.items():
+            for net in {str(p["network_id"]) for p in (old, new) if p is not None}:
+                members = [p for p in grouped.get(net, ()) if p["id"] != pid]
+                if new is not None and str(new["network_id"]) == net:
+                    members = _in_order(members, new)
+                if members:
+                    grouped[net] = members
+                else:
+                    grouped.pop(net, None)
+        out[PORTS_BY_NETWORK] = grouped
+    return out
+
+
+def rebuilt_bindings(prev: Compiled, scope: frozenset[int]) -> set[str] | None:
+    """The names of ``prev``'s bindings that a compile rebuilding the switches of
+    ``scope`` builds again: the ports of those networks and every router's ports (None
+    when the previous compile's lookups cannot tell)."""
+    by_net: dict[str, list[Obj]] | None = prev.index.get(PORTS_BY_NETWORK)
+    by_device: dict[str, list[Obj]] | None = prev.index.get(PORTS_BY_DEVICE)
+    if by_net is None or (prev.nb.routers and by_device is None):
+        return None
+    networks: dict[int, Obj] = prev.index.get(NETWORKS_BY_KEY) or {
+        int(n["provider:segmentation_id"]): n for n in prev.nb.networks
+    }
+    out: set[str] = set()
+    for key in scope:
+        net = networks.get(key)
+        if net is not None:
+            out.update(str(p["id"]) for p in by_net.get(str(net["id"]), ()))
+    for router in prev.nb.routers:
+        assert by_device is not None
+        for port in by_device.get(str(router["id"]), ()):
+            if port["device_owner"] in ROUTER_OWNERS:
+                out.add(router_port_name(str(port["id"])))
+    return out
+
+
+def carried(prev: Compiled, nb: NBSnapshot) -> dict[object, Any]:
+    """The previous compile's lookups over kinds whose list is the very same object in
+    ``nb`` (``nb.refresh`` shares the lists of kinds no write touched; nothing mutates
+    a snapshot's lists): networks by key, subnets and QoS policies by id..."""
+    out: dict[object, Any] = {}
+    for key, value in prev.index.items():
+        kind = lookup_kind(key)
+        if kind is not None and kind != "ports" and getattr(nb, kind) is getattr(prev.nb, kind):
+            out[key] = value
+    return out
+
+
+def lookup_kind(key: object) -> str | None:
+    """The NB kind a lookup of ``NBSnapshot``'s cache is computed from (None: unknown)."""
+    if isinstance(key, tuple) and len(key) >= 2 and key[0] in ("by_id", "group"):
+        return str(key[1])
+    if key == NETWORKS_BY_KEY:
+        return "networks"
+    return None
+
+
+def _in_order(members: list[Obj], port: Obj) -> list[Obj]:
+    """``members`` with ``port`` added in id order (``NBSnapshot.ports_of``'s order)."""
+    out = list(members)
+    bisect.insort(out, port, key=lambda p: str(p["id"]))
+    return out
 
 
 # -- what a change affects ---------------------------------------------------------------------
@@ -137,11 +283,14 @@ def _binding_only(old: Obj, new: Obj) -> bool:
 
 
 def dirty_datapaths(
-    prev: Compiled, nb: NBSnapshot, changed: dict[str, set[str]] | None
+    prev: Compiled,
+    nb: NBSnapshot,
+    changed: dict[str, set[str]] | None,
+    ports: PortChanges | None = None,
 ) -> tuple[frozenset[int], frozenset[int]] | None:
     """(datapaths whose flows the change from ``prev.nb`` to ``nb`` may affect, switches
     whose port bindings alone changed); None when everything must be rebuilt (see the
-    module docstring)."""
+    module docstring). ``ports``: the changed ports' versions, if known."""
     old = prev.nb
     if changed is None:
         changed = changed_objects(old, nb)
@@ -157,10 +306,10 @@ def dirty_datapaths(
     members: set[str] = set()  # groups whose member addresses changed
     port_ids = changed.get("ports", set())
     if port_ids:
-        before = {p["id"]: p for p in old.ports if p["id"] in port_ids}
-        after = {p["id"]: p for p in nb.ports if p["id"] in port_ids}
+        if ports is None:
+            ports = _changed_ports(prev, nb, port_ids)
         for pid in port_ids:
-            o, n = before.get(pid), after.get(pid)
+            o, n = ports[pid]
             if o == n:
                 continue
             if o is not None and n is not None and _binding_only(o, n):
@@ -202,6 +351,8 @@ def _with_routers(
             if net["id"] in nets:
                 switches.add(int(net["provider:segmentation_id"]))
     routers: set[int] = set()
+    if not old.routers and not nb.routers:
+        return frozenset(switches)  # no router: no walk over the ports for patch ports
     for pb in old_sb.ports.values():
         if pb.type == "patch" and pb.peer is not None and pb.datapath not in switches:
             peer = old_sb.ports.get(pb.peer)

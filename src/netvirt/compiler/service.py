@@ -40,8 +40,9 @@ class CompilerService:
         self._lock = threading.Lock()
         self._loaded: Loaded | None = None
         self._compiled: Compiled | None = None
-        # generation -> (previous compiled generation, datapaths rebuilt; None = all)
-        self._dirty: dict[int, tuple[int, frozenset[int] | None]] = {}
+        # generation -> (previous compiled generation, datapaths rebuilt, port bindings
+        # rebuilt; None = all)
+        self._dirty: dict[int, tuple[int, frozenset[int] | None, frozenset[str] | None]] = {}
         self.compile_seconds = 0.0
         self.load_seconds = 0.0
         self.background = False  # True while run() compiles in its own thread
@@ -75,7 +76,7 @@ class CompilerService:
             sb = compiled.sb
             sb.generation = nb.generation
             previous = self._sb.generation if self._sb is not None else -1
-            self._dirty[sb.generation] = (previous, compiled.dirty)
+            self._dirty[sb.generation] = (previous, compiled.dirty, compiled.ports_dirty)
             while len(self._dirty) > HISTORY:
                 del self._dirty[min(self._dirty)]
             self._loaded, self._compiled, self._sb = loaded, compiled, sb
@@ -85,7 +86,7 @@ class CompilerService:
         log.info(
             "compiled generation %d: %d flows, %s datapaths rebuilt in %.3fs (NB read %.3fs)",
             sb.generation,
-            len(sb.flows),
+            sb.flow_count(),
             "all" if compiled.dirty is None else len(compiled.dirty),
             self.compile_seconds,
             self.load_seconds,
@@ -122,6 +123,18 @@ class CompilerService:
             if entry is None or entry[1] is None:
                 return None
             out |= entry[1]
+            generation = entry[0]
+        return frozenset(out) if generation == since else None
+
+    def ports_dirty_since(self, since: int, generation: int) -> frozenset[str] | None:
+        """The names of the port bindings that may differ between two compiled
+        generations (the southbound service compares only those); None when unknown."""
+        out: set[str] = set()
+        while generation > since:
+            entry = self._dirty.get(generation)
+            if entry is None or entry[2] is None:
+                return None
+            out |= entry[2]
             generation = entry[0]
         return frozenset(out) if generation == since else None
 

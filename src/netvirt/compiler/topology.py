@@ -109,57 +109,82 @@ def _limits(
 
 
 def build_topology(
-    nb: NBSnapshot, sb: SBState, reuse: SBState | None = None, scope: frozenset[int] = frozenset()
+    nb: NBSnapshot,
+    sb: SBState,
+    reuse: SBState | None = None,
+    scope: frozenset[int] = frozenset(),
+    drop: set[str] | None = None,
 ) -> None:
     """Fill ``sb`` with datapaths, port bindings and multicast groups.
 
     ``reuse``: a previous result whose bindings and groups of every switch outside
     ``scope`` are still right (the incremental compiler's promise): they are copied
-    instead of computed again."""
-    kept: dict[int, list[PortBinding]] = {}
-    if reuse is not None:
-        for pb in reuse.ports.values():
-            if pb.datapath < ROUTER_KEY_BASE and pb.datapath not in scope:
-                kept.setdefault(pb.datapath, []).append(pb)
-    for net in nb.networks:
-        key = int(net["provider:segmentation_id"])
-        sb.datapaths[key] = Datapath(key, "switch", net["id"], net["project_id"], net["name"])
+    instead of computed again, without looking at those switches' NB ports. ``drop``:
+    the names of ``reuse``'s bindings of the switches in ``scope`` and of routers, if
+    known: everything else is then copied whole (dict copies, no walk over the ports)."""
+    networks = nb.network_by_key()
+    if reuse is not None and drop is not None:
+        _patch_topology(nb, sb, reuse, scope, drop, networks)
+        return
+    kept = _kept_switches(networks, reuse, scope)
+    for key, net in networks.items():
+        old = reuse.datapaths.get(key) if reuse is not None and key in kept else None
+        sb.datapaths[key] = old or Datapath(
+            key, "switch", net["id"], net["project_id"], net["name"]
+        )
     rkeys = router_keys(nb)
     for router in nb.routers:
         key = rkeys[router["id"]]
         sb.datapaths[key] = Datapath(
             key, "router", router["id"], router["project_id"], router["name"]
         )
+    if reuse is not None and kept:
+        sb.ports.update({n: pb for n, pb in reuse.ports.items() if pb.datapath in kept})
+        sb.groups.update({(dp, FLOOD): reuse.groups[(dp, FLOOD)] for dp in sorted(kept)})
     policies = nb.by_id("qos_policies")
-    for net in nb.networks:
-        net_id, dp_key = net["id"], int(net["provider:segmentation_id"])
-        if reuse is not None and dp_key not in scope and (dp_key, FLOOD) in reuse.groups:
-            for pb in kept.get(dp_key, ()):
-                sb.ports[pb.name] = pb
-            sb.groups[(dp_key, FLOOD)] = reuse.groups[(dp_key, FLOOD)]
-            continue
-        members = [p for p in nb.ports_of(net_id) if p["device_owner"] not in SKIPPED_OWNERS]
-        keys = stable_keys([p["id"] for p in members], MAX_PORT_KEY)
-        for port in members:
-            kind = _port_type(port, net)
-            peer = router_port_name(port["id"]) if kind == "patch" else None
-            egress, ingress = _limits(port, net, policies) if kind == "vif" else (None, None)
-            sb.ports[port["id"]] = PortBinding(
-                name=port["id"],
-                key=keys[port["id"]],
-                datapath=dp_key,
-                type=kind,
-                mac=mac_int(port["mac_address"]),
-                ips=port_cidrs(nb, port),
-                peer=peer,
-                requested_chassis=port.get("binding:host_id", ""),
-                up=port["status"] == "ACTIVE",
-                nb_id=port["id"],
-                egress_limit=egress,
-                ingress_limit=ingress,
-            )
-        flood = tuple(sorted(p["id"] for p in members if _port_type(p, net) != "vip"))
-        sb.groups[(dp_key, FLOOD)] = MulticastGroup(dp_key, FLOOD, FLOOD_KEY, flood)
+    for dp_key, net in networks.items():
+        if dp_key not in kept:
+            _switch_ports(nb, sb, net, dp_key, policies)
+    _router_ports(nb, sb, rkeys)
+
+
+def _patch_topology(
+    nb: NBSnapshot,
+    sb: SBState,
+    reuse: SBState,
+    scope: frozenset[int],
+    drop: set[str],
+    networks: dict[int, Obj],
+) -> None:
+    """``reuse`` with the switches of ``scope`` and every router built again."""
+    sb.datapaths.update(reuse.datapaths)
+    for key in [k for k in sb.datapaths if k >= ROUTER_KEY_BASE or k in scope]:
+        del sb.datapaths[key]
+    for key in sorted(scope):
+        net = networks.get(key)
+        if net is not None:
+            sb.datapaths[key] = Datapath(key, "switch", net["id"], net["project_id"], net["name"])
+    rkeys = router_keys(nb)
+    for router in nb.routers:
+        key = rkeys[router["id"]]
+        sb.datapaths[key] = Datapath(
+            key, "router", router["id"], router["project_id"], router["name"]
+        )
+    sb.ports.update(reuse.ports)
+    for name in drop:
+        sb.ports.pop(name, None)
+    sb.groups.update(reuse.groups)
+    for key in scope:
+        sb.groups.pop((key, FLOOD), None)
+    policies = nb.by_id("qos_policies")
+    for key in sorted(scope):
+        net = networks.get(key)
+        if net is not None:
+            _switch_ports(nb, sb, net, key, policies)
+    _router_ports(nb, sb, rkeys)
+
+
+def _router_ports(nb: NBSnapshot, sb: SBState, rkeys: dict[str, int]) -> None:
     for router in nb.routers:
         dp_key = rkeys[router["id"]]
         rports = nb.router_ports(router["id"])
@@ -176,3 +201,42 @@ def build_topology(
                 peer=port["id"],
                 nb_id=port["id"],
             )
+
+
+def _kept_switches(
+    networks: dict[int, Obj], reuse: SBState | None, scope: frozenset[int]
+) -> frozenset[int]:
+    """The switches whose bindings and flood group ``reuse`` holds and may give."""
+    if reuse is None:
+        return frozenset()
+    return frozenset(
+        dp for dp, name in reuse.groups if name == FLOOD and dp not in scope and dp in networks
+    )
+
+
+def _switch_ports(
+    nb: NBSnapshot, sb: SBState, net: Obj, dp_key: int, policies: dict[str, Obj]
+) -> None:
+    """The bindings and flood group of one switch."""
+    members = [p for p in nb.ports_of(net["id"]) if p["device_owner"] not in SKIPPED_OWNERS]
+    keys = stable_keys([p["id"] for p in members], MAX_PORT_KEY)
+    for port in members:
+        kind = _port_type(port, net)
+        peer = router_port_name(port["id"]) if kind == "patch" else None
+        egress, ingress = _limits(port, net, policies) if kind == "vif" else (None, None)
+        sb.ports[port["id"]] = PortBinding(
+            name=port["id"],
+            key=keys[port["id"]],
+            datapath=dp_key,
+            type=kind,
+            mac=mac_int(port["mac_address"]),
+            ips=port_cidrs(nb, port),
+            peer=peer,
+            requested_chassis=port.get("binding:host_id", ""),
+            up=port["status"] == "ACTIVE",
+            nb_id=port["id"],
+            egress_limit=egress,
+            ingress_limit=ingress,
+        )
+    flood = tuple(sorted(p["id"] for p in members if _port_type(p, net) != "vip"))
+    sb.groups[(dp_key, FLOOD)] = MulticastGroup(dp_key, FLOOD, FLOOD_KEY, flood)

@@ -59,6 +59,7 @@ from netvirt.southbound.model import (
 from netvirt.southbound.source import SBDelta
 
 FORMAT = 1
+FLOOD = "_MC_flood"  # a switch's flood group lists its ports (compiler/topology.py)
 Wire = dict[str, Any]
 PortTable = dict[int, dict[str, int]]  # datapath -> name -> key
 T = TypeVar("T")
@@ -257,31 +258,52 @@ def _port_values(expr: Expr) -> Iterator[Value]:
 
 class _Namer:
     """key → name per datapath from one state's ports and groups; records what it
-    names (and what matches name) into the flow block's port table."""
+    names (and what matches name) into the flow block's port table.
+
+    Only the datapaths of the flows being encoded are looked at, a switch through its
+    flood group (which lists its ports): a delta of one switch's flows must not walk
+    the ten thousand ports of the cloud. A key not found that way (a VIP, a router's
+    port) makes one pass over every port and group."""
 
     def __init__(self, sb: SBState) -> None:
+        self.sb = sb
         self.names: dict[int, dict[int, str]] = {}
-        self.keys: dict[int, dict[str, int]] = {}
-        for port in sb.ports.values():
-            self._add(port.datapath, port.name, port.key)
-        for group in sb.groups.values():
-            self._add(group.datapath, group.name, group.key)
-        self.global_keys = {p.name: p.key for p in sb.ports.values()}
+        self._scanned = False
         self.table: PortTable = {}
 
-    def _add(self, dp: int, name: str, key: int) -> None:
-        self.names.setdefault(dp, {})[key] = name
-        self.keys.setdefault(dp, {})[name] = key
+    def _lookup(self, dp: int) -> dict[int, str]:
+        names = self.names.get(dp)
+        if names is None:
+            names = self.names[dp] = {}
+            flood = self.sb.groups.get((dp, FLOOD))
+            if flood is not None:
+                names[flood.key] = flood.name
+                for member in flood.ports:
+                    port = self.sb.ports.get(member)
+                    if port is not None and port.datapath == dp:
+                        names[port.key] = member
+        return names
 
-    def record(self, dp: int, name: str, fallback: int) -> None:
-        key = self.keys.get(dp, {}).get(name, self.global_keys.get(name, fallback))
+    def _scan(self) -> None:
+        if self._scanned:
+            return
+        self._scanned = True
+        for port in self.sb.ports.values():
+            self.names.setdefault(port.datapath, {})[port.key] = port.name
+        for group in self.sb.groups.values():
+            self.names.setdefault(group.datapath, {})[group.key] = group.name
+
+    def record(self, dp: int, name: str, key: int) -> None:
+        """``name`` means ``key`` in the flows of ``dp`` (a match's port value carries the
+        key the compiler gave it; an action's key is spelled with its datapath's name)."""
         self.table.setdefault(dp, {})[name] = key
 
     def for_datapath(self, dp: int) -> Callable[[int], str]:
-        names = self.names.get(dp, {})
-
         def name(key: int) -> str:
-            found = names[key]  # KeyError: the caller prints the key instead
+            found = self._lookup(dp).get(key)
+            if found is None:
+                self._scan()
+                found = self.names[dp][key]  # KeyError: the caller prints the key instead
             self.record(dp, found, key)
             return found
 
@@ -496,7 +518,7 @@ def plain_match(expr: Expr) -> Expr:
 def wire_form(sb: SBState) -> SBState:
     """``sb`` as it looks after a trip through the codec (see the module docstring)."""
     flows = [replace(f, match=plain_match(f.match)) for f in sb.flows]
-    return replace(sb, flows=flows)
+    return sb.with_flows(flows)
 
 
 __all__ = [

@@ -23,7 +23,6 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import TypeVar
 
 from netvirt.compiler.compile import MatchKey, match_key
@@ -59,6 +58,18 @@ def _changes(old: Mapping[K, V], new: Mapping[K, V]) -> tuple[tuple[K, ...], tup
     return removed, changed
 
 
+def _named_changes(
+    old: Mapping[str, V], new: Mapping[str, V], names: frozenset[str]
+) -> tuple[tuple[str, ...], tuple[V, ...]]:
+    """:func:`_changes` when only the entries of ``names`` may differ (sorted by name)."""
+    keys = sorted(names)
+    removed = tuple(k for k in keys if k in old and k not in new)
+    changed = tuple(
+        new[k] for k in keys if k in new and (old.get(k) is not new[k] and old.get(k) != new[k])
+    )
+    return removed, changed
+
+
 def _ident(flow: LogicalFlow) -> FlowId:
     return (flow, flow.provenance)
 
@@ -77,24 +88,32 @@ def _datapath(flow: LogicalFlow) -> int:
     return flow.datapath
 
 
-def diff(old: SBState, new: SBState, flow_dps: frozenset[int] | None = None) -> SBDelta:
+def diff(
+    old: SBState,
+    new: SBState,
+    flow_dps: frozenset[int] | None = None,
+    port_names: frozenset[str] | None = None,
+) -> SBDelta:
     """What turns ``old`` into ``new``.
 
     ``flow_dps``: the only datapaths whose flows may differ (the incremental compiler
     knows them); the flows of the others are not compared, which keeps a one-port
     change from hashing every flow of the cloud. Both states' flows must then be in
-    canonical order."""
+    canonical order. ``port_names``: likewise the only port bindings that may differ."""
     if old.mac_bindings != new.mac_bindings:
         raise NotDiffable("SB MAC bindings changed; deltas do not carry them")
     dps_removed, dps = _changes(old.datapaths, new.datapaths)
-    ports_removed, ports = _changes(old.ports, new.ports)
+    if port_names is None:
+        ports_removed, ports = _changes(old.ports, new.ports)
+    else:
+        ports_removed, ports = _named_changes(old.ports, new.ports, port_names)
     groups_removed, groups = _changes(old.groups, new.groups)
     chassis_removed, chassis = _changes(old.chassis, new.chassis)
     monitors_removed, monitors = _changes(old.monitors, new.monitors)
-    old_flows, new_flows = old.flows, new.flows
-    if flow_dps is not None:
-        old_flows = of_datapaths(old_flows, flow_dps)
-        new_flows = of_datapaths(new_flows, flow_dps)
+    if flow_dps is None:
+        old_flows, new_flows = old.flows, new.flows
+    else:
+        old_flows, new_flows = old.flows_of(flow_dps), new.flows_of(flow_dps)
     old_ids = {_ident(f) for f in old_flows}
     new_ids = {_ident(f) for f in new_flows}
     return SBDelta(
@@ -167,8 +186,7 @@ def apply(state: SBState, delta: SBDelta) -> SBState:
         monitors.pop(member, None)
     for monitor in delta.monitors:
         monitors[_as(monitor, ServiceMonitor).member_id] = monitor
-    return replace(
-        state,
+    return SBState(
         generation=delta.generation,
         datapaths=datapaths,
         ports=ports,

@@ -87,9 +87,9 @@ from netvirt.northbound.errors import InvalidInput, not_found
 from netvirt.northbound.lbaas_members import set_member_operating_status
 from netvirt.northbound.schema import Member, Port
 from netvirt.southbound import codec
-from netvirt.southbound.diff import NotDiffable, diff, of_datapaths
+from netvirt.southbound.diff import NotDiffable, diff
 from netvirt.southbound.hosts import Received
-from netvirt.southbound.model import Chassis, SBState
+from netvirt.southbound.model import Chassis, PortBinding, SBState
 from netvirt.southbound.source import SBDelta, SBSource
 
 ENCAPS = ("geneve", "vxlan")
@@ -160,6 +160,63 @@ def relevant_datapaths(state: SBState, chassis: str) -> frozenset[int]:
     return frozenset(seen)
 
 
+class ViewIndex:
+    """:func:`relevant_datapaths` of one chassis, kept from generation to generation by
+    looking only at the port bindings the compiler says it rebuilt (a port create at
+    10k ports looks at one switch's ports, not at every port): per datapath, how many
+    of its ports make it relevant (requested by the chassis, or ``localnet``), and every
+    patch port (the graph the relevance spreads over). Equal to
+    :func:`relevant_datapaths` (``tests/southbound/test_views.py``)."""
+
+    def __init__(self, state: SBState, chassis: str) -> None:
+        self.chassis = chassis
+        self.generation = state.generation
+        self.ports = state.ports  # the bindings this index reflects (never mutated)
+        self.seeds: dict[int, int] = {}
+        self.patches: dict[str, PortBinding] = {}
+        for pb in state.ports.values():
+            self._count(pb, 1)
+
+    def _count(self, pb: PortBinding, step: int) -> None:
+        if pb.requested_chassis == self.chassis or pb.type == "localnet":
+            self.seeds[pb.datapath] = self.seeds.get(pb.datapath, 0) + step
+            if not self.seeds[pb.datapath]:
+                del self.seeds[pb.datapath]
+        if pb.type == "patch":
+            if step > 0:
+                self.patches[pb.name] = pb
+            else:
+                self.patches.pop(pb.name, None)
+
+    def advance(self, state: SBState, names: frozenset[str]) -> None:
+        """Move to ``state``, whose bindings differ from this index's only in ``names``."""
+        for name in names:
+            old, new = self.ports.get(name), state.ports.get(name)
+            if old is new:
+                continue
+            if old is not None:
+                self._count(old, -1)
+            if new is not None:
+                self._count(new, 1)
+        self.ports, self.generation = state.ports, state.generation
+
+    def datapaths(self) -> frozenset[int]:
+        neighbours: dict[int, set[int]] = {}
+        for pb in self.patches.values():
+            peer = self.ports.get(pb.peer) if pb.peer else None
+            if peer is not None:
+                neighbours.setdefault(pb.datapath, set()).add(peer.datapath)
+                neighbours.setdefault(peer.datapath, set()).add(pb.datapath)
+        seen: set[int] = set()
+        todo = list(self.seeds)
+        while todo:
+            dp = todo.pop()
+            if dp not in seen:
+                seen.add(dp)
+                todo.extend(neighbours.get(dp, ()))
+        return frozenset(seen)
+
+
 class InMemorySB:
     """:class:`~netvirt.southbound.source.SBSource` served from the compiler's output."""
 
@@ -183,6 +240,8 @@ class InMemorySB:
         self._changes: OrderedDict[tuple[int, int, str | None], Change] = OrderedDict()
         self._snapshots: dict[str | None, Change] = {}
         self._views: OrderedDict[tuple[int, str], tuple[frozenset[int], SBState]] = OrderedDict()
+        self._indexes: dict[str, ViewIndex] = {}  # per chassis, of the newest view made
+        self._index_lock = threading.Lock()
         self._chassis: dict[str, Chassis] = {}
         self._bindings: dict[str, tuple[str, bool]] = {}
         self._seen: dict[str, float] = {}  # chassis -> wall-clock time of its last report
@@ -236,14 +295,32 @@ class InMemorySB:
             cached = self._views.get(key)
             if cached is not None and cached[1].generation == state.generation:
                 return cached
-        dps = relevant_datapaths(state, chassis)
-        flows = of_datapaths(state.flows, dps)
-        view = (dps, replace(state, flows=flows))
+        dps = self._relevant(state, chassis)
+        flows = state.flows_of(dps)
+        view = (dps, state.with_flows(flows))
         with self._lock:
             self._views[key] = view
             while len(self._views) > 2 * self.history_size:
                 self._views.popitem(last=False)
         return view
+
+    def _relevant(self, state: SBState, chassis: str) -> frozenset[int]:
+        """:func:`relevant_datapaths`, from the chassis' :class:`ViewIndex` moved forward
+        when the compiler can name the bindings it rebuilt since."""
+        with self._index_lock:  # one index per chassis, moved by one request at a time
+            index = self._indexes.get(chassis)
+            ports_since = getattr(self.compiler, "ports_dirty_since", None)
+            names = None
+            if index is not None and ports_since is not None:
+                if index.generation == state.generation and index.ports is state.ports:
+                    return index.datapaths()
+                if index.generation < state.generation:
+                    names = ports_since(index.generation, state.generation)
+            if index is None or names is None:
+                index = self._indexes[chassis] = ViewIndex(state, chassis)
+            else:
+                index.advance(state, names)
+            return index.datapaths()
 
     # ------------------------------------------------------------------ changes
 
@@ -270,15 +347,17 @@ class InMemorySB:
             return self._full(latest, chassis)
         dirty_since = getattr(self.compiler, "dirty_since", None)
         dps = dirty_since(since, latest.generation) if dirty_since is not None else None
+        ports_since = getattr(self.compiler, "ports_dirty_since", None)
+        names = ports_since(since, latest.generation) if ports_since is not None else None
         before, base = self.view(base, chassis)
         after, latest = self.view(latest, chassis)
         if dps is not None and before is not None and after is not None:
             dps = dps | (before ^ after)  # datapaths entering or leaving the view
         try:
-            delta = diff(base, latest, dps)
+            delta = diff(base, latest, dps, names)
         except NotDiffable:
             return self._full(latest, chassis)
-        if _delta_size(delta) >= len(latest.flows) + len(latest.ports):
+        if _delta_size(delta) >= latest.flow_count() + len(latest.ports):
             return self._full(latest, chassis)
         change = Change(delta, latest, base)
         with self._lock:

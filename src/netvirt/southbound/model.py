@@ -13,6 +13,8 @@ are per datapath, 1..32767; multicast groups use 32768 and up.
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -137,16 +139,122 @@ class ServiceMonitor:
     expected_codes: str = ""
 
 
-@dataclass
+FlowChunks = dict[int, list[LogicalFlow]]  # datapath -> its flows, in canonical order
+
+
+@dataclass(init=False, eq=False)
 class SBState:
-    generation: int = 0
-    datapaths: dict[int, Datapath] = field(default_factory=dict)
-    ports: dict[str, PortBinding] = field(default_factory=dict)
-    groups: dict[tuple[int, str], MulticastGroup] = field(default_factory=dict)
-    flows: list[LogicalFlow] = field(default_factory=list)
-    chassis: dict[str, Chassis] = field(default_factory=dict)
-    mac_bindings: dict[tuple[str, str], MacBinding] = field(default_factory=dict)
-    monitors: dict[str, ServiceMonitor] = field(default_factory=dict)  # by member id
+    """The SB state. Its flows are a list in the compiler's canonical order (datapath
+    first); the compiler may give them as per-datapath chunks instead (``chunks``), and
+    the list is then joined only when someone reads :attr:`flows`: an incremental
+    compile replaces one datapath's chunk, and copying the 300k-flow list of a
+    10k-port cloud on every port create cost more than the compile itself.
+    :meth:`flows_of` and :meth:`flow_count` never join. Equality compares the flows,
+    however they are held."""
+
+    generation: int
+    datapaths: dict[int, Datapath]
+    ports: dict[str, PortBinding]
+    groups: dict[tuple[int, str], MulticastGroup]
+    chassis: dict[str, Chassis]
+    mac_bindings: dict[tuple[str, str], MacBinding]
+    monitors: dict[str, ServiceMonitor]  # by member id
+    chunks: FlowChunks | None = field(repr=False)  # never changed once given (shared)
+    _flows: list[LogicalFlow] | None = field(repr=False)
+
+    def __init__(
+        self,
+        generation: int = 0,
+        datapaths: dict[int, Datapath] | None = None,
+        ports: dict[str, PortBinding] | None = None,
+        groups: dict[tuple[int, str], MulticastGroup] | None = None,
+        flows: list[LogicalFlow] | None = None,
+        chassis: dict[str, Chassis] | None = None,
+        mac_bindings: dict[tuple[str, str], MacBinding] | None = None,
+        monitors: dict[str, ServiceMonitor] | None = None,
+        chunks: FlowChunks | None = None,
+        _flows: list[LogicalFlow] | None = None,
+    ) -> None:
+        self.generation = generation
+        self.datapaths = {} if datapaths is None else datapaths
+        self.ports = {} if ports is None else ports
+        self.groups = {} if groups is None else groups
+        self.chassis = {} if chassis is None else chassis
+        self.mac_bindings = {} if mac_bindings is None else mac_bindings
+        self.monitors = {} if monitors is None else monitors
+        if flows is not None:  # given explicitly (also by dataclasses.replace): it wins
+            self._flows, self.chunks = flows, None
+        elif _flows is None and chunks is None:
+            self._flows, self.chunks = [], None
+        else:
+            self._flows, self.chunks = _flows, chunks
+
+    @property
+    def flows(self) -> list[LogicalFlow]:
+        if self._flows is None:
+            assert self.chunks is not None
+            joined: list[LogicalFlow] = []
+            for dp in sorted(self.chunks):
+                joined.extend(self.chunks[dp])
+            self._flows = joined
+        return self._flows
+
+    @flows.setter
+    def flows(self, flows: list[LogicalFlow]) -> None:
+        self._flows, self.chunks = flows, None
+
+    def set_chunks(self, chunks: FlowChunks) -> None:
+        """Hold the flows as per-datapath chunks (see the class docstring)."""
+        self._flows, self.chunks = None, chunks
+
+    def flows_of(self, dps: Iterable[int]) -> list[LogicalFlow]:
+        """The flows of ``dps`` in canonical order (without joining every chunk)."""
+        if self._flows is None and self.chunks is not None:
+            out: list[LogicalFlow] = []
+            for dp in sorted(set(dps)):
+                out.extend(self.chunks.get(dp, ()))
+            return out
+        flows = self.flows
+        out = []
+        for dp in sorted(set(dps)):
+            lo = bisect.bisect_left(flows, dp, key=_datapath)
+            hi = bisect.bisect_right(flows, dp, lo=lo, key=_datapath)
+            out.extend(flows[lo:hi])
+        return out
+
+    def with_flows(self, flows: list[LogicalFlow]) -> SBState:
+        """This state with other flows (``dataclasses.replace(state, flows=...)``)."""
+        return SBState(
+            self.generation,
+            self.datapaths,
+            self.ports,
+            self.groups,
+            flows,
+            self.chassis,
+            self.mac_bindings,
+            self.monitors,
+        )
+
+    def flow_count(self) -> int:
+        if self._flows is None and self.chunks is not None:
+            return sum(len(c) for c in self.chunks.values())
+        return len(self.flows)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SBState):
+            return NotImplemented
+        return (
+            self.generation == other.generation
+            and self.datapaths == other.datapaths
+            and self.ports == other.ports
+            and self.groups == other.groups
+            and self.chassis == other.chassis
+            and self.mac_bindings == other.mac_bindings
+            and self.monitors == other.monitors
+            and self.flows == other.flows
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass with eq would be
 
     def port_key(self, name: str) -> int:
         """Tunnel key of a logical port or multicast group (names in match text)."""
@@ -163,3 +271,7 @@ class SBState:
             if dp.name == name:
                 return dp
         raise KeyError(f"unknown datapath {name!r}")
+
+
+def _datapath(flow: LogicalFlow) -> int:
+    return flow.datapath

@@ -223,12 +223,11 @@ class Switch:
 def switches(nb: NBSnapshot, sb: SBState) -> Iterator[Switch]:
     """Every network's switch, in datapath-key order (only those in ``nb.scope`` when a
     compile is scoped, see compiler/incremental.py)."""
+    by_key = nb.network_by_key()
     scope = nb.scope
-    nets = sorted(nb.networks, key=lambda n: int(n["provider:segmentation_id"]))
-    for net in nets:
-        key = int(net["provider:segmentation_id"])
-        if scope is not None and key not in scope:
-            continue
+    keys = sorted(by_key) if scope is None else sorted(k for k in scope if k in by_key)
+    for key in keys:
+        net = by_key[key]
         bound = sorted(
             (
                 sb.ports[p["id"]]
