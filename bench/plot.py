@@ -26,6 +26,7 @@ from nvb.results import Series
 BARS = (
     ("vs_ovn", results.NETVIRT, "netvirt / OVN (best variant)", "//"),
     ("vs_ovn", results.NETVIRT_REDIS, "netvirt+Redis / OVN", ".."),
+    ("vs_ovn", results.NETVIRT_OFFLOAD, "netvirt+eBPF / OVN", "xx"),
     ("vs_kernel", results.NETVIRT, "netvirt / kernel", ""),
 )
 

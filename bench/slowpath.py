@@ -27,6 +27,7 @@ datapath process keeps the defaults today).
     python bench/slowpath.py                       # 5 runs of 2,000 connections
     python bench/slowpath.py --runs 7 --conns 4000 --batch 32
     python bench/slowpath.py --profile --sort tottime --top 40
+    python bench/slowpath.py --runs 3 --conns 300 --megaflow on --segments ab
 
 See docs/performance.md, "Slow path (new connections)".
 """
@@ -232,13 +233,23 @@ class Runner:
     """Connections through a fresh pipeline and store; CPU time per packet kind."""
 
     def __init__(
-        self, world: World, classifier: Any, topo: Any, batch: int, megaflow: bool = False
+        self,
+        world: World,
+        classifier: Any,
+        topo: Any,
+        batch: int,
+        megaflow: bool = False,
+        segments: bool = False,
     ) -> None:
         self.w, self.batch = world, batch
         conntrack = FlowKeyConntrack(Conntrack(MemoryStore()))
         self.pipeline = Pipeline(classifier, topo, conntrack)
         # as the datapath with its flow cache: walks record their megaflow wildcards
         self.pipeline.record_wildcards = megaflow
+        if segments:  # walks split at conntrack, segments replayed (dataplane/segments.py)
+            from netvirt.dataplane.segments import SegmentCache
+
+            self.pipeline.segments = SegmentCache()
         self.now = 1.0
         self.cpu: dict[str, float] = dict.fromkeys(KINDS, 0.0)
         self.count: dict[str, int] = dict.fromkeys(KINDS, 0)
@@ -301,10 +312,13 @@ def make_pipeline_parts(world: World) -> tuple[Any, Any]:
     return classifier, topology(world.sb)
 
 
-def one_run(world: World, conns: int, batch: int, megaflow: bool = False) -> dict[str, float]:
-    """µs per packet by kind, plus per connection, for one fresh run."""
+def one_run(
+    world: World, conns: int, batch: int, megaflow: bool = False, segments: bool = False
+) -> dict[str, float]:
+    """µs per packet by kind, plus per connection, for one fresh run (its pipeline and
+    segment cache start empty: the first connections learn the segments)."""
     classifier, topo = make_pipeline_parts(world)
-    runner = Runner(world, classifier, topo, batch, megaflow)
+    runner = Runner(world, classifier, topo, batch, megaflow, segments)
     runner.run(conns)
     out = {k: 1e6 * runner.cpu[k] / runner.count[k] for k in KINDS}
     out["per_conn"] = sum(out[k] for k in KINDS)
@@ -331,6 +345,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="walks record megaflow wildcards, as in the datapath (ab: alternate both)",
     )
     p.add_argument(
+        "--segments",
+        choices=("off", "on", "ab"),
+        default="off",
+        help="the slow path replays segments split at conntrack, as the datapath with its "
+        "flow cache (ab: alternate off and on, with --megaflow's setting for both)",
+    )
+    p.add_argument(
         "--tune-gc",
         action="store_true",
         help="the garbage collector as `netvirt agent` sets it, and the setup's heap frozen",
@@ -347,7 +368,10 @@ def _timed(label: str) -> Iterator[None]:
 
 def profile(world: World, args: argparse.Namespace) -> None:
     profiler = cProfile.Profile()
-    run: Callable[[], dict[str, float]] = lambda: one_run(world, args.conns, args.batch)  # noqa: E731
+    megaflow, segments = args.megaflow == "on", args.segments == "on"
+    run: Callable[[], dict[str, float]] = lambda: one_run(  # noqa: E731
+        world, args.conns, args.batch, megaflow, segments
+    )
     profiler.runcall(run)
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats(args.sort).print_stats(args.top)
@@ -369,6 +393,23 @@ def main(argv: list[str]) -> int:
     if args.profile:
         profile(world, args)
         return 0
+    if args.segments == "ab":  # interleaved: A B A B
+        mega = args.megaflow == "on"
+        pairs = [
+            (
+                one_run(world, args.conns, args.batch, mega),
+                one_run(world, args.conns, args.batch, mega, True),
+            )
+            for _ in range(args.runs)
+        ]
+        print(f"{'packet':<10} {'off µs/pkt':>12} {'on µs/pkt':>12}   (medians of {args.runs})")
+        for k in (*KINDS, "per_conn"):
+            off, on = (statistics.median(p[i][k] for p in pairs) for i in (0, 1))
+            print(f"{k:<10} {off:>12.1f} {on:>12.1f}")
+        off, on = (statistics.median(p[i]["per_conn"] for p in pairs) for i in (0, 1))
+        print(f"connections/s (pipeline CPU, 1 core): off {1e6 / off:.0f}, on {1e6 / on:.0f}")
+        print(f"ratio on/off: {on / off:.3f}")
+        return 0
     if args.megaflow == "ab":  # interleaved: the machine's load moves both alike
         pairs = [
             (one_run(world, args.conns, args.batch), one_run(world, args.conns, args.batch, True))
@@ -378,8 +419,8 @@ def main(argv: list[str]) -> int:
         print(f"µs per connection, median: without wildcards {off:.0f}, with {on:.0f}")
         print(f"ratio with/without: {on / off:.3f}")
         return 0
-    megaflow = args.megaflow == "on"
-    runs = [one_run(world, args.conns, args.batch, megaflow) for _ in range(args.runs)]
+    megaflow, segments = args.megaflow == "on", args.segments == "on"
+    runs = [one_run(world, args.conns, args.batch, megaflow, segments) for _ in range(args.runs)]
     median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     print(f"{'packet':<10} {'µs/pkt (median of ' + str(args.runs) + ')':>24} {'min':>8} {'max':>8}")
     for k in (*KINDS, "per_conn"):

@@ -51,7 +51,8 @@ SERVER_IP = {
 
 def lab_name(topology: str, backend: str) -> str:
     short = {"l2": "l2", "l3": "l3", "sg": "sg", "xhost": "xh", "cp": "cp"}[topology]
-    return f"nvb{short}{'r' if backend == results.NETVIRT_REDIS else ''}"
+    suffix = {results.NETVIRT_REDIS: "r", results.NETVIRT_OFFLOAD: "o"}.get(backend, "")
+    return f"nvb{short}{suffix}"
 
 
 def topology_doc(topology: str, backend: str) -> dict[str, Any]:
@@ -78,6 +79,7 @@ def topology_doc(topology: str, backend: str) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "name": lab_name(topology, backend),
         "state": state,
+        "offload": backend == results.NETVIRT_OFFLOAD,
         "underlay": {"cidr": "10.252.254.0/24", "mtu": 65535},
         "hosts": hosts,
         "projects": [project],
@@ -196,7 +198,9 @@ def setup(m: Machine, backend: str, topology: str) -> Iterator[Target]:
         server = lab_exec(name, "ext" if topology == "sg" else "nvbs")
         ip = SERVER_IP[topology]
         _ping_ready(client, ip)
-        note = f"lab {name}, state {'redis' if backend == results.NETVIRT_REDIS else 'memory'}"
+        state = "redis" if backend == results.NETVIRT_REDIS else "memory"
+        offload = ", kernel offload" if backend == results.NETVIRT_OFFLOAD else ""
+        note = f"lab {name}, state {state}{offload}"
         yield Target(backend, topology, client, server, ip, lambda: components(name), note=note)
 
 

@@ -105,9 +105,10 @@ def test_median_ignores_missing_and_nan() -> None:
 
 def test_ratio_uses_the_best_ovn_variant_per_direction() -> None:
     tput = {"ovn": 0.5, "ovn-tso": 8.0, "kernel": 10.0, "netvirt": 4.0, "netvirt-redis": 2.0}
+    tput["netvirt-offload"] = 12.0
     r = results.ratios("sg/tcp1_gbps", tput)
-    assert r.vs_ovn == {"netvirt": 0.5, "netvirt-redis": 0.25}
-    assert r.vs_kernel == {"netvirt": 0.4, "netvirt-redis": 0.2}
+    assert r.vs_ovn == {"netvirt": 0.5, "netvirt-redis": 0.25, "netvirt-offload": 1.5}
+    assert r.vs_kernel == {"netvirt": 0.4, "netvirt-redis": 0.2, "netvirt-offload": 1.2}
     rtt = {"ovn": 0.4, "ovn-tso": 0.2, "kernel": 0.05, "netvirt": 0.1}
     r = results.ratios("l2/rtt_avg_ms", rtt)
     assert r.vs_ovn["netvirt"] == pytest.approx(0.5)  # against 0.2, the better OVN
@@ -156,8 +157,8 @@ def test_markdown_table_row() -> None:
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[0] == "l2: TCP 1 stream ↑"
     gap = results.MISSING
-    assert cells[1:8] == ["Gbit/s", gap, "10.0", "1.00", "5.00", "2.50", gap]
-    assert cells[8:] == [f"0.50 / {gap}", f"0.25 / {gap}"]
+    assert cells[1:9] == ["Gbit/s", gap, "10.0", "1.00", "5.00", "2.50", gap, gap]
+    assert cells[9:] == [f"0.50 / {gap} / {gap}", f"0.25 / {gap} / {gap}"]
 
 
 def test_series_json_round_trip() -> None:
@@ -198,5 +199,5 @@ def test_rx_packets_skips_loopback() -> None:
 
 def test_offered_load_is_reported_but_not_compared() -> None:
     r = results.ratios("l2/offered_kpps", {"ovn": 100.0, "kernel": 100.0, "netvirt": 50.0})
-    assert r.vs_ovn == {"netvirt": None, "netvirt-redis": None}
+    assert r.vs_ovn == {"netvirt": None, "netvirt-redis": None, "netvirt-offload": None}
     assert results.ratio_rows({"l2/offered_kpps": {"ovn": 1.0, "netvirt": 2.0}}) == []

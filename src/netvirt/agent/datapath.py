@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netvirt.agent import gcpause
 from netvirt.agent.dirwatch import DirWatch
@@ -62,6 +62,13 @@ from netvirt.dataplane.fastpath import FlowCache
 from netvirt.dataplane.flow import Rule
 from netvirt.dataplane.ports.base import Frame
 from netvirt.state.store import StateStore
+
+if TYPE_CHECKING:
+    from netvirt.dataplane.offload.manager import KernelOffload
+
+# seconds a kernel-served flow goes without its one frame through the slow path (the
+# user-space cache's 0.5 s would reorder a bulk TCP flow behind the slow path 4x as often)
+OFFLOAD_MAX_AGE = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +100,7 @@ class DatapathConfig:
     batch: int = 64
     flow_cache: int = 65_536  # entries of the datapath's flow cache (0: every packet slow)
     gc_tuned: bool = False  # process-wide: young threshold raised, heap frozen after installs
+    offload: bool = False  # exact flows between local ports served in the kernel (offload/)
 
 
 @dataclass
@@ -143,10 +151,10 @@ class DatapathLoop(LoopProcess):
 
                 store = ThreadedStore(store)
             if config.state_cache > 0 and not config.state_store.startswith("memory:"):
-                from netvirt.dataplane.nf.codec import stable_record
+                from netvirt.dataplane.nf.codec import cacheable_record
                 from netvirt.state.cached import CachedStore
 
-                store = CachedStore(store, config.state_cache, cacheable=stable_record)
+                store = CachedStore(store, config.state_cache, cacheable=cacheable_record)
         self.store = store
         self.open_port = open_port or (lambda iface: afpacket_in(config.netns, iface))
         self.open_tunnel = open_tunnel or (
@@ -169,6 +177,10 @@ class DatapathLoop(LoopProcess):
             state_fail=config.state_fail,
         )
         self.forwarder.gateways.clock = time.monotonic  # liveness must not follow wall time
+        self.offload: KernelOffload | None = None
+        self.offload_error: str | None = None if config.offload else "off"
+        if config.offload:
+            self._start_offload(cache)
         self.stats = LoopStats()
         self.started_at = time.time()
         self._epoll: select.epoll | None = None
@@ -180,6 +192,30 @@ class DatapathLoop(LoopProcess):
         self._next_scan = self._next_status = self._next_tunnel = 0.0
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
         self.gc_pauses = gcpause.GcPauses()
+
+    def _start_offload(self, cache: FlowCache | None) -> None:
+        """Load the kernel offload (``dataplane/offload``); without it, say why and go on."""
+        if cache is None:
+            self.offload_error = "no flow cache (--flow-cache 0)"
+            return
+        from netvirt.dataplane.offload.bpf import OffloadUnavailable
+        from netvirt.dataplane.offload.manager import KernelOffload
+
+        try:
+            self.offload = KernelOffload(
+                OFFLOAD_MAX_AGE, self.dp_config.netns, self.forwarder.offload_blocked, time.time
+            )
+        except OffloadUnavailable as err:
+            self.offload_error = str(err)
+            log.warning("no kernel offload: %s", err)
+            return
+        cache.attach(self.offload)
+        log.info("kernel offload on (exact flows between local ports)")
+
+    def _close_offload(self) -> None:
+        offload, self.offload = self.offload, None
+        if offload is not None:
+            offload.close()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -243,6 +279,8 @@ class DatapathLoop(LoopProcess):
         self.write_status()  # the last counters, with "running": false
         self._guarded("gateway goodbye", lambda _now: self.forwarder.gateway_goodbye(), 0.0)
         self._guarded("parked work", lambda _now: self.forwarder.jobs.drain(), 0.0)
+        if self.offload is not None:  # before the ports: the kernel stops serving first
+            self._guarded("kernel offload", lambda _now: self._close_offload(), 0.0)
         self.ports.close_all()
         for carry in self.tunnels.values():
             if carry.tunnel is not None:
@@ -423,10 +461,15 @@ class DatapathLoop(LoopProcess):
         change = self.ports.sync(self.plug_dir.scan())
         if not change:
             return
+        offload = self.offload
         for iface in change.closed:
             self.forwarder.unplug(iface)
-        for _iface, entry in change.opened:
+            if offload is not None:
+                offload.port_closed(iface)
+        for iface, entry in change.opened:
             self.forwarder.plug(entry.port, entry.port_id)
+            if offload is not None:
+                offload.port_opened(iface, entry.port)
         self.plugs_changed()
         self._rebuild_epoll()
 
@@ -467,6 +510,9 @@ class DatapathLoop(LoopProcess):
             },
             "io": self.io_counters(),
             "gc": self.gc_pauses.as_dict(),
+            "offload": (
+                self.offload.stats() if self.offload is not None else {"error": self.offload_error}
+            ),
         }
 
     def status(self) -> dict[str, object]:

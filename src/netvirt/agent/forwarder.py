@@ -38,8 +38,10 @@ connection states is rewritten and sent from the cache without running the
 pipeline (``dataplane/fastpath.py``); behind it, megaflows serve every packet
 (connection setup and teardown included) that agrees with a walk on the bits
 it read, for walks without conntrack (``dataplane/megaflow.py``, learned from
-local ports only). Policers and health checks still see every packet first;
-counters and drops are those of the slow path. Cached outcomes depend on
+local ports only); the slow path itself replays segments of walks split at
+conntrack (``dataplane/segments.py``), for local ports and tunnels alike.
+Policers and health checks still see every packet first; counters and drops
+are those of the slow path. Cached outcomes depend on
 :meth:`Forwarder.cache_version`: the install count, the MAC bindings and the
 live gateways.
 
@@ -62,6 +64,17 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
+from netvirt.agent.batchwork import (
+    BatchItem,
+    Job,
+    Miss,
+    Outbox,
+    ToTunnel,
+    Work,
+    keep_learned,
+    l2_targets,
+    store_down,
+)
 from netvirt.agent.bindings import Plug
 from netvirt.agent.counters import Item, PortCounters, by_value, size_of
 from netvirt.agent.gateways import HELLO_VNI, GatewayPlane
@@ -83,7 +96,7 @@ from netvirt.dataplane.drops import DropReason, ParseError
 from netvirt.dataplane.fastpath import Entry, FlowCache, Layout, Output, derive, flow_key, frame_key
 from netvirt.dataplane.flow import Rule
 from netvirt.dataplane.nf import Conntrack, FlowKeyConntrack
-from netvirt.dataplane.pipeline import Pipeline, Topology, Verdict
+from netvirt.dataplane.pipeline import Pipeline, Verdict
 from netvirt.dataplane.policer import PortPolicers
 from netvirt.dataplane.ports.base import Frame
 from netvirt.state.jobs import Steps, StoreJobs
@@ -91,8 +104,6 @@ from netvirt.state.store import StateStore, StateStoreError
 
 log = logging.getLogger(__name__)
 ETH_HLEN = 14
-
-BatchItem = tuple[bytes, int, int, int | None, float]  # frame, datapath, inport, outport, now
 
 
 @dataclass
@@ -112,49 +123,6 @@ class RuleVersion:
 
     boot: str
     version: int
-
-
-@dataclass(frozen=True, slots=True)
-class _ToTunnel:
-    """A cached output's destination on another chassis (``Output.dest``)."""
-
-    remote: Remote
-    vni: int
-    ingress: int
-    egress: int
-
-
-@dataclass(slots=True)
-class _Miss:
-    """A frame on its way to the slow path, with what the cache knew of its flow."""
-
-    frame: Frame
-    now: float
-    key: Hashable
-    found: tuple[bytes, Layout] | None
-    expired: Entry | None
-    iface: str | None = None  # received on this local interface (megaflows are per port)
-
-
-_Work = tuple[_Miss, PortCounters, BatchItem]  # a slow-path packet, where it counts, its item
-
-
-@dataclass(slots=True)
-class _Job:
-    """One slow-path batch on the store: done at once (``inline``) or parked."""
-
-    inline: bool = True
-    verdicts: list[Verdict] = field(default_factory=list)
-    pairs: set[Pair] = field(default_factory=set)
-
-
-@dataclass
-class _Outbox:
-    """Frames collected while handling a batch, sent once per destination."""
-
-    local: dict[str, list[Item]] = field(default_factory=dict)
-    tunnel: list[tuple[_ToTunnel, Item]] = field(default_factory=list)
-    vxlan_seen: set[tuple[str, int, bytes]] = field(default_factory=set)
 
 
 class Forwarder:
@@ -212,6 +180,11 @@ class Forwarder:
         self.plugs.pop(iface, None)
         self.port_counters.pop(iface, None)
 
+    def offload_blocked(self, iface: str) -> bool:
+        """Ports whose every frame the forwarder must see (policed, health-checked)."""
+        policers = self.policers
+        return iface in policers.rx or iface in policers.tx or self.health.watches(iface)
+
     def plugged(self) -> dict[str, str]:
         """Interface → logical port of every plugged interface."""
         return {iface: plug.logical_port for iface, plug in self.plugs.items()}
@@ -237,7 +210,7 @@ class Forwarder:
         Slow-path work parked on the store finishes first, under the rules it started with."""
         self.jobs.drain()
         delta = self.installed.classifier.apply(add=add, remove=remove)
-        _keep_learned(self.pipeline.topology, physical.topology)
+        keep_learned(self.pipeline.topology, physical.topology)
         self.installed.physical = physical
         self.pipeline.topology = physical.topology
         self.health.update(physical.monitors, physical.monitor_ifaces)
@@ -275,10 +248,10 @@ class Forwarder:
         cache = self._cache_for_batch()
         lookup = cache.lookup if cache is not None else None
         mega = cache.megaflows if cache is not None else None
-        out, clock, parking = _Outbox(), self.clock, self.parking
+        out, clock, parking = Outbox(), self.clock, self.parking
         local = out.local
         held = parking.held  # conversations with work parked on the store (usually empty)
-        misses: list[_Miss] = []
+        misses: list[Miss] = []
         pending: set[Pair] = set()  # conversations with a packet on the slow path
         received = size = 0
         for item in frames:
@@ -317,7 +290,7 @@ class Forwarder:
                     cache.insert(key, entry)  # type: ignore[union-attr]
             waiting = talk is not None and talk in pending
             if entry is None or waiting:
-                miss = _Miss(frame, now, key, found, expired, iface)
+                miss = Miss(frame, now, key, found, expired, iface)
                 if expired is not None and not waiting:
                     # revalidating a known flow: now, one packet, so that the rest of the
                     # batch hits the renewed entry (or waits for it, when it is parked)
@@ -342,7 +315,7 @@ class Forwarder:
                     else:
                         queue.append(sent)
                 else:
-                    out.tunnel.append((cast(_ToTunnel, dest), sent))
+                    out.tunnel.append((cast(ToTunnel, dest), sent))
             else:
                 self._replay(entry, frame, out, counters)
         if not resumed:
@@ -356,9 +329,7 @@ class Forwarder:
         self._flush(out)
         return verdicts
 
-    def _start_slow(
-        self, work: Sequence[_Work], out: _Outbox, *, from_tunnel: bool
-    ) -> list[Verdict]:
+    def _start_slow(self, work: Sequence[Work], out: Outbox, *, from_tunnel: bool) -> list[Verdict]:
         """Run the slow path for ``work`` as one job on the store (``state/jobs.py``).
         Done at once (a local store, or nothing to ask it): its outputs go to ``out``
         and its verdicts are returned. Parked on an asynchronous store: the packets'
@@ -366,10 +337,10 @@ class Forwarder:
         its flows and lets the held packets go when the replies are in."""
         cache = self.flow_cache
         version = self.cache_version() if cache is not None else None
-        job = _Job()
+        job = Job()
 
         def done(verdicts: list[Verdict]) -> None:
-            target = out if job.inline else _Outbox()
+            target = out if job.inline else Outbox()
             learn = cache is not None and self.cache_version() == version
             for (miss, counters, _), verdict in zip(work, verdicts, strict=True):
                 self._settle(cache, miss, verdict, target, counters, from_tunnel, learn=learn)
@@ -422,9 +393,9 @@ class Forwarder:
     def _settle(
         self,
         cache: FlowCache | None,
-        miss: _Miss,
+        miss: Miss,
         verdict: Verdict,
-        out: _Outbox,
+        out: Outbox,
         counters: PortCounters,
         from_tunnel: bool,
         *,
@@ -433,7 +404,7 @@ class Forwarder:
         """Send a slow-path verdict's outputs and learn its flow (or keep serving an
         expired entry when only the state store failed). ``learn`` False: what is
         installed changed while the verdict was computed (work parked on the store)."""
-        if miss.expired is not None and cache is not None and _store_down(verdict):
+        if miss.expired is not None and cache is not None and store_down(verdict):
             cache.counters.stale_served += 1
             self._replay(miss.expired, miss.frame, out, counters)
             return
@@ -453,9 +424,10 @@ class Forwarder:
         if cache is not None:
             cache.sync(self.cache_version())
         self.pipeline.record_wildcards = cache is not None and cache.megaflows is not None
+        self.pipeline.segments = cache.segments if cache is not None else None
         return cache
 
-    def _replay(self, entry: Entry, frame: Frame, out: _Outbox, counters: PortCounters) -> None:
+    def _replay(self, entry: Entry, frame: Frame, out: Outbox, counters: PortCounters) -> None:
         for reason in entry.drops:
             self._count_drop(counters, reason)
         data, vnet = frame.data, frame.vnet
@@ -466,12 +438,12 @@ class Forwarder:
             if isinstance(dest, str):
                 out.local.setdefault(dest, []).append(item)
             else:
-                out.tunnel.append((cast(_ToTunnel, dest), item))
+                out.tunnel.append((cast(ToTunnel, dest), item))
 
     def _learn(
         self,
         cache: FlowCache,
-        miss: _Miss,
+        miss: Miss,
         verdict: Verdict,
         outputs: list[tuple[Hashable, Item]] | None,
     ) -> None:
@@ -538,8 +510,8 @@ class Forwarder:
         physical = self.installed.physical
         tunnel_counters = self.tunnel_counters
         cache = self._cache_for_batch()
-        out = _Outbox()
-        misses: list[tuple[_Miss, str | None, BatchItem]] = []
+        out = Outbox()
+        misses: list[tuple[Miss, str | None, BatchItem]] = []
         pending: set[Pair] = set()
         parking = self.parking
         held = parking.held
@@ -580,7 +552,7 @@ class Forwarder:
                 self._count_drop(tunnel_counters, DropReason.TRUNCATED_ETHERNET)
                 continue
             else:
-                inport, targets = NO_PORT, _l2_targets(physical, dp, data)
+                inport, targets = NO_PORT, l2_targets(physical, dp, data)
             if not targets:
                 self._count_drop(tunnel_counters, DropReason.UNKNOWN_PORT)
             learn = len(targets) == 1  # one target: cacheable (a replay counts drops here)
@@ -589,7 +561,7 @@ class Forwarder:
                 if iface is None:
                     self._count_drop(tunnel_counters, DropReason.UNKNOWN_PORT)
                     continue
-                miss = _Miss(frame, now, key if learn else None, found, expired)
+                miss = Miss(frame, now, key if learn else None, found, expired)
                 misses.append((miss, iface, (data, dp, inport, outport, now)))
         verdicts: list[Verdict] = []
         if misses:
@@ -602,7 +574,7 @@ class Forwarder:
     def _target_counters(self, dp: int, egress: int | None, data: bytes) -> PortCounters | None:
         """The counters of a tunnel packet's one local destination interface, if any."""
         physical = self.installed.physical
-        targets = (egress,) if egress is not None else _l2_targets(physical, dp, data)
+        targets = (egress,) if egress is not None else l2_targets(physical, dp, data)
         iface = physical.local.get((dp, targets[0])) if len(targets) == 1 else None
         return self.port_counters.setdefault(iface, PortCounters()) if iface else None
 
@@ -612,7 +584,7 @@ class Forwarder:
         self,
         verdict: Verdict,
         frame: Frame,
-        out: _Outbox,
+        out: Outbox,
         counters: PortCounters,
         *,
         from_tunnel: bool,
@@ -654,13 +626,13 @@ class Forwarder:
                 if seen in out.vxlan_seen:
                     continue  # the receiver floods a VXLAN broadcast to its ports itself
                 out.vxlan_seen.add(seen)
-            dest = _ToTunnel(remote, emit.datapath, emit.inport, emit.port)
+            dest = ToTunnel(remote, emit.datapath, emit.inport, emit.port)
             out.tunnel.append((dest, item))
             if queued is not None:
                 queued.append((dest, item))
         return queued
 
-    def _flush(self, out: _Outbox) -> None:
+    def _flush(self, out: Outbox) -> None:
         for iface, frames in out.local.items():
             plug = self.plugs.get(iface)
             counters = self.port_counters.setdefault(iface, PortCounters())
@@ -768,6 +740,7 @@ class Forwarder:
         return {
             "flow_cache": cache.stats() if cache is not None else {},
             "megaflows": cache.megaflows.stats() if cache and cache.megaflows else {},
+            "segments": cache.segments.stats() if cache and cache.segments else {},
             "installed_generation": self.generation,
             "ports": {iface: c.as_dict() for iface, c in sorted(self.port_counters.items())},
             "tunnel": self.tunnel_counters.as_dict(),
@@ -780,21 +753,3 @@ class Forwarder:
             "parked": self.jobs.status() | {"held": self.parking.status()},
             "gateways": self.gateways.status(),
         }
-
-
-def _store_down(verdict: Verdict) -> bool:
-    """The slow path failed only because the state store could not be reached."""
-    return not verdict.outputs and DropReason.STATE_UNAVAILABLE in verdict.drops
-
-
-def _l2_targets(physical: PhysicalState, dp: int, frame: bytes) -> tuple[int, ...]:
-    """Local ports a VXLAN frame is for: by destination MAC, or every flood member."""
-    if frame[0] & 1:
-        return physical.flood.get(dp, ())
-    return physical.macs.get((dp, int.from_bytes(frame[:6], "big")), ())
-
-
-def _keep_learned(old: Topology, new: Topology) -> None:
-    """Carry MAC bindings learned by the pipeline over to a new topology (SB ones win)."""
-    learned = {k: v for k, v in old.mac_bindings.items() if (k[0], k[1]) in new.ports}
-    new.mac_bindings = learned | new.mac_bindings

@@ -518,6 +518,10 @@ class HealthChecker:
 
     # -- receiving -------------------------------------------------------------------------
 
+    def watches(self, iface: str) -> bool:
+        """Frames from ``iface`` may be the checker's (a monitored member's port)."""
+        return iface in self._ifaces
+
     def offer(self, iface: str, frame: bytes | bytearray | memoryview, now: float) -> bool:
         """Take ``frame`` (received from ``iface``) if it belongs to the checker."""
         local = self._ifaces.get(iface)

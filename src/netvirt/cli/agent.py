@@ -168,6 +168,16 @@ def datapath(
             "(measured: a longer latency tail, no rate gain; pauses are in the status)",
         ),
     ] = False,
+    offload: Annotated[
+        bool,
+        typer.Option(
+            "--offload/--no-offload",
+            envvar="NETVIRT_OFFLOAD",
+            help="Serve exact-cache flows between local ports in the kernel (eBPF at TC "
+            "ingress; needs root, clang, libbpf; without them the datapath says why and "
+            "runs without)",
+        ),
+    ] = False,
     status_file: StatusFile = None,
     log_level: LogLevel = "info",
 ) -> None:
@@ -190,6 +200,7 @@ def datapath(
         state_fail=state_fail.value,
         flow_cache=flow_cache,
         gc_tuned=gc_tuned,
+        offload=offload,
         status_file=status_file,
         control=control,
     )

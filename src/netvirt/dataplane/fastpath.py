@@ -64,10 +64,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from netvirt.dataplane.drops import DropReason
 from netvirt.dataplane.fields import CT_EST, CT_INV, CT_NEW, CT_REL
+from netvirt.dataplane.segments import SegmentCache
 
 if TYPE_CHECKING:
     from netvirt.dataplane.megaflow import MegaflowCache
@@ -364,6 +365,8 @@ class ConnEpochs:
     def __init__(self, limit: int = 262_144) -> None:
         self.limit = limit
         self.generation = 0  # moves when the table is cleared (entries must go too)
+        # told of every connection whose epoch moves (the kernel offload's entries go at once)
+        self.on_change: Callable[[Hashable], None] | None = None
         self._epochs: dict[Hashable, int] = {}
         self._states: dict[Hashable, int] = {}  # the state each connection was last seen in
 
@@ -400,6 +403,8 @@ class ConnEpochs:
             self.generation += 1
         self._states[conn] = state
         self._epochs[conn] = self._epochs.get(conn, 0) + 1
+        if self.on_change is not None:
+            self.on_change(conn)
 
     def valid(self, deps: tuple[tuple[Hashable, int], ...]) -> bool:
         epochs = self._epochs
@@ -439,10 +444,20 @@ def _megaflows() -> MegaflowCache:
     return MegaflowCache()
 
 
+class CacheListener(Protocol):
+    """Told what the exact cache keeps (the kernel offload mirrors it)."""
+
+    def inserted(self, key: Hashable, entry: Entry) -> None: ...
+    def forget(self, key: Hashable) -> None: ...
+    def flushed(self) -> None: ...
+    def conn_changed(self, conn: Hashable) -> None: ...
+
+
 @dataclass
 class FlowCache:
-    """Key → :class:`Entry`, with the megaflows behind it (``megaflow.py``; None: off);
-    see the module docstring."""
+    """Key → :class:`Entry`, with the megaflows behind it (``megaflow.py``; None: off) and
+    the segments the slow path replays (``segments.py``; None: off); see the module
+    docstring."""
 
     capacity: int = 65_536
     max_age: float = 0.5
@@ -451,16 +466,27 @@ class FlowCache:
     entries: dict[Hashable, Entry] = field(default_factory=dict)
     version: Hashable = None
     megaflows: MegaflowCache | None = field(default_factory=_megaflows)
+    segments: SegmentCache | None = field(default_factory=SegmentCache)
+    # mirrors inserts, removals and flushes (``offload/manager.py``: the kernel's copy)
+    listener: CacheListener | None = None
+
+    def attach(self, listener: CacheListener) -> None:
+        self.listener = listener
+        self.epochs.on_change = listener.conn_changed
 
     def sync(self, version: Hashable) -> None:
         """Flush when what the entries were learned under changed (call once per batch)."""
         version = (version, self.epochs.generation)
         if version != self.version:
+            if self.listener is not None:
+                self.listener.flushed()
             if self.entries:
                 self.entries.clear()
                 self.counters.flushes += 1
             if self.megaflows is not None:
                 self.megaflows.flush()
+            if self.segments is not None:
+                self.segments.flush()
             self.version = version
 
     def lookup(self, key: Hashable, now: float) -> tuple[Entry | None, Entry | None]:
@@ -473,6 +499,8 @@ class FlowCache:
         if entry.deps and not self.epochs.valid(entry.deps):
             del self.entries[key]
             counters.invalidated += 1
+            if self.listener is not None:
+                self.listener.forget(key)
             return None, None
         if now - entry.born > self.max_age:
             counters.expired += 1
@@ -482,11 +510,17 @@ class FlowCache:
 
     def insert(self, key: Hashable, entry: Entry) -> None:
         entries = self.entries
+        listener = self.listener
         if key not in entries and len(entries) >= self.capacity:
+            if listener is not None:
+                for old in itertools.islice(entries, max(1, self.capacity // 8)):
+                    listener.forget(old)
             self.entries = entries = evict_oldest(entries, self.capacity)
             self.counters.evictions += self.capacity - len(entries)
         entries[key] = entry
         self.counters.inserts += 1
+        if listener is not None:
+            listener.inserted(key, entry)
 
     def stats(self) -> dict[str, int]:
         counters = self.counters

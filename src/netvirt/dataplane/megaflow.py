@@ -58,11 +58,11 @@ Thread-safety: none; one cache per datapath loop.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 from netvirt.dataplane.drops import DropReason
+from netvirt.dataplane.eviction import evict_grouped
 from netvirt.dataplane.fastpath import (
     ICMP4,
     ICMP6,
@@ -240,11 +240,9 @@ class MegaflowCache:
         masked = header & mask
         order = self.order
         if (group, masked) not in order and len(order) >= self.capacity:
-            drop = max(1, self.capacity // 8)  # at once: see fastpath.evict_oldest
-            for old_group, old in itertools.islice(order, drop):
-                old_group.entries.pop(old, None)
-            self.order = order = dict(itertools.islice(order.items(), drop, None))
-            self.counters.evictions += drop
+            self.order, dropped = evict_grouped(order, self.capacity)
+            order = self.order
+            self.counters.evictions += dropped
         group.entries[masked] = entry
         order[(group, masked)] = None
         self.counters.inserts += 1

@@ -37,6 +37,8 @@ per step for the whole batch — and each packet resumes with its answer.
 ``Verdict.wildcards`` what its staged lookups read and its rules' actions read or
 wrote (``actions.megaflow_reads``; None past a rule outside that whitelist); a
 port whose walks end None records for one packet in 1, 3 … 63 (backoff).
+With :attr:`Pipeline.segments` set, walks are split at conntrack actions into
+segments that are cached and replayed on the key bits they read (``segments.py``).
 
 Every drop has a :class:`DropReason`; the executor never raises on packet
 input, and a state store that cannot be reached costs only the packets that
@@ -52,7 +54,7 @@ not mutated, while a packet is in flight.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, cast
 
@@ -79,16 +81,19 @@ from netvirt.dataplane.actions import (
     compile_program,
     megaflow_reads,
 )
+from netvirt.dataplane.ctflow import BatchConnTracker as BatchConnTracker
+from netvirt.dataplane.ctflow import ConnTracker as ConnTracker
+from netvirt.dataplane.ctflow import answer_steps, call_one, ct_detail, quoted
 from netvirt.dataplane.drops import DropReason, ParseError
 from netvirt.dataplane.fields import CT_TRK, FLAG_LOOPBACK, MULTICAST_BASE, NUM_FIELDS, F
 from netvirt.dataplane.flow import Rule
 from netvirt.dataplane.key import extract
-from netvirt.dataplane.nf.codec import CtTuple, quoted_tuple
 from netvirt.dataplane.nf.flowkey import Assoc, CtCall
 from netvirt.dataplane.packet import Packet, parse_packet
 from netvirt.dataplane.rewrite import apply as rewrite_frame
+from netvirt.dataplane.segments import Recorder, SegmentCache, segment_reads
+from netvirt.dataplane.segments_walk import MAX_HOPS, MAX_STEPS, SegmentSteps
 from netvirt.state.jobs import Steps, finish_without_store
-from netvirt.state.store import StateStoreError
 
 DatapathKind = Literal["switch", "router"]
 
@@ -102,14 +107,11 @@ _REG0, _REG3, _REG7, _XREG0 = F("reg0"), F("reg3"), F("reg7"), F("xreg0")
 _HASHED = [
     F(n) for n in ("ip4.src", "ip4.dst", "ip6.src", "ip6.dst", "ip.proto", "tp.src", "tp.dst")
 ]
-_ICMP_ERRORS = {4: (3, 4, 5, 11, 12), 6: (1, 2, 3, 4)}
 _CARRY = [_METADATA, _INPORT, _OUTPORT, _FLAGS, _CT_STATE, *_REGS]
 # the registers are contiguous in the key: cleared with one slice assignment
 _REGS_FIRST, _REGS_END = _REGS[0], _REGS[-1] + 1
 _REGS_CLEAR = [0] * len(_REGS)
 assert list(range(_REGS_FIRST, _REGS_END)) == _REGS, "registers must be contiguous"
-MAX_STEPS = 256  # tables visited per packet, across every datapath
-MAX_HOPS = 8  # datapaths entered per packet
 _PROGRAMS_LIMIT = 1 << 16  # compiled rules kept (rules replaced by reconciliation pile up)
 REMOTE_KINDS = ("tunnel", "unbound")  # ports whose egress pipeline runs elsewhere (or nowhere)
 
@@ -127,27 +129,8 @@ class Lookup(Protocol):
 
 
 MegaflowLookup = Callable[[int, list[int], list[int]], Rule | None]
-_Compiled = tuple[Rule, int, Program, Reads | None]  # rule, table, program, megaflow reads
-
-
-class ConnTracker(Protocol):
-    """What the pipeline needs from connection tracking (see dataplane/nf)."""
-
-    def ct_next(
-        self, zone: int, key: list[int], now: float, related: CtTuple | None = None
-    ) -> int: ...
-    def ct_commit(self, zone: int, key: list[int], now: float, mark: int | None) -> None: ...
-    def ct_nat(
-        self, zone: int, key: list[int], now: float, action: A.CtDnat | A.CtSnat
-    ) -> None: ...
-    def ct_lb(self, zone: int, key: list[int], now: float, action: A.CtLb) -> bool: ...
-
-
-class BatchConnTracker(Protocol):
-    """A conntracker that answers the conntrack actions of a packet batch at once
-    (``FlowKeyConntrack``); the pipeline uses it when the tracker has ``ct_batch``."""
-
-    def ct_batch(self, calls: Sequence[CtCall]) -> None: ...
+# rule, table, program, megaflow reads, segment reads
+_Compiled = tuple[Rule, int, Program, Reads | None, Reads | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,9 +213,12 @@ class _Ctx:
     steps: int = 0
     hops: int = 0
     assoc: Assoc = field(default_factory=dict)  # conntrack: zone -> this packet's connection
+    seg: SegmentCache | None = None  # segments: where a segment may start, the one recorded
+    boundary: bool = False
+    rec: Recorder | None = None
 
 
-class Pipeline:
+class Pipeline(SegmentSteps):
     def __init__(self, classifier: Lookup, topology: Topology, conntrack: ConnTracker) -> None:
         self.classifier = classifier
         self.topology = topology
@@ -246,6 +232,8 @@ class Pipeline:
         self._megaflow: MegaflowLookup | None = None
         self._quiet: dict[tuple[int, int], tuple[int, int]] = {}
         self._programs_next: Callable[[int], int | None] | None = None
+        self.segments: SegmentCache | None = None  # walks split at conntrack (segments.py)
+        self._staged: MegaflowLookup | None = None
 
     @property
     def record_wildcards(self) -> bool:
@@ -309,6 +297,7 @@ class Pipeline:
         verdicts: list[Verdict] = []
         waiting: list[tuple[Walk, CtCall]] = []
         recorded: list[tuple[tuple[int, int], Verdict]] = []
+        self._sync_segments()
         for frame, datapath, inport, outport, now in items:
             verdict = Verdict(trace=[] if trace else None)
             verdicts.append(verdict)
@@ -319,12 +308,20 @@ class Pipeline:
                 _advance(walk, waiting)
         while waiting:
             current, waiting = waiting, []
-            yield from self._answer_steps([call for _, call in current])
+            yield from answer_steps(self.conntrack, [call for _, call in current])
             for walk, _ in current:
                 _advance(walk, waiting)
         for where, verdict in recorded:
             self._backoff(where, verdict.wildcards is not None and not verdict.ct)
         return verdicts
+
+    def _sync_segments(self) -> None:
+        """Segments depend on the rules, the topology and the MAC bindings (segments.py)."""
+        if self.segments is not None:
+            cls, topo = self.classifier, self.topology
+            version = getattr(cls, "version", None)
+            self.segments.sync((cls, version, topo, topo.next_table, topo.mac_bindings))
+            self._staged = getattr(cls, "lookup_megaflow", None)
 
     def _backoff(self, where: tuple[int, int], megaflow: bool) -> None:
         """After a walk that recorded: see "Megaflows" in the module docstring."""
@@ -349,6 +346,8 @@ class Pipeline:
         if started is None:
             return None
         ctx, key, kind = started
+        if self.segments is not None and self._staged is not None and verdict.trace is None:
+            ctx.seg, ctx.boundary = self.segments, True
         if outport is None:
             if verdict.trace is not None:
                 detail = f"{kind} ingress"
@@ -381,7 +380,7 @@ class Pipeline:
             return None
         if self._megaflow is not None:
             quiet = self._quiet.get((datapath, inport))
-            if quiet is None or not quiet[0]:
+            if quiet is None or not quiet[0] or self.segments is not None:
                 verdict.wildcards = [0] * NUM_FIELDS
             else:
                 self._quiet[(datapath, inport)] = (quiet[0] - 1, quiet[1])
@@ -389,22 +388,43 @@ class Pipeline:
 
     # -- table walk ----------------------------------------------------------
     def _run(self, ctx: _Ctx, key: list[int], table: int | None) -> Walk:
+        """Walk the tables from ``table`` (:meth:`_tables`); with segments, end the segment
+        this frame started when the frame ends (segments.py)."""
+        if ctx.seg is None:
+            return self._tables(ctx, key, table)
+        return self._run_segments(ctx, key, table)
+
+    def _run_segments(self, ctx: _Ctx, key: list[int], table: int | None) -> Walk:
+        yield from self._tables(ctx, key, table)
+        rec = ctx.rec
+        if rec is not None and rec.owner is key:
+            self._close(ctx, None, None)
+
+    def _tables(self, ctx: _Ctx, key: list[int], table: int | None) -> Walk:
         """Walk the tables from ``table``. A rule's actions run from its compiled
         program (``actions.compile_program``): a bare ``next`` is a jump, actions
         that cannot stop the walk for conntrack or output run without a generator,
-        the others in :meth:`_execute`."""
+        the others in :meth:`_execute`. Where a segment may start, a cached one is
+        replayed (or the walk records a new one)."""
         programs = self._programs_valid()
         verdict = ctx.verdict
         while table is not None:
+            if ctx.boundary:
+                segment = self._boundary(ctx, key, table)
+                if segment is not None:
+                    table = yield from self._replay(ctx, key, segment)
+                    continue
             ctx.steps += 1
             if ctx.steps > MAX_STEPS:
                 self._drop(verdict, DropReason.LOOP_LIMIT, key[_METADATA], table)
                 return
-            wildcards = verdict.wildcards
+            rec = ctx.rec
+            wildcards = verdict.wildcards if rec is None else rec.wild
             if wildcards is None:
                 rule = self.classifier.lookup(table, key)
-            else:  # recording a megaflow: the staged lookup, ORing what it read
-                rule = self._megaflow(table, key, wildcards)  # type: ignore[misc]
+            else:  # recording a megaflow or segment: the staged lookup, ORing what it read
+                staged = self._megaflow if rec is None else self._staged
+                rule = staged(table, key, wildcards)  # type: ignore[misc]
             if rule is None:
                 self._drop(verdict, DropReason.EXPLICIT_DROP, key[_METADATA], table, "no flow")
                 return
@@ -414,12 +434,14 @@ class Pipeline:
             if compiled is None or compiled[0] is not rule or compiled[1] != table:
                 compiled = self._compile(rule, table)
             if wildcards is not None:
-                reads = compiled[3]
+                reads = compiled[3] if rec is None else compiled[4]
                 if reads is None:
-                    verdict.wildcards = None  # an action outside the megaflow whitelist
+                    ctx.rec = None  # an action outside the whitelist
                 else:
                     for index, mask in reads:
                         wildcards[index] |= mask
+                if compiled[3] is None:
+                    verdict.wildcards = None  # (a segment's list is the first megaflow's)
             program = compiled[2]
             if type(program) is int:
                 table = program
@@ -435,10 +457,13 @@ class Pipeline:
                 if ops[-1][0] == OP_OUTPUT:  # the last action: the key is not used after it
                     yield from self._output(ctx, key, table)
                     table = None
-                elif (yield from self._conntrack(ctx, key, ops[-1][1], table)):
-                    table = self._next(ctx, key, table)  # ct_next, ct_dnat, ct_snat, ct_lb
                 else:
-                    table = None
+                    if ctx.rec is not None:
+                        self._close(ctx, key, (table, ops[-1][1], None))
+                    if (yield from self._conntrack(ctx, key, ops[-1][1], table)):
+                        table = self._next(ctx, key, table)  # ct_next, ct_dnat, ct_snat, ct_lb
+                    else:
+                        table = None
             programs = self._programs_valid()  # resumed: the topology may have been replaced
 
     def _programs_valid(self) -> dict[int, _Compiled]:
@@ -452,7 +477,8 @@ class Pipeline:
 
     def _compile(self, rule: Rule, table: int) -> _Compiled:
         program = compile_program(rule.actions, table, self.topology.next_table)
-        compiled = (rule, table, program, megaflow_reads(rule.actions))
+        acts = rule.actions
+        compiled = (rule, table, program, megaflow_reads(acts), segment_reads(acts))
         self._programs[id(rule)] = compiled  # holds the rule: its id is not reused meanwhile
         return compiled
 
@@ -497,12 +523,14 @@ class Pipeline:
                 return YIELD
         return None
 
-    def _execute(self, ctx: _Ctx, key: list[int], acts: Iterable[object], table: int) -> Step:
+    def _execute(self, ctx: _Ctx, key: list[int], acts: Sequence[object], table: int) -> Step:
         """Run an action list; return the table to continue at, or None to stop."""
-        for act in acts:
+        for position, act in enumerate(acts):
             if isinstance(act, A.Next):
                 return act.table if act.table is not None else self._next(ctx, key, table)
             if isinstance(act, A.Output):
+                if position < len(acts) - 1:
+                    ctx.rec = None  # not a tail call: no segment (segments.py)
                 yield from self._output(ctx, list(key), table)
             elif isinstance(act, A.Drop):
                 self._drop(ctx.verdict, act.reason, key[_METADATA], table)
@@ -524,10 +552,14 @@ class Pipeline:
                     return None
                 key[_TTL] -= 1
             elif isinstance(act, A.CtNext | A.CtDnat | A.CtSnat | A.CtLb):
+                if ctx.rec is not None:
+                    self._close(ctx, key, (table, act, None))
                 if not (yield from self._conntrack(ctx, key, act, table)):
                     return None
                 return self._next(ctx, key, table)
             elif isinstance(act, A.CtCommit):
+                if ctx.rec is not None:
+                    self._close(ctx, key, (table, act, tuple(acts[position + 1 :])))
                 if not (yield from self._conntrack(ctx, key, act, table)):
                     return None
             elif isinstance(act, A.CtClear):
@@ -562,13 +594,14 @@ class Pipeline:
     def _conntrack(self, ctx: _Ctx, key: list[int], act: CtAction, table: int) -> Gate:
         """One conntrack action: False when the packet stops here (dropped)."""
         zone = self._zone(key, table)
-        related = _quoted(ctx.packet) if isinstance(act, A.CtNext) else None
+        related = quoted(ctx.packet) if isinstance(act, A.CtNext) else None
         call = CtCall(zone, key, ctx.now, ctx.assoc, act, related)
         if hasattr(self.conntrack, "ct_batch"):
             yield call  # answered with the other packets' calls of this step
         else:
-            self._call_one(call)
+            call_one(self.conntrack, call)
         verdict, dp = ctx.verdict, key[_METADATA]
+        ctx.boundary = ctx.seg is not None  # a segment may start where the walk goes on
         if call.store_failed:
             verdict.cacheable = False  # decided without the store: never reuse it
         if call.drop is not None:
@@ -589,50 +622,23 @@ class Pipeline:
             return True
         verdict.ct.append(call.result)
         if verdict.trace is not None:
-            detail = _ct_detail(act, zone, key)
+            detail = ct_detail(act, zone, key)
             verdict.note(TraceEvent("ct", dp, table, detail=detail, key=tuple(key)))
         return True
 
-    def _call_one(self, call: CtCall) -> None:
-        """A conntracker without ``ct_batch``: its one-call methods, at once."""
-        ct, act, zone, key, now = self.conntrack, call.action, call.zone, call.key, call.now
-        try:
-            if isinstance(act, A.CtNext):
-                call.state = ct.ct_next(zone, key, now, call.related)
-            elif isinstance(act, A.CtLb):
-                call.ok = ct.ct_lb(zone, key, now, act)
-            elif isinstance(act, A.CtCommit):
-                ct.ct_commit(zone, key, now, act.mark)
-            else:
-                ct.ct_nat(zone, key, now, act)
-        except StateStoreError:
-            call.drop, call.store_failed = DropReason.STATE_UNAVAILABLE, True
-        call.result = getattr(ct, "last", None)
-
-    def _answer_steps(self, calls: list[CtCall]) -> Steps[None]:
-        """One step of a batch: all waiting conntrack calls in one ``ct_steps`` (its round
-        trips yielded) or, for a tracker without it, one synchronous ``ct_batch``.
-
-        Both handle store failures themselves; this only guards against a tracker
-        that lets one through (the batch fails closed, never raises)."""
-        steps = getattr(self.conntrack, "ct_steps", None)
-        try:
-            if steps is not None:
-                yield from steps(calls)
-            else:
-                batcher: BatchConnTracker = self.conntrack  # type: ignore[assignment]
-                batcher.ct_batch(calls)
-        except StateStoreError:
-            for call in calls:
-                call.drop, call.store_failed = DropReason.STATE_UNAVAILABLE, True
-
     # -- MAC bindings ------------------------------------------------------------
     def _learn(self, key: list[int]) -> None:
-        dp, port = key[_METADATA], key[_INPORT]
+        dp, port, bindings = key[_METADATA], key[_INPORT], self.topology.mac_bindings
         if key[_ETH_TYPE] == 0x0806 and key[_ARP_SPA]:
-            self.topology.mac_bindings[(dp, port, key[_ARP_SPA])] = key[_ARP_SHA]
+            where, mac = (dp, port, key[_ARP_SPA]), key[_ARP_SHA]
         elif key[_ND_TARGET] and key[_ND_TLL]:
-            self.topology.mac_bindings[(dp, port, key[_ND_TARGET])] = key[_ND_TLL]
+            where, mac = (dp, port, key[_ND_TARGET]), key[_ND_TLL]
+        else:
+            return
+        if bindings.get(where) != mac:
+            bindings[where] = mac
+            if self.segments is not None:  # segments looked bindings up: a hidden input
+                self.segments.flush()
 
     def _lookup_binding(self, key: list[int]) -> None:
         ip = key[_XREG0] if key[_ETH_TYPE] == 0x86DD else key[_REG0]
@@ -652,6 +658,8 @@ class Pipeline:
         if self.topology.pipeline_of(table) == "ingress":
             out = key[_OUTPORT]
             members = self.topology.groups.get((dp, out), ()) if out >= MULTICAST_BASE else (out,)
+            if len(members) > 1:
+                ctx.rec = None  # not tail calls: no segment (segments.py)
             for member in members:
                 if member == key[_INPORT] and not key[_FLAGS] & FLAG_LOOPBACK:
                     continue
@@ -704,10 +712,15 @@ class Pipeline:
                 ctx.verdict.note(TraceEvent("enter", peer_dp, None, detail=detail))
             yield from self._run(ctx, copy, self.topology.first_table[(kind, "ingress")])
             return
-        frame = rewrite_frame(ctx.packet, ctx.orig, key)
-        ctx.verdict.outputs.append(Emit(dp, out, port.name, frame, key[_INPORT]))
+        self._emit(ctx, key, dp, out, port.name)
+        if ctx.rec is not None:
+            ctx.rec.final = list(key)
         if ctx.verdict.trace is not None:
             ctx.verdict.note(TraceEvent("deliver", dp, table, detail=port.name, key=tuple(key)))
+
+    def _emit(self, ctx: _Ctx, key: list[int], dp: int, port: int, name: str) -> None:
+        frame = rewrite_frame(ctx.packet, ctx.orig, key)
+        ctx.verdict.outputs.append(Emit(dp, port, name, frame, key[_INPORT]))
 
     # -- generated packets ---------------------------------------------------------
     def _generate(self, ctx: _Ctx, key: list[int], act: object, table: int) -> Gate:
@@ -778,22 +791,3 @@ def _flow_hash(key: list[int]) -> int:
     """Stable (not per-process salted) hash of the 5-tuple for ECMP member choice."""
     data = b"".join(key[i].to_bytes(16, "big") for i in _HASHED)
     return zlib.crc32(data)
-
-
-def _ct_detail(act: object, zone: int, key: list[int]) -> str:
-    """The trace line of an answered ``ct_next``/``ct_lb``/``ct_dnat``/``ct_snat``."""
-    if isinstance(act, A.CtNext):
-        return f"ct_next zone={zone:#x} state={key[_CT_STATE]:#x}"
-    if isinstance(act, A.CtLb):
-        return f"ct_lb -> {key[F('ip4.dst')]:#x}:{key[F('tp.dst')]}"
-    return f"{type(act).__name__} zone={zone:#x}"
-
-
-def _quoted(packet: Packet) -> CtTuple | None:
-    """The connection an ICMP error quotes (for ct.rel), or None."""
-    if packet.ip_version not in (4, 6) or packet.ip_proto not in (1, 58):
-        return None
-    if packet.icmp_type not in _ICMP_ERRORS[packet.ip_version]:
-        return None
-    quote = packet.payload if packet.ip_version == 4 else packet.payload[4:]
-    return quoted_tuple(packet.ip_version, quote)

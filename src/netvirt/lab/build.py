@@ -185,10 +185,16 @@ MEMBERS_TIMEOUT = 60.0  # seconds for health checks to bring every LB member ONL
 
 
 def datapath_argv(
-    state: LabState, host: HostRecord, underlay_mtu: int, state_fail: str = "closed"
+    state: LabState,
+    host: HostRecord,
+    underlay_mtu: int,
+    state_fail: str = "closed",
+    offload: bool = False,
 ) -> list[str]:
     """The datapath's command line: interfaces, tunnels, NF state, control socket."""
     argv = python_argv("datapath", "--name", host.name, "--netns", host.netns)
+    if offload:
+        argv.append("--offload")
     argv += ["--underlay-ip", host.underlay_ip, "--encap", host.encap]
     argv += ["--underlay-mtu", str(underlay_mtu), "--control", host.control]
     if state.state_store:
@@ -491,7 +497,9 @@ def _build(topo: Topology, state: LabState, system: System, names: Names, log: L
     for host in topo.hosts:
         record = state.hosts[host.name]
         record.token = tokens[host.name]
-        record.datapath_argv = datapath_argv(state, record, topo.underlay.mtu, topo.state_fail)
+        record.datapath_argv = datapath_argv(
+            state, record, topo.underlay.mtu, topo.state_fail, topo.offload
+        )
         record.agent_argv = agent_argv(state, record)
         start_datapath(system, state, host.name)
         start_agent(system, state, host.name)
