@@ -24,3 +24,14 @@ def evict_grouped(order: dict[Slot, None], capacity: int) -> tuple[dict[Slot, No
     for group, key in itertools.islice(order, drop):
         group.entries.pop(key, None)
     return dict(itertools.islice(order.items(), drop, None)), drop
+
+
+def place(order: dict[Slot, None], slot: Slot, capacity: int) -> tuple[dict[Slot, None], int]:
+    """``order`` with ``slot`` recorded as its newest, the oldest eighth evicted first when
+    a new slot finds it full; and how many were evicted (the caller then stores the
+    entry in the slot's group)."""
+    dropped = 0
+    if slot not in order and len(order) >= capacity:
+        order, dropped = evict_grouped(order, capacity)
+    order[slot] = None
+    return order, dropped

@@ -62,7 +62,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 from netvirt.dataplane.drops import DropReason
-from netvirt.dataplane.eviction import evict_grouped
+from netvirt.dataplane.eviction import place
 from netvirt.dataplane.fastpath import (
     ICMP4,
     ICMP6,
@@ -238,13 +238,9 @@ class MegaflowCache:
             group = _Group(mask)
             groups.append(group)
         masked = header & mask
-        order = self.order
-        if (group, masked) not in order and len(order) >= self.capacity:
-            self.order, dropped = evict_grouped(order, self.capacity)
-            order = self.order
-            self.counters.evictions += dropped
+        self.order, dropped = place(self.order, (group, masked), self.capacity)
         group.entries[masked] = entry
-        order[(group, masked)] = None
+        self.counters.evictions += dropped
         self.counters.inserts += 1
 
     def stats(self) -> dict[str, int]:

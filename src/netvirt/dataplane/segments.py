@@ -64,7 +64,7 @@ from typing import Any
 from netvirt.dataplane import actions as A  # noqa: N812
 from netvirt.dataplane.actions import Reads, megaflow_reads
 from netvirt.dataplane.drops import DropReason
-from netvirt.dataplane.eviction import evict_grouped
+from netvirt.dataplane.eviction import place
 from netvirt.dataplane.fields import FIELDS, NUM_FIELDS, F
 
 # the pipeline's state: reset by output and patch ports whatever the rules read
@@ -217,13 +217,9 @@ class SegmentCache:
             group = _Group(signature)
             groups.append(group)
         masked = group.masked(start)
-        order = self.order
-        if (group, masked) not in order and len(order) >= self.capacity:
-            self.order, dropped = evict_grouped(order, self.capacity)
-            order = self.order
-            self.counters.evictions += dropped
+        self.order, dropped = place(self.order, (group, masked), self.capacity)
         group.entries[masked] = segment
-        order[(group, masked)] = None
+        self.counters.evictions += dropped
         self.counters.inserts += 1
 
     def stats(self) -> dict[str, int]:

@@ -75,7 +75,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -141,17 +141,27 @@ def _delta_size(delta: SBDelta) -> int:
 
 def relevant_datapaths(state: SBState, chassis: str) -> frozenset[int]:
     """The datapaths whose flows ``chassis`` needs (see "Per-chassis views" above)."""
+    seeds = [
+        pb.datapath
+        for pb in state.ports.values()
+        if pb.requested_chassis == chassis or pb.type == "localnet"
+    ]
+    patches = (pb for pb in state.ports.values() if pb.type == "patch")
+    return _reachable(seeds, patches, state.ports)
+
+
+def _reachable(
+    seeds: Iterable[int], patches: Iterable[PortBinding], ports: Mapping[str, PortBinding]
+) -> frozenset[int]:
+    """The datapaths reachable from ``seeds`` over patch ports and their peers."""
     neighbours: dict[int, set[int]] = {}
-    todo: list[int] = []
-    for pb in state.ports.values():
-        if pb.requested_chassis == chassis or pb.type == "localnet":
-            todo.append(pb.datapath)
-        if pb.type == "patch" and pb.peer:
-            peer = state.ports.get(pb.peer)
-            if peer is not None:
-                neighbours.setdefault(pb.datapath, set()).add(peer.datapath)
-                neighbours.setdefault(peer.datapath, set()).add(pb.datapath)
+    for pb in patches:
+        peer = ports.get(pb.peer) if pb.peer else None
+        if peer is not None:
+            neighbours.setdefault(pb.datapath, set()).add(peer.datapath)
+            neighbours.setdefault(peer.datapath, set()).add(pb.datapath)
     seen: set[int] = set()
+    todo = list(seeds)
     while todo:
         dp = todo.pop()
         if dp not in seen:
@@ -201,20 +211,7 @@ class ViewIndex:
         self.ports, self.generation = state.ports, state.generation
 
     def datapaths(self) -> frozenset[int]:
-        neighbours: dict[int, set[int]] = {}
-        for pb in self.patches.values():
-            peer = self.ports.get(pb.peer) if pb.peer else None
-            if peer is not None:
-                neighbours.setdefault(pb.datapath, set()).add(peer.datapath)
-                neighbours.setdefault(peer.datapath, set()).add(pb.datapath)
-        seen: set[int] = set()
-        todo = list(self.seeds)
-        while todo:
-            dp = todo.pop()
-            if dp not in seen:
-                seen.add(dp)
-                todo.extend(neighbours.get(dp, ()))
-        return frozenset(seen)
+        return _reachable(self.seeds, self.patches.values(), self.ports)
 
 
 class InMemorySB:
