@@ -103,10 +103,12 @@ def test_entries_leave_with_a_flush_a_connection_change_and_an_eviction() -> Non
     cache.insert(frame(sport=999)[0], entry())  # full: the oldest eighth (one) is evicted
     assert len(lib.maps[FLOWS]) == 8
     assert keys[0] not in manager.keys
+    assert keys[0] not in manager.by_conn["conn"]  # an evicted entry leaves its connection too
     changed = cache.epochs.on_change  # what ConnEpochs calls when a connection changes state
     assert changed is not None
     changed("conn")
     assert lib.maps[FLOWS] == {}
+    assert manager.by_conn == {}
     cache.insert(keys[1], entry())
     assert len(lib.maps[FLOWS]) == 1
     cache.sync("new rules")  # installed state changed: everything goes

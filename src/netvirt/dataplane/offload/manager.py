@@ -121,7 +121,8 @@ class KernelOffload:
             raise bpf.OffloadUnavailable(f"flow value of {size} bytes, {VALUE_SIZE} expected")
         self.ifindex: dict[str, int] = {}
         self.socks: dict[str, socket.socket] = {}
-        self.keys: dict[Hashable, bytes] = {}  # cache key -> kernel key
+        # cache key -> (kernel key, the connections the entry depends on)
+        self.keys: dict[Hashable, tuple[bytes, tuple[Hashable, ...]]] = {}
         self.by_conn: dict[Hashable, set[Hashable]] = {}
         self.installed = self.removed = self.refused = self.errors = 0
         self._ncpu = _possible_cpus() or os.cpu_count() or 1
@@ -160,7 +161,7 @@ class KernelOffload:
     # -- the cache's listener -----------------------------------------------------------
     def inserted(self, key: Hashable, entry: Entry) -> None:
         """An exact entry was learned: offload it when the kernel can replay it."""
-        old = self.keys.pop(key, None)
+        old = self._untrack(key)
         found = self._kernel_entry(key, entry)
         if found is None:
             self.refused += 1
@@ -169,9 +170,10 @@ class KernelOffload:
             return
         kernel_key, value = found
         if self._update(self.loaded.flows_fd, kernel_key, value):
-            self.keys[key] = kernel_key
+            conns = tuple(conn for conn, _epoch in entry.deps)
+            self.keys[key] = (kernel_key, conns)
             self.installed += 1
-            for conn, _epoch in entry.deps:
+            for conn in conns:
                 self.by_conn.setdefault(conn, set()).add(key)
         if old is not None and old != kernel_key:
             self._delete(old)
@@ -200,20 +202,34 @@ class KernelOffload:
 
     def forget(self, key: Hashable) -> None:
         """The cache dropped an entry (invalidated, evicted)."""
-        kernel_key = self.keys.pop(key, None)
+        kernel_key = self._untrack(key)
         if kernel_key is not None:
             self._delete(kernel_key)
 
+    def _untrack(self, key: Hashable) -> bytes | None:
+        """Stop tracking ``key`` (its connections forget it too); its kernel key, if any."""
+        tracked = self.keys.pop(key, None)
+        if tracked is None:
+            return None
+        kernel_key, conns = tracked
+        for conn in conns:
+            keys = self.by_conn.get(conn)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.by_conn[conn]
+        return kernel_key
+
     def flushed(self) -> None:
         """The cache was flushed: so is the kernel map."""
-        for kernel_key in self.keys.values():
+        for kernel_key, _conns in self.keys.values():
             self._delete(kernel_key)
         self.keys.clear()
         self.by_conn.clear()
 
     def conn_changed(self, conn: Hashable) -> None:
         """A connection's state moved: its entries are no longer the slow path's answer."""
-        for key in self.by_conn.pop(conn, ()):
+        for key in list(self.by_conn.get(conn, ())):
             self.forget(key)
 
     # -- status ----------------------------------------------------------------------------
