@@ -15,8 +15,10 @@ backends.
   namespace (no route back, like the Internet);
 * ``xhost``: the two VMs on two hosts (Geneve between their agents).
 
-Variants: ``netvirt`` (NF state in each agent's memory) and
-``netvirt-redis`` (``state: redis``: conntrack/NAT in a Redis the lab starts).
+Variants: ``netvirt`` (NF state in each agent's memory, ``offload: false``: every
+frame through the user-space datapath), ``netvirt-redis`` (``state: redis``:
+conntrack/NAT in a Redis the lab starts; user space too) and ``netvirt-offload``
+(local state with the kernel offload, the datapath's default).
 CPU components are read from the lab's state file: every process it records
 (agents, datapaths, serve, Redis) and their children.
 """

@@ -26,9 +26,12 @@ KERNEL_VETH = "kernel-veth"
 KERNEL = "kernel"
 OVN = "ovn"
 OVN_TSO = "ovn-tso"
+# the netvirt variants: local state with every frame through the user-space datapath
+# (--no-offload), Redis state (user space too), and local state with the kernel offload
+# (eBPF), which is the datapath's default since session 7
 NETVIRT = "netvirt"
 NETVIRT_REDIS = "netvirt-redis"
-NETVIRT_OFFLOAD = "netvirt-offload"  # local state, exact flows served in the kernel (eBPF)
+NETVIRT_OFFLOAD = "netvirt-offload"
 BACKENDS = (KERNEL_VETH, KERNEL, OVN, OVN_TSO, NETVIRT, NETVIRT_REDIS, NETVIRT_OFFLOAD)
 OVN_BACKENDS = (OVN, OVN_TSO)
 NETVIRT_BACKENDS = (NETVIRT, NETVIRT_REDIS, NETVIRT_OFFLOAD)

@@ -6,7 +6,7 @@ forwarder share one definition without importing the packet path.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from netvirt.dataplane.drops import DropReason
@@ -51,3 +51,31 @@ class PortCounters:
 
 def by_value(item: tuple[DropReason, int]) -> str:
     return item[0].value
+
+
+# what the kernel offload counts per port (offload/manager.py ``stats()["ports"]``)
+OFFLOADED = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
+
+
+def fold_offloaded(ports: object, offloaded: object) -> dict[str, object]:
+    """Port counters (``PortCounters.as_dict`` per interface) with the frames the kernel
+    offload forwarded added in, and those alone under ``"offloaded"``.
+
+    Why: a frame the kernel served never reaches the datapath, but it did cross the
+    port; a user (``netvirt host show``, the API's host counters) asks what crossed
+    it, not which of the two forwarded it. Interfaces only the offload knows are
+    left out (they are closing)."""
+    out: dict[str, object] = {}
+    kernel = offloaded if isinstance(offloaded, Mapping) else {}
+    for iface, row in (ports if isinstance(ports, Mapping) else {}).items():
+        extra = kernel.get(iface)
+        if not isinstance(row, Mapping) or not isinstance(extra, Mapping):
+            out[iface] = row
+            continue
+        merged = dict(row)
+        served = {name: int(extra.get(name, 0)) for name in OFFLOADED}
+        for name, n in served.items():
+            merged[name] = int(merged.get(name, 0)) + n
+        merged["offloaded"] = served
+        out[iface] = merged
+    return out

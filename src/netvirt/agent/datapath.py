@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from netvirt.agent import gcpause
+from netvirt.agent.counters import fold_offloaded
 from netvirt.agent.dirwatch import DirWatch
 from netvirt.agent.dpctl import ControlServer
 from netvirt.agent.forwarder import Forwarder
@@ -100,7 +101,9 @@ class DatapathConfig:
     batch: int = 64
     flow_cache: int = 65_536  # entries of the datapath's flow cache (0: every packet slow)
     gc_tuned: bool = False  # process-wide: young threshold raised, heap frozen after installs
-    offload: bool = False  # exact flows between local ports served in the kernel (offload/)
+    # exact flows between local ports served in the kernel (offload/): on by default; a
+    # datapath that cannot load it (no root, clang or libbpf) runs without and says why
+    offload: bool = True
 
 
 @dataclass
@@ -203,7 +206,10 @@ class DatapathLoop(LoopProcess):
 
         try:
             self.offload = KernelOffload(
-                OFFLOAD_MAX_AGE, self.dp_config.netns, self.forwarder.offload_blocked, time.time
+                self._offload_max_age(cache),
+                self.dp_config.netns,
+                self.forwarder.offload_blocked,
+                time.time,
             )
         except OffloadUnavailable as err:
             self.offload_error = str(err)
@@ -211,6 +217,15 @@ class DatapathLoop(LoopProcess):
             return
         cache.attach(self.offload)
         log.info("kernel offload on (exact flows between local ports)")
+
+    def _offload_max_age(self, cache: FlowCache) -> float:
+        """How long a kernel entry serves before one frame revalidates it. With NF state in
+        a shared store another host may change a connection: the kernel then keeps the
+        window the user-space cache promises (docs/stateless-nf.md), not the longer one
+        that only spares local-state bulk flows reordering."""
+        if self.dp_config.state_store.startswith("memory:"):
+            return OFFLOAD_MAX_AGE
+        return min(OFFLOAD_MAX_AGE, cache.max_age)
 
     def _close_offload(self) -> None:
         offload, self.offload = self.offload, None
@@ -518,8 +533,16 @@ class DatapathLoop(LoopProcess):
     def status(self) -> dict[str, object]:
         """The status document (what ``--status-file`` holds)."""
         doc = self.datapath_status()
-        doc["counters"] = self.forwarder.counters()
+        doc["counters"] = self.counters()
         doc["last_error"] = self.stats.last_error
+        return doc
+
+    def counters(self) -> dict[str, object]:
+        """The forwarder's counters, with the frames the kernel offload served folded into
+        the ports' traffic (a port's counters are what crossed it, whoever forwarded it)."""
+        doc = self.forwarder.counters()
+        if self.offload is not None:
+            doc["ports"] = fold_offloaded(doc["ports"], self.offload.stats().get("ports"))
         return doc
 
     def io_counters(self) -> dict[str, object]:
@@ -602,7 +625,7 @@ class DatapathProcess(DatapathLoop):
         }
 
     def _counters(self) -> dict[str, object]:
-        return self.forwarder.counters() | {"io": self.io_counters()}
+        return self.counters() | {"io": self.io_counters()}
 
     def _events(self) -> list[object]:
         events, self.events = self.events, []

@@ -175,9 +175,9 @@ def datapath(
             envvar="NETVIRT_OFFLOAD",
             help="Serve exact-cache flows between local ports in the kernel (eBPF at TC "
             "ingress; needs root, clang, libbpf; without them the datapath says why and "
-            "runs without)",
+            "runs without). --no-offload: every frame through the user-space datapath",
         ),
-    ] = False,
+    ] = True,
     status_file: StatusFile = None,
     log_level: LogLevel = "info",
 ) -> None:

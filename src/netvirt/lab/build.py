@@ -189,12 +189,11 @@ def datapath_argv(
     host: HostRecord,
     underlay_mtu: int,
     state_fail: str = "closed",
-    offload: bool = False,
+    offload: bool = True,
 ) -> list[str]:
     """The datapath's command line: interfaces, tunnels, NF state, control socket."""
     argv = python_argv("datapath", "--name", host.name, "--netns", host.netns)
-    if offload:
-        argv.append("--offload")
+    argv.append("--offload" if offload else "--no-offload")
     argv += ["--underlay-ip", host.underlay_ip, "--encap", host.encap]
     argv += ["--underlay-mtu", str(underlay_mtu), "--control", host.control]
     if state.state_store:

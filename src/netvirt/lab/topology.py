@@ -280,8 +280,9 @@ class Topology(Strict):
     state: Literal["auto", "memory", "redis", "redis-cluster"] = "auto"
     # the datapaths' policy when the state store cannot be reached (--state-fail)
     state_fail: Literal["closed", "open"] = "closed"
-    # exact flows between a host's local ports served in the kernel (netvirt datapath --offload)
-    offload: bool = False
+    # exact flows between a host's local ports served in the kernel (netvirt datapath
+    # --offload, the default; false: --no-offload, every frame through user space)
+    offload: bool = True
     underlay: Underlay = Underlay()
     hosts: list[Host] = Field(min_length=1, max_length=MAX_HOSTS)
     external: External | None = None

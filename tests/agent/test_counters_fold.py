@@ -1,0 +1,40 @@
+"""Port counters with the kernel offload's frames folded in (``counters.fold_offloaded``)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from netvirt.agent.counters import OFFLOADED, PortCounters, fold_offloaded
+
+IFACES = st.sampled_from(["tap-a", "tap-b", "ext0", "vm-c"])
+ROW = st.fixed_dictionaries({name: st.integers(0, 2**40) for name in OFFLOADED})
+
+
+@given(
+    st.dictionaries(IFACES, st.builds(PortCounters, *(st.integers(0, 2**40) for _ in range(4)))),
+    st.dictionaries(IFACES, ROW),
+)
+def test_each_port_counts_what_crossed_it_whoever_forwarded_it(
+    mine: dict[str, PortCounters], kernel: dict[str, dict[str, int]]
+) -> None:
+    ports = {iface: c.as_dict() for iface, c in mine.items()}
+    folded = fold_offloaded(ports, kernel)
+    assert set(folded) == set(ports)  # ports only the offload still knows are closing
+    for iface, row in folded.items():
+        assert isinstance(row, dict)
+        served = kernel.get(iface)
+        if served is None:
+            assert row == ports[iface]
+            continue
+        assert row["offloaded"] == served
+        for name in OFFLOADED:
+            assert row[name] == ports[iface][name] + served[name]
+        assert row["drops"] == ports[iface]["drops"]  # drops are the datapath's alone
+        assert row["tx_errors"] == ports[iface]["tx_errors"]
+
+
+def test_without_an_offload_the_counters_are_unchanged() -> None:
+    ports = {"tap-a": PortCounters(rx_packets=3, rx_bytes=300).as_dict()}
+    assert fold_offloaded(ports, None) == ports
+    assert fold_offloaded(ports, {"error": "off"}) == ports
