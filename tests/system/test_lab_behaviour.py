@@ -384,7 +384,8 @@ def test_iperf3_stream_survives_an_agent_restart(lab: Lab) -> None:
         started = time.time()
         client = netns.popen_in(
             a1.netns,
-            ["iperf3", "-c", a2.ip, "-p", str(IPERF_PORT), "-t", "20", "-b", "50M", "-J"],
+            # 30 s: a loaded machine has taken 10 s for the stop and start alone
+            ["iperf3", "-c", a2.ip, "-p", str(IPERF_PORT), "-t", "30", "-b", "50M", "-J"],
         )
         time.sleep(3)
         datapath_pid = _datapath_pid(lab, "hv2")
@@ -394,7 +395,8 @@ def test_iperf3_stream_survives_an_agent_restart(lab: Lab) -> None:
         time.sleep(1)  # the datapath forwards alone meanwhile
         lab.ok("host", "start", "hv2")
         restarted = time.time()
-        out, err = client.communicate(timeout=60)
+        out, err = client.communicate(timeout=70)
+        time.sleep(max(0.0, restarted + 1.5 - time.time()))  # pings after the restart too
         pinger.send_signal(signal.SIGINT)
         pings, _ = pinger.communicate(timeout=10)
     finally:
