@@ -74,21 +74,43 @@ def test_a_mixed_batch_is_one_round_trip(redis_store: RedisStore, sends: list[in
     assert len(sends) == 1
 
 
-def test_runs_of_gets_and_puts_become_single_commands(
-    redis_store: RedisStore, redis_raw: redis.Redis
+def test_a_batch_that_writes_is_one_script_call(
+    redis_store: RedisStore, redis_raw: redis.Redis, sends: list[int]
 ) -> None:
     redis_store.put("warm-up", b"v")
     redis_raw.config_resetstat()
+    sends.clear()
     batch = redis_store.batch()
     for i in range(128):
         batch.get(f"k{i}")
     for i in range(128):
         batch.put(f"k{i}", b"v", ttl=5)
+    cas = batch.cas("warm-up", 1, b"w")
+    claim = batch.allocate("pool", ["a", "b"], "me", ttl=5)
+    gone = batch.release("pool", "b", "me")
     batch.execute()
+    assert len(sends) == 1
+    stats = redis_raw.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 1  # everything else ran inside it
+    assert cas.result().ok
+    assert claim.result() == "a"
+    assert gone.result() is False
+    got = redis_store.get("k7")
+    assert got is not None
+    assert got.value == b"v"
+
+
+def test_a_batch_of_reads_is_one_mget(redis_store: RedisStore, redis_raw: redis.Redis) -> None:
+    redis_store.put("k1", b"v")
+    redis_raw.config_resetstat()
+    batch = redis_store.batch()
+    for i in range(64):
+        batch.get(f"k{i}")
+    found = batch.execute()
     stats = redis_raw.info("commandstats")
     assert stats["cmdstat_mget"]["calls"] == 1
-    assert stats["cmdstat_evalsha"]["calls"] == 1
-    assert "cmdstat_get" not in stats
+    assert "cmdstat_evalsha" not in stats
+    assert [i for i, e in enumerate(found) if e is not None] == [1]
 
 
 def test_bulk_calls_are_one_round_trip_each(redis_store: RedisStore, sends: list[int]) -> None:
@@ -217,22 +239,21 @@ def test_lost_script_cache_single_ops_recover(
     assert redis_store.allocate("pool", ["a"], "me") == "a"
 
 
-def test_lost_script_cache_fails_a_batch_once(
+def test_lost_script_cache_is_reloaded_and_the_batch_sent_again(
     redis_store: RedisStore, redis_raw: redis.Redis
 ) -> None:
-    redis_store.put("k", b"1")
+    """A batch is one script call, so NOSCRIPT means nothing of it ran: sending it again
+    after loading the script applies it exactly once."""
+    first = redis_store.put("k", b"1")
     redis_raw.script_flush()
-
-    def run() -> list[object]:
-        batch = redis_store.batch()
-        batch.put("k", b"2")
-        batch.get("k")
-        return batch.execute()
-
-    with pytest.raises(StateStoreUnavailable, match="scripts"):
-        run()
-    version, entry = run()
-    assert entry == Entry(b"2", version)
+    batch = redis_store.batch()
+    put = batch.put("k", b"2")
+    cas = batch.cas("k", first, b"3")
+    batch.execute()
+    assert put.result() > first
+    assert not cas.result().ok  # the put ran once, before it: the version moved on
+    assert redis_store.get("k") == Entry(b"2", put.result())
+    assert redis_store.stats()["unavailable"] == 0
 
 
 # -- key layout and URLs -----------------------------------------------------------------------

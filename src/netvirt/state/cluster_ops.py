@@ -51,6 +51,7 @@ C     key, hint, expected, px, value                         {1, version} / {0, 
 D     key                                                    0/1
 E     key, px                                                0/1
 A     n, owner, px, member key * n                           1-based index, 0 = none
+W     owner, px, member key head, "m1,m2,..."                the same (no member has a comma)
 R     member key, owner                                      0/1
 ====  =====================================================  ==========================
 """
@@ -162,6 +163,28 @@ while i <= n do
       out[#out + 1] = free
     end
     i = i + 4 + count
+  elseif op == 'W' then
+    local owner, px, head = ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
+    local keys = {}
+    for member in string.gmatch(ARGV[i + 4], '[^,]+') do keys[#keys + 1] = head .. member end
+    local curs = redis.call('MGET', unpack(keys))
+    local mine, free = 0, 0
+    for j = 1, #keys do
+      if curs[j] == owner then
+        mine = j
+        break
+      end
+      if not curs[j] and free == 0 then free = j end
+    end
+    if mine > 0 then
+      local key = keys[mine]
+      if px > 0 then redis.call('PEXPIRE', key, px) else redis.call('PERSIST', key) end
+      out[#out + 1] = mine
+    else
+      if free > 0 then store(keys[free], owner, px) end
+      out[#out + 1] = free
+    end
+    i = i + 5
   elseif op == 'R' then
     if redis.call('GET', ARGV[i + 1]) == ARGV[i + 2] then
       out[#out + 1] = redis.call('DEL', ARGV[i + 1])
@@ -292,7 +315,11 @@ def _encode(out: list[Any], run: Sequence[Op], heads: Sequence[str], hints: Sequ
             out += ["E", f"{head}d:{key}", px(ttl)]
         case AllocateOp(pool_key, candidates, owner, ttl):
             pool = f"{head}p:{len(pool_key)}:{pool_key}:"
-            out += ["A", len(candidates), owner, px(ttl), *(pool + m for m in candidates)]
+            joined = ",".join(candidates)
+            if candidates and joined.count(",") == len(candidates) - 1 and "" not in candidates:
+                out += ["W", owner, px(ttl), pool, joined]  # the window as one argument
+            else:
+                out += ["A", len(candidates), owner, px(ttl), *(pool + m for m in candidates)]
         case ReleaseOp(pool_key, member, owner):
             out += ["R", f"{head}p:{len(pool_key)}:{pool_key}:{member}", owner]
         case _:
@@ -300,21 +327,20 @@ def _encode(out: list[Any], run: Sequence[Op], heads: Sequence[str], hints: Sequ
 
 
 def _decode(op: Op, raw: Any) -> object:
-    match op:
-        case GetOp():
-            return unpack(raw)
-        case PutOp():
-            return int(raw)
-        case CasOp(value=value):
-            ok, payload = raw
-            if ok:
-                return CasResult(True, Entry(bytes(value), int(payload)))
-            return CasResult(False, unpack(payload))
-        case AllocateOp(candidates=candidates):
-            index = int(raw)
-            return candidates[index - 1] if index else None
-        case _:
-            return bool(raw)
+    kind = type(op)  # exact types, in order of frequency: cheaper than a match per op
+    if kind is GetOp:
+        return unpack(raw)
+    if kind is CasOp:
+        ok, payload = raw
+        if ok:
+            return CasResult(True, Entry(bytes(op.value), int(payload)))  # type: ignore[union-attr]
+        return CasResult(False, unpack(payload))
+    if kind is PutOp:
+        return int(raw)
+    if kind is AllocateOp:
+        index = int(raw)
+        return op.candidates[index - 1] if index else None  # type: ignore[union-attr]
+    return bool(raw)
 
 
 def versions_in(results: Sequence[object]) -> int:

@@ -108,7 +108,10 @@ def grouped(ops: Sequence[Op]) -> list[int]:
     """The order to send a round trip's operations in: by kind, stable (each kind keeps
     its order), so the Redis store merges runs of gets into one MGET; tasks never put
     dependent operations in one step."""
-    return sorted(range(len(ops)), key=lambda i: _RANK[type(ops[i])])
+    buckets: list[list[int]] = [[] for _ in _RANK]
+    for i, op in enumerate(ops):
+        buckets[_RANK[type(op)]].append(i)
+    return [i for bucket in buckets for i in bucket]
 
 
 def ungrouped(order: Sequence[int], out: Sequence[object]) -> list[object]:

@@ -11,18 +11,19 @@ Layout, under a configurable key prefix ``P`` (default ``netvirt:``):
   holding the owner; per-member keys give per-member TTLs. The length prefix
   keeps pool names containing ``:`` from colliding.
 
-Writes that need a version (put, put_many, compare-and-set) and the pool
-operations are small Lua scripts, so each is atomic on the server. Scripts are
-run with EVALSHA; the SHA1 is computed locally and the scripts are loaded on
-first use and again if the server answers NOSCRIPT (restart, SCRIPT FLUSH):
-a single operation is then retried (it did not run), a batch raises
-StateStoreUnavailable (its other operations did run; see ``_execute``).
-Batches are pipelines with ``transaction=False``: all commands go out in one
-write and the replies come back in order, one round trip, not atomic as a
-whole. ``get_many``/``put_many``/``delete_many`` are one command each.
+A round trip is one command (``redis_ops.py``): ``MGET`` when it only reads,
+else one ``EVALSHA`` of the ops-stream script, which runs every operation of
+the round trip in order, atomically on the server, and answers one element
+per operation. Every write (put, put_many, compare-and-set, the pool
+operations) goes through it, single operations included. The SHA1 is computed
+locally; the script is loaded on first use and again if the server answers
+NOSCRIPT (restart, SCRIPT FLUSH): nothing of that round trip ran, so a
+synchronous one is sent again at once (the datapath's asynchronous one fails
+once, see ``submit``). ``get_many`` and ``delete_many`` are one command each.
 
 Failure: the client never retries on its own (a retried compare-and-set could
-report failure after it actually succeeded); socket connect/read timeouts are
+report failure after it actually succeeded; NOSCRIPT, above, is the one exception
+because the server ran nothing); socket connect/read timeouts are
 short (50 ms by default: a datapath loop waits for them), and every
 connection-level failure surfaces as :class:`StateStoreUnavailable`. After such
 a failure the server is *held down* for ``hold_down`` seconds (default 0.2):
@@ -37,7 +38,6 @@ is thread-safe); a :class:`Batch` belongs to the thread that fills it.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -49,6 +49,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from netvirt.state import redis_ops
 from netvirt.state.jobs import Reply, Ticket, grouped, ungrouped
 from netvirt.state.redis_async import Address, Arg, RedisPipe, is_noscript, reply_error
 from netvirt.state.stats import StoreStats
@@ -57,10 +58,7 @@ from netvirt.state.store import (
     Batch,
     CasOp,
     CasResult,
-    DeleteOp,
     Entry,
-    ExpireOp,
-    GetOp,
     Op,
     PutOp,
     ReleaseOp,
@@ -77,88 +75,12 @@ DEFAULT_TIMEOUT = 0.05  # seconds, connect and read: a datapath loop waits for i
 DEFAULT_HOLD_DOWN = 0.2  # seconds of failing fast after a connection-level failure
 VERSION_BYTES = 8
 
-# KEYS: counter, key...   ARGV: px (0 = no TTL), value...   -> last version given
-_PUT = """
-local n = #KEYS - 1
-local last = redis.call('INCRBY', KEYS[1], n)
-local px = tonumber(ARGV[1])
-for i = 1, n do
-  local blob = struct.pack('>I8', last - n + i) .. ARGV[i + 1]
-  if px > 0 then
-    redis.call('SET', KEYS[i + 1], blob, 'PX', px)
-  else
-    redis.call('SET', KEYS[i + 1], blob)
-  end
-end
-return last
-"""
-
-# KEYS: counter, key   ARGV: expected, value, px  -> {1, version} | {0, current-or-nil}
-_CAS = """
-local cur = redis.call('GET', KEYS[2])
-local have = 0
-if cur then have = struct.unpack('>I8', cur) end
-if have ~= tonumber(ARGV[1]) then return {0, cur} end
-local v = redis.call('INCR', KEYS[1])
-local blob = struct.pack('>I8', v) .. ARGV[2]
-local px = tonumber(ARGV[3])
-if px > 0 then
-  redis.call('SET', KEYS[2], blob, 'PX', px)
-else
-  redis.call('SET', KEYS[2], blob)
-end
-return {1, v}
-"""
-
-# KEYS: member keys   ARGV: owner, px  -> 1-based index of the member claimed, 0 if none
-_ALLOCATE = """
-local owner = ARGV[1]
-local px = tonumber(ARGV[2])
-local free = 0
-for i, k in ipairs(KEYS) do
-  local cur = redis.call('GET', k)
-  if cur == owner then
-    if px > 0 then redis.call('PEXPIRE', k, px) else redis.call('PERSIST', k) end
-    return i
-  end
-  if not cur and free == 0 then free = i end
-end
-if free > 0 then
-  if px > 0 then
-    redis.call('SET', KEYS[free], owner, 'PX', px)
-  else
-    redis.call('SET', KEYS[free], owner)
-  end
-end
-return free
-"""
-
-# KEYS: member key   ARGV: owner  -> 1 if released
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-_SCRIPTS = {
-    "put": _PUT,
-    "cas": _CAS,
-    "allocate": _ALLOCATE,
-    "release": _RELEASE,
-}
+_SCRIPTS = {"ops": redis_ops.SCRIPT}  # one script: every round trip that writes (redis_ops.py)
 _SHAS = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in _SCRIPTS.items()}
 
 
-def _px(ttl: float | None) -> int:
-    """Milliseconds for PX, rounded up so a key never expires before its TTL; 0 = none."""
-    return 0 if ttl is None else max(1, math.ceil(ttl * 1000))
-
-
-def _unpack(blob: bytes | None) -> Entry | None:
-    if blob is None:
-        return None
-    return Entry(blob[VERSION_BYTES:], int.from_bytes(blob[:VERSION_BYTES], "big"))
+_px = redis_ops.px
+_unpack = redis_ops.unpack
 
 
 @contextmanager
@@ -258,16 +180,13 @@ class RedisStore:
         pairs = list(items)
         if not pairs:
             return []
-        self._stats.call(len(pairs))
-        last = int(self._script("put", *self._put_call(pairs, ttl)))
-        return list(range(last - len(pairs) + 1, last + 1))
+        return cast(list[int], self._execute([PutOp(k, v, ttl) for k, v in pairs]))
 
     def compare_and_set(
         self, key: str, expected_version: int, value: bytes, ttl: float | None = None
     ) -> CasResult:
         op = CasOp(key, check_version(expected_version), value, check_ttl(ttl))
-        self._stats.call(1)
-        return self._decode_cas(op, self._script("cas", *self._cas_call(op)))
+        return cast(CasResult, self._execute([op])[0])
 
     def delete(self, key: str) -> bool:
         return self.delete_many([key]) == 1
@@ -289,16 +208,14 @@ class RedisStore:
         self, pool_key: str, candidates: Iterable[str], owner: str, ttl: float | None = None
     ) -> str | None:
         op = AllocateOp(pool_key, tuple(candidates), check_owner(owner), check_ttl(ttl))
-        self._stats.call(1)
         if not op.candidates:
+            self._stats.call(1)
             return None
-        return self._decode_allocate(op, self._script("allocate", *self._allocate_call(op)))
+        return cast(str | None, self._execute([op])[0])
 
     def release(self, pool_key: str, member: str, owner: str) -> bool:
-        keys = [self._member_key(pool_key, member)]
-        check_owner(owner)
-        self._stats.call(1)
-        return bool(self._script("release", keys, [owner]))
+        op = ReleaseOp(pool_key, member, check_owner(owner))
+        return cast(bool, self._execute([op])[0])
 
     def batch(self) -> Batch:
         return Batch(self._execute)
@@ -366,85 +283,49 @@ class RedisStore:
                 raise StateStoreError(f"script {name}: server sha {sha} != {_SHAS[name]}")
         self._scripts_loaded = True
 
-    def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        if not self._scripts_loaded:
-            self._load_scripts()
-        with self._round_trip(1):
-            try:
-                return self._client.evalsha(_SHAS[name], len(keys), *keys, *args)
-            except NoScriptError:
-                pass  # the server lost its scripts; the script did not run
-        self._load_scripts()
-        with self._round_trip(1):
-            return self._client.evalsha(_SHAS[name], len(keys), *keys, *args)
-
-    def _put_call(
-        self, pairs: Sequence[tuple[str, bytes]], ttl: float | None
-    ) -> tuple[list[str], list[Any]]:
-        keys = [self._counter, *(self._data_key(k) for k, _ in pairs)]
-        return keys, [_px(ttl), *(v for _, v in pairs)]
-
-    def _cas_call(self, op: CasOp) -> tuple[list[str], list[Any]]:
-        keys = [self._counter, self._data_key(op.key)]
-        return keys, [op.expected_version, op.value, _px(op.ttl)]
-
-    def _allocate_call(self, op: AllocateOp) -> tuple[list[str], list[Any]]:
-        keys = [self._member_key(op.pool_key, m) for m in op.candidates]
-        return keys, [op.owner, _px(op.ttl)]
-
-    @staticmethod
-    def _decode_cas(op: CasOp, raw: Any) -> CasResult:
-        ok, payload = raw
-        if ok:
-            return CasResult(True, Entry(bytes(op.value), int(payload)))
-        return CasResult(False, _unpack(payload))
-
-    @staticmethod
-    def _decode_allocate(op: AllocateOp, raw: Any) -> str | None:
-        index = int(raw)
-        return op.candidates[index - 1] if index else None
-
     # -- asynchronous round trips (state/jobs.py, state/redis_async.py) --------------------
 
     supports_submit = True
 
     def submit(self, ops: Sequence[Op]) -> Ticket:
         """Send a round trip of ``ops`` now, on the non-blocking connection; the ticket
-        completes when :meth:`on_readable` reads its replies (results as ``execute``
-        would return them) or when it fails (held down, timeout, lost connection)."""
+        completes when :meth:`on_readable` reads its reply (results as ``execute`` would
+        return them) or when it fails (held down, timeout, lost connection). The round trip
+        is one command (``redis_ops.py``), its operations grouped by kind as
+        ``jobs.execute`` groups a synchronous one."""
         ticket = Ticket(ops)
         held = self._held_down()
         if held is not None:
             ticket.complete(held)
             return ticket
         began = time.thread_time()
-        self._stats.call(len(ops))
+        stats = self._stats
+        stats.call(len(ops))
         order = grouped(ops)
         ordered = [ops[i] for i in order]
-        segments = _segments(ordered)
-        commands = [self._command(segment) for segment in segments]
+        command = redis_ops.command(_SHAS["ops"], self._prefix, ordered)
         started = time.perf_counter()
 
         def finish(raw: list[object]) -> Reply:
-            took = time.perf_counter() - started
-            self._stats.round_trip(len(ops), took, len(segments), waited=False)
-            results: list[object] = []
-            for segment, reply in zip(segments, raw, strict=True):
-                error = reply_error(reply)
-                if error is not None:
-                    unavailable = isinstance(error, StateStoreUnavailable)
-                    self._stats.failure("unavailable" if unavailable else "error")
-                    if is_noscript(error):
-                        self._pipe().send(self._script_loads(), None, None)
-                    return error
-                results += self._decode(segment, reply)
-            self._count_lookups(
-                r for op, r in zip(ordered, results, strict=True) if isinstance(op, GetOp)
-            )
+            stats.round_trip(len(ops), time.perf_counter() - started, 1, waited=False)
+            reply = raw[0]
+            error = reply_error(reply)
+            if error is None:
+                try:
+                    results, hits, misses = redis_ops.results(ordered, reply)
+                except StateStoreError as exc:
+                    error = exc
+            if error is not None:
+                unavailable = isinstance(error, StateStoreUnavailable)
+                stats.failure("unavailable" if unavailable else "error")
+                if is_noscript(error):
+                    self._pipe().send(self._script_loads(), None, None)
+                return error
+            stats.lookups(hits, misses)
             return ungrouped(order, results)
 
-        self._pipe().send(commands, ticket, finish)
-        self._stats.client(time.thread_time() - began)
+        self._pipe().send([command], ticket, finish)
+        stats.client(time.thread_time() - began)
         return ticket
 
     def _pipe(self) -> RedisPipe:
@@ -499,95 +380,40 @@ class RedisStore:
 
     # -- batches ---------------------------------------------------------------------------
     #
-    # A batch is cut into segments: a run of consecutive gets becomes one MGET, a run of
-    # consecutive puts with the same TTL one put-script call, anything else one command
-    # per op. Each segment runs in order, so results are the same as op by op, with far
-    # fewer commands for redis-py to pack and parse (its per-command cost dominates).
+    # A batch is one command (redis_ops.py): MGET for reads only, else one EVALSHA of the
+    # ops-stream script, which runs every operation in order and answers one element each.
 
     def _execute(self, ops: Sequence[Op]) -> list[object]:
         self._stats.call(len(ops))
         if not self._scripts_loaded:
             self._load_scripts()
-        segments = _segments(ops)
-        raw = self._run_pipeline(segments, len(ops))
-        if any(isinstance(r, NoScriptError) for r in raw):
-            # The server lost its script cache (restart, SCRIPT FLUSH): the script ops
-            # did not run, the others did. Running the missing ones now would reorder
-            # the batch, so report it like a connection lost mid-batch.
-            self._stats.failure("unavailable")
+        command = redis_ops.command(_SHAS["ops"], self._prefix, ops)
+        raw = self._run_command(command, len(ops))
+        if raw is _NOSCRIPT:
+            # The server lost its script cache (restart, SCRIPT FLUSH). Nothing of the
+            # round trip ran (it is one script call), so it is sent again as it was.
             self._load_scripts()
-            raise StateStoreUnavailable("redis lost its scripts; batch partially applied")
-        results: list[object] = []
-        for segment, reply in zip(segments, raw, strict=True):
-            if isinstance(reply, Exception):
-                self._stats.failure("error")
-                raise StateStoreError(f"redis error in batch: {reply}") from reply
-            results += self._decode(segment, reply)
-        self._count_lookups(r for op, r in zip(ops, results, strict=True) if isinstance(op, GetOp))
+            raw = self._run_command(command, len(ops))
+            if raw is _NOSCRIPT:
+                self._stats.failure("unavailable")
+                raise StateStoreUnavailable("redis lost its scripts again")
+        try:
+            results, hits, misses = redis_ops.results(ops, raw)
+        except StateStoreError:
+            self._stats.failure("error")
+            raise
+        self._stats.lookups(hits, misses)
         return results
 
-    def _run_pipeline(self, segments: Sequence[Sequence[Op]], keys: int) -> list[Any]:
-        with self._round_trip(keys, len(segments)):
-            pipe: Any = self._client.pipeline(transaction=False)
-            for segment in segments:
-                pipe.execute_command(*self._command(segment))
-            return list(pipe.execute(raise_on_error=False))
-
-    def _command(self, segment: Sequence[Op]) -> list[Any]:
-        op = segment[0]
-        match op:
-            case GetOp():
-                gets = cast(Sequence[GetOp], segment)
-                return ["MGET", *(self._data_key(o.key) for o in gets)]
-            case PutOp(ttl=ttl):
-                puts = cast(Sequence[PutOp], segment)
-                keys, args = self._put_call([(o.key, o.value) for o in puts], ttl)
-                return ["EVALSHA", _SHAS["put"], len(keys), *keys, *args]
-            case CasOp():
-                keys, args = self._cas_call(op)
-                return ["EVALSHA", _SHAS["cas"], len(keys), *keys, *args]
-            case DeleteOp(key):
-                return ["DEL", self._data_key(key)]
-            case ExpireOp(key, ttl):
-                return ["PEXPIRE", self._data_key(key), _px(ttl)]
-            case AllocateOp() if op.candidates:
-                keys, args = self._allocate_call(op)
-                return ["EVALSHA", _SHAS["allocate"], len(keys), *keys, *args]
-            case AllocateOp():
-                return ["ECHO", b"0"]  # no candidates: keep one reply per segment
-            case ReleaseOp(pool_key, member, owner):
-                key = self._member_key(pool_key, member)
-                return ["EVALSHA", _SHAS["release"], 1, key, owner]
-        raise TypeError(f"unknown operation {op!r}")
-
-    def _decode(self, segment: Sequence[Op], raw: Any) -> list[object]:
-        op = segment[0]
-        match op:
-            case GetOp():
-                return [_unpack(blob) for blob in raw]
-            case PutOp():
-                last = int(raw)
-                return list(range(last - len(segment) + 1, last + 1))
-            case CasOp():
-                return [self._decode_cas(op, raw)]
-            case AllocateOp():
-                return [self._decode_allocate(op, raw)]
-            case _:
-                return [bool(raw)]
+    def _run_command(self, command: Sequence[Any], keys: int) -> Any:
+        """One command, one round trip (server errors raise StateStoreError, except
+        NOSCRIPT: ``_NOSCRIPT`` is returned, the caller loads the script)."""
+        with self._round_trip(keys):
+            try:
+                client: Any = self._client
+                return client.execute_command(*command)
+            except NoScriptError:
+                return _NOSCRIPT
 
 
-def _segments(ops: Sequence[Op]) -> list[list[Op]]:
-    """Group runs of ops that one command can serve without changing the results."""
-    segments: list[list[Op]] = []
-    for op in ops:
-        if segments and _joins(segments[-1][-1], op):
-            segments[-1].append(op)
-        else:
-            segments.append([op])
-    return segments
-
-
-def _joins(previous: Op, op: Op) -> bool:
-    if isinstance(previous, GetOp):
-        return isinstance(op, GetOp)
-    return isinstance(previous, PutOp) and isinstance(op, PutOp) and previous.ttl == op.ttl
+_NOSCRIPT = object()  # what _run_command answers when the server lost its scripts
