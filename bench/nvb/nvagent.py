@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import resource
 import signal
@@ -66,6 +67,9 @@ def main(argv: list[str]) -> int:
     from netvirt.southbound.http import HttpSB
     from netvirt.state.memory import MemoryStore
 
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )  # the agent's slow steps say where their time went
     gc.set_threshold(100_000, 50, 100)  # as netvirt agent: a large long-lived SB mirror
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one eventfd per memory port

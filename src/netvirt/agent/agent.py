@@ -41,6 +41,7 @@ tunnel, drops) with the agent's own (flows, reconciles, SB), as plain data.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -59,6 +60,7 @@ from netvirt.southbound.source import SBSource
 from netvirt.state.store import StateStore
 
 log = logging.getLogger(__name__)
+SLOW_STEP = 0.5  # seconds: a step taking longer is logged with where its time went
 
 __all__ = ["Agent", "DatapathHandle", "Installed", "PortCounters", "StepResult"]
 
@@ -141,6 +143,7 @@ class Agent:
         self._sb_view: SBState | None = None
         self._dirty = True
         self._reported_generation: int | None = None
+        self.timings: dict[str, float] = {}  # seconds per part of the last recompute
         for plug in ports:
             self.plug(plug.port, plug.logical_port)
 
@@ -221,18 +224,34 @@ class Agent:
         """Fetch SB changes, recompute and reconcile if needed, report; never raises for SB
         failures (the installed flows keep forwarding and the next step resyncs)."""
         wait = self.poll_timeout if timeout is None else timeout
+        started = time.perf_counter()
         try:
             resynced, changed = self._fetch(wait)
         except Exception as err:  # any SB failure: keep forwarding, resync next time
             return self._sb_failed(err)
+        fetched = time.perf_counter()
         delta = Delta(0, 0)
         recomputed = changed or self._dirty
         if recomputed:
             delta = self._recompute()
+        computed = time.perf_counter()
         try:
             self._report()
         except Exception as err:
             return self._sb_failed(err, recomputed, delta)
+        if recomputed and time.perf_counter() - started >= SLOW_STEP:
+            log.info(
+                "step to SB generation %s: fetch %.3fs (waited up to %.1fs), recompute %.3fs "
+                "(%s), report %.3fs; +%d -%d rules",
+                self.mirror.generation,
+                fetched - started,
+                wait,
+                computed - fetched,
+                ", ".join(f"{k} {v:.3f}s" for k, v in self.timings.items()),
+                time.perf_counter() - computed,
+                delta.added,
+                delta.removed,
+            )
         return StepResult(
             self.mirror.generation,
             self.datapath.generation,
@@ -292,11 +311,17 @@ class Agent:
         # only the ports the SB or the plugs changed are classified again, and only the
         # relevant datapaths' ports are looked at (a port create at 10k ports must not
         # walk every port of the cloud)
+        t0 = time.perf_counter()
         self.bindings = self.binder.bind(sb, self.datapath.plugged(), self.mirror.take_changed())
+        t1 = time.perf_counter()
         physical = compute(sb, self.bindings, self.translator, self.mirror.index())
+        t2 = time.perf_counter()
         add, remove = self.reconciler.plan(physical.rules)
+        t3 = time.perf_counter()
         delta = self.datapath.install(physical, add, remove)
         self.reconciler.commit(add, remove, delta)
+        t4 = time.perf_counter()
+        self.timings = {"bind": t1 - t0, "compute": t2 - t1, "plan": t3 - t2, "install": t4 - t3}
         return delta
 
     def _report(self) -> None:

@@ -34,7 +34,9 @@ For those datapaths :func:`compute` produces
 Translation is cached per logical flow (:class:`FlowTranslator`); a cached
 translation is reused only if every port name it resolved still resolves to
 the same key (revalidated, never trusted), so the cache can never change the
-result, only its cost.
+result, only its cost. The expansion of a match object shared by flows of many
+switches (an address set) is made once and revalidated the same way
+(docs/compiler.md).
 
 Pure functions of their inputs; nothing here touches I/O.
 """
@@ -44,7 +46,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol, cast
+from typing import Literal, Protocol
 
 from netvirt.agent.bindings import Bindings
 from netvirt.agent.health import local_monitors
@@ -175,11 +177,22 @@ def relevant_datapaths(
 # -- flows -------------------------------------------------------------------------------------
 
 
+# a match's translation: the match itself (the key is its id), its conjunctions and the
+# port names they resolved with their keys
+_Shared = tuple[object, list[translate.Conjunction], tuple[tuple[str, int], ...]]
+
+
 class FlowTranslator:
-    """Logical flow → classifier rules, cached and revalidated per flow."""
+    """Logical flow → classifier rules, cached and revalidated per flow.
+
+    Below the per-flow cache, the expansion of a match is shared by every flow holding
+    the very same match object (the decoder and the compiler share one object for a match
+    spelled alike in many switches, such as an address set of a thousand members): the
+    rules differ only in their datapath's ``metadata``. Revalidated like the flow cache."""
 
     def __init__(self) -> None:
         self._cache: dict[LogicalFlow, tuple[tuple[Rule, ...], tuple[tuple[str, int], ...]]] = {}
+        self._shared: dict[int, _Shared] = {}
         self.hits = 0
         self.misses = 0
         self.failures = 0
@@ -189,31 +202,36 @@ class FlowTranslator:
         keys = PortKeys(sb)
         out: dict[Rule, None] = {}
         fresh: dict[LogicalFlow, tuple[tuple[Rule, ...], tuple[tuple[str, int], ...]]] = {}
+        shared: dict[int, _Shared] = {}
         for flow in flows:
             entry = self._cache.get(flow)
             if entry is not None and all(keys.get(n) == k for n, k in entry[1]):
                 self.hits += 1
             else:
-                entry = self._translate(flow, sb, keys, notes)
+                entry = self._translate(flow, keys, notes, shared)
             fresh[flow] = entry
             out.update(dict.fromkeys(entry[0]))
-        self._cache = fresh
+        self._cache, self._shared = fresh, shared
         return list(out)
 
     def _translate(
-        self, flow: LogicalFlow, sb: SBState, keys: PortKeys, notes: list[str]
+        self, flow: LogicalFlow, keys: PortKeys, notes: list[str], shared: dict[int, _Shared]
     ) -> tuple[tuple[Rule, ...], tuple[tuple[str, int], ...]]:
         self.misses += 1
-        recorder = _Resolver(keys)
-        try:
-            # flow_rules only calls ``port_key`` on its SB argument: record what it resolves
-            rules = translate.flow_rules(flow, cast(SBState, recorder))
-        except (KeyError, ExprError) as err:
-            self.failures += 1
-            notes.append(f"flow not installed ({err}): {flow.stage.name} {flow.provenance}")
-            log.warning("cannot translate flow %s: %s", flow, err)
-            return (), tuple(recorder.used.items())
-        return tuple(rules), tuple(recorder.used.items())
+        match = flow.match
+        known = shared.get(id(match)) or self._shared.get(id(match))
+        if known is None or known[0] is not match or any(keys.get(n) != k for n, k in known[2]):
+            recorder = _Resolver(keys)
+            try:
+                conjs = translate.conjunctions(match, recorder.port_key)
+            except (KeyError, ExprError) as err:
+                self.failures += 1
+                notes.append(f"flow not installed ({err}): {flow.stage.name} {flow.provenance}")
+                log.warning("cannot translate flow %s: %s", flow, err)
+                return (), tuple(recorder.used.items())
+            known = (match, conjs, tuple(recorder.used.items()))
+        shared[id(match)] = known
+        return tuple(translate.rules_of(flow, known[1])), known[2]
 
 
 class _Resolver:

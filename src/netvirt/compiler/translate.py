@@ -10,25 +10,51 @@ host runs.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from netvirt.compiler import stages
+from netvirt.compiler.expr.ast import Expr
 from netvirt.compiler.expr.normalize import to_matches
 from netvirt.compiler.lflow import LogicalFlow
-from netvirt.dataplane.flow import Rule, exact
+from netvirt.dataplane.flow import FieldMatch, Rule, exact
 from netvirt.dataplane.pipeline import PortInfo, Topology
 from netvirt.southbound.model import SBState
+
+# one conjunction of a flow's match: its field matches in rule order (by field name) and
+# where the datapath's ``metadata`` match goes among them
+Conjunction = tuple[tuple[FieldMatch, ...], int]
+
+
+def _field(m: FieldMatch) -> str:
+    return m.field
+
+
+def conjunctions(match: Expr, port_key: Callable[[str], int]) -> list[Conjunction]:
+    """The DNF conjunctions of a match, ready to become rules of any datapath (the same
+    match in many switches — an address set, an ACL — is expanded once by the agent)."""
+    out = []
+    for conj in to_matches(match, port_key):
+        ordered = tuple(sorted(conj, key=_field))
+        out.append((ordered, bisect.bisect_right(ordered, "metadata", key=_field)))
+    return out
+
+
+def rules_of(flow: LogicalFlow, conjs: Iterable[Conjunction]) -> list[Rule]:
+    """``flow``'s rules from its match's :func:`conjunctions`: each restricted to the
+    flow's datapath, the metadata match in field-name order like the others."""
+    dp = (exact("metadata", flow.datapath),)
+    table, priority, actions = flow.stage.table, flow.priority, flow.actions
+    return [
+        Rule(table, priority, ordered[:at] + dp + ordered[at:], actions, cookie=flow)
+        for ordered, at in conjs
+    ]
 
 
 def flow_rules(flow: LogicalFlow, sb: SBState) -> list[Rule]:
     """The classifier rules of one logical flow (one per DNF conjunction)."""
-    dp_match = exact("metadata", flow.datapath)
-    rules = []
-    for conj in to_matches(flow.match, sb.port_key):
-        match = tuple(sorted((*conj, dp_match), key=lambda m: m.field))
-        rules.append(Rule(flow.stage.table, flow.priority, match, flow.actions, cookie=flow))
-    return rules
+    return rules_of(flow, conjunctions(flow.match, sb.port_key))
 
 
 def all_rules(sb: SBState, flows: Iterable[LogicalFlow] | None = None) -> list[Rule]:

@@ -47,6 +47,25 @@ class Rule:
     match: tuple[FieldMatch, ...]
     actions: tuple[Any, ...]
     cookie: Any = field(default=None, compare=False)
+    # the hash, made once: an install of 150k rules hashes each in the translator, the
+    # reconciler's plan and the classifier, and a rule's hash walks every match and action
+    _hash: int = field(init=False, default=0, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        try:
+            made = hash((self.table, self.priority, self.match, self.actions))
+        except TypeError:  # unhashable actions: hashing the rule raises, as it always did
+            made = -1  # never a hash value in CPython
+        object.__setattr__(self, "_hash", made)
+
+    def __hash__(self) -> int:
+        if self._hash == -1:
+            return hash((self.table, self.priority, self.match, self.actions))
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[Rule], tuple[Any, ...]]:
+        # rebuilt (and hashed again) on unpickling: string hashes differ between processes
+        return Rule, (self.table, self.priority, self.match, self.actions, self.cookie)
 
     def matches(self, key: Sequence[int]) -> bool:
         return all(m.matches(key) for m in self.match)

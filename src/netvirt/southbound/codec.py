@@ -26,6 +26,10 @@ wire_form(sb)`` — and exactly ``sb`` for states whose values have no
 spelling. Provenance does survive (flow equality ignores it; the codec tests
 compare it separately).
 
+Decoding parses each distinct match or action text of a flow block once
+(:class:`_Texts`): most repeat across switches, and a port-free match then
+decodes to one object shared by its rows (docs/compiler.md).
+
 Every decoding error (missing field, bad text, unknown port) raises
 :class:`CodecError`, so a client can tell a broken peer from a broken link.
 """
@@ -365,13 +369,56 @@ def _resolver(table: PortTable, dp: int) -> Callable[[str], int]:
     return resolve
 
 
-def _decode_row(row: list[Any], table: PortTable) -> LogicalFlow:
+def _has_ports(expr: Expr) -> bool:
+    return next(_port_values(expr), None) is not None
+
+
+class _Texts:
+    """Parsed match and action texts of one flow block, shared between its rows.
+
+    Most texts repeat across datapaths (the same ACL, address-set or DHCP flow in
+    every switch): each distinct text is parsed once. A match without port values
+    decodes to the very same object for every row that spells it (which also lets
+    the agent's translator recognise it); one with ports gets its keys per datapath.
+    Actions are reused when every port name they resolved means the same key in the
+    row's datapath (recorded while parsing), else parsed again."""
+
+    def __init__(self, table: PortTable) -> None:
+        self.table = table
+        self.matches: dict[str, tuple[Expr, bool]] = {}
+        self.actions: dict[str, tuple[tuple[object, ...], tuple[tuple[str, int], ...]]] = {}
+
+    def match(self, text: str, dp: int) -> Expr:
+        entry = self.matches.get(text)
+        if entry is None:
+            parsed = parse_match(text)
+            entry = self.matches[text] = (parsed, _has_ports(parsed))
+        parsed, ports = entry
+        return _with_keys(parsed, _resolver(self.table, dp)) if ports else parsed
+
+    def actions_of(self, text: str, dp: int) -> tuple[object, ...]:
+        names = self.table.get(dp, {})
+        entry = self.actions.get(text)
+        if entry is not None and all(names.get(n) == k for n, k in entry[1]):
+            return entry[0]
+        resolve = _resolver(self.table, dp)
+        used: dict[str, int] = {}
+
+        def recording(name: str) -> int:
+            used[name] = key = resolve(name)
+            return key
+
+        parsed = parse_actions(text, recording)
+        self.actions[text] = (parsed, tuple(used.items()))
+        return parsed
+
+
+def _decode_row(row: list[Any], texts: _Texts) -> LogicalFlow:
     dp, stage_name, priority, match_text, actions_text, builder, kind, nb_id, note = row
     dp = int(dp)
-    resolve = _resolver(table, dp)
     try:
-        match = _with_keys(parse_match(match_text), resolve)
-        actions = parse_actions(actions_text, resolve)
+        match = texts.match(match_text, dp)
+        actions = texts.actions_of(actions_text, dp)
         st = stage(stage_name)
     except (ParseError, KeyError) as err:
         raise CodecError(f"bad flow {row!r}: {err}") from None
@@ -383,7 +430,8 @@ def decode_flows(block: Wire) -> list[LogicalFlow]:
     table: PortTable = {
         int(dp): {str(n): int(k) for n, k in names.items()} for dp, names in block["ports"].items()
     }
-    return [_decode_row(row, table) for row in block["rows"]]
+    texts = _Texts(table)
+    return [_decode_row(row, texts) for row in block["rows"]]
 
 
 # =========================================================================== states and deltas

@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -92,6 +93,8 @@ from netvirt.southbound.hosts import Received
 from netvirt.southbound.model import Chassis, PortBinding, SBState
 from netvirt.southbound.source import SBDelta, SBSource
 
+log = logging.getLogger(__name__)
+SLOW_ENCODE = 0.5  # seconds: encoding a change for longer than this is logged
 ENCAPS = ("geneve", "vxlan")
 HEALTH_STATUSES = ("ONLINE", "ERROR")
 ALIVE_AFTER = 10.0  # seconds of silence after which a host is down (5 missed stats reports)
@@ -129,7 +132,17 @@ class Change:
     def body(self) -> bytes:
         """:meth:`wire` as compact JSON bytes (serialized once as well)."""
         if self._body is None:
+            started = time.perf_counter()
             self._body = json.dumps(self.wire(), separators=(",", ":")).encode()
+            took = time.perf_counter() - started
+            if took >= SLOW_ENCODE:
+                log.info(
+                    "encoded SB %s of generation %d: %.1f MB in %.3fs",
+                    "delta" if isinstance(self.result, SBDelta) else "state",
+                    self.state.generation,
+                    len(self._body) / 1e6,
+                    took,
+                )
         return self._body
 
 

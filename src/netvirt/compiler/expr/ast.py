@@ -78,10 +78,11 @@ def conj(*terms: Expr) -> Expr:
     """AND of terms, flattening nested ANDs and dropping ``1``."""
     flat: list[Expr] = []
     for t in terms:
-        if isinstance(t, And):
-            flat.extend(t.terms)
-        elif t == TRUE:
-            continue
+        kind = type(t)
+        if kind is And:
+            flat.extend(t.terms)  # type: ignore[union-attr]
+        elif kind is Const and t.value:  # type: ignore[union-attr]
+            continue  # ``1`` (compared by type: ``==`` on dataclasses was a hot spot)
         else:
             flat.append(t)
     if not flat:
