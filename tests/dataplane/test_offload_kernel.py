@@ -238,3 +238,31 @@ def test_rewrites_beyond_the_kernel_value_stay_in_user_space() -> None:
     assert pack_value(9, Rewrite(five, (), layout.end), 0, layout) is None
     seeded_ip = Rewrite((), ((24, 1, True, False),), layout.end)  # not a real IPv4 sum
     assert pack_value(9, seeded_ip, 0, layout) is None
+
+
+def test_batched_writes_reach_the_kernel_map(loaded: bpf.Loaded) -> None:
+    import ctypes
+
+    from netvirt.dataplane.offload.kmap import BatchedMap
+    from netvirt.dataplane.offload.manager import VALUE_SIZE
+
+    flows = BatchedMap(loaded.lib, loaded.flows_fd)
+    assert flows.batched
+    keys = [pack_key(LO, "udp4", bytes([n]) * 32) for n in range(5)]
+    for n, key in enumerate(keys):
+        flows.put(key, bytes([n + 1]) * VALUE_SIZE)
+    flows.commit_now()
+    assert flows.syscalls == 1  # one batch for five entries
+
+    def lookup(key: bytes) -> bytes | None:
+        kb = ctypes.create_string_buffer(key, len(key))
+        vb = ctypes.create_string_buffer(VALUE_SIZE)
+        return vb.raw if loaded.lib.bpf_map_lookup_elem(loaded.flows_fd, kb, vb) == 0 else None
+
+    assert [lookup(k) for k in keys] == [bytes([n + 1]) * VALUE_SIZE for n in range(5)]
+    _remove(loaded, keys[2])  # gone behind its back: the batch delete goes on past it
+    for key in keys:
+        flows.delete(key)
+    flows.commit_deletes()
+    assert [lookup(k) for k in keys] == [None] * 5
+    assert flows.live == {}

@@ -10,10 +10,13 @@ from typing import Any
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from netvirt.agent.batchwork import ToTunnel
+from netvirt.agent.physical import Remote
 from netvirt.dataplane.drops import DropReason
 from netvirt.dataplane.fastpath import Entry, FlowCache, Output, Rewrite, frame_key
 from netvirt.dataplane.offload import bpf
 from netvirt.dataplane.offload.manager import VALUE_SIZE, KernelOffload, pack_key
+from netvirt.dataplane.offload.tunnel import Route, Underlay, template
 
 
 class FakeLib:
@@ -21,19 +24,45 @@ class FakeLib:
 
     def __init__(self) -> None:
         self.maps: dict[int, dict[bytes, bytes]] = {}
+        self.calls = 0  # map syscalls
 
     def bpf_map_update_elem(self, fd: int, key: Any, value: Any, _flags: int) -> int:
+        self.calls += 1
         self.maps.setdefault(fd, {})[bytes(key.raw)] = bytes(value.raw)
         return 0
 
     def bpf_map_delete_elem(self, fd: int, key: Any) -> int:
+        self.calls += 1
         return 0 if self.maps.get(fd, {}).pop(bytes(key.raw), None) is not None else -1
 
     def bpf_map_lookup_elem(self, fd: int, key: Any, value: Any) -> int:
         return -1
 
+    def bpf_map_update_batch(self, fd: int, keys: Any, values: Any, count: Any, _o: Any) -> int:
+        self.calls += 1
+        n = count._obj.value
+        ksize, vsize = len(keys.raw) // n, len(values.raw) // n
+        for i in range(n):
+            key = bytes(keys.raw[i * ksize : (i + 1) * ksize])
+            self.maps.setdefault(fd, {})[key] = bytes(values.raw[i * vsize : (i + 1) * vsize])
+        return 0
+
+    def bpf_map_delete_batch(self, fd: int, keys: Any, count: Any, _o: Any) -> int:
+        self.calls += 1
+        n = count._obj.value
+        size = len(keys.raw) // n
+        table = self.maps.setdefault(fd, {})
+        for i in range(n):
+            if table.pop(bytes(keys.raw[i * size : (i + 1) * size]), None) is None:
+                count._obj.value = i
+                return -1
+        return 0
+
     def bpf_object__close(self, _obj: int) -> None:
         pass
+
+    def bpf_tc_detach(self, _hook: Any, _opts: Any) -> int:
+        return 0
 
 
 FLOWS = 3
@@ -65,6 +94,7 @@ def test_an_entry_between_local_ports_goes_down_with_its_key_and_deadline() -> N
     manager, lib, cache = offload()
     key, covered = frame()
     cache.insert(key, entry())
+    manager.flows.commit_now()
     kernel = lib.maps[FLOWS]
     assert list(kernel) == [pack_key(10, "udp4", covered)]
     value = next(iter(kernel.values()))
@@ -99,8 +129,10 @@ def test_entries_leave_with_a_flush_a_connection_change_and_an_eviction() -> Non
     keys = [frame(sport=100 + n)[0] for n in range(8)]
     for key in keys:
         cache.insert(key, entry())
+    manager.flows.commit_now()
     assert len(lib.maps[FLOWS]) == 8
     cache.insert(frame(sport=999)[0], entry())  # full: the oldest eighth (one) is evicted
+    manager.flows.commit_now()
     assert len(lib.maps[FLOWS]) == 8
     assert keys[0] not in manager.keys
     assert keys[0] not in manager.by_conn["conn"]  # an evicted entry leaves its connection too
@@ -110,19 +142,148 @@ def test_entries_leave_with_a_flush_a_connection_change_and_an_eviction() -> Non
     assert lib.maps[FLOWS] == {}
     assert manager.by_conn == {}
     cache.insert(keys[1], entry())
+    manager.flows.commit_now()
     assert len(lib.maps[FLOWS]) == 1
     cache.sync("new rules")  # installed state changed: everything goes
     assert lib.maps[FLOWS] == {}
     assert manager.keys == {}
 
 
-def test_a_relearned_entry_replaces_the_kernel_one() -> None:
+def test_a_relearned_entry_replaces_the_kernel_one_at_once() -> None:
     manager, lib, cache = offload()
     key, _ = frame()
     cache.insert(key, entry())
+    manager.flows.commit_now()
     cache.insert(key, Entry((Output("vm-a", Rewrite()),), (), (), 99.9))  # now back to a
-    values = list(lib.maps[FLOWS].values())
+    values = list(lib.maps[FLOWS].values())  # (no commit: another outcome goes down at once)
     assert len(values) == 1
     assert int.from_bytes(values[0][24:28], "little") == 10
-    cache.insert(key, entry(dest=("geneve", "10.0.0.9")))  # and now to a tunnel: gone
+    cache.insert(key, entry(dest=("geneve", "10.0.0.9")))  # and now unservable here: gone
     assert lib.maps[FLOWS] == {}
+
+
+def test_inserts_wait_for_a_commit_and_go_down_in_one_syscall() -> None:
+    manager, lib, cache = offload()
+    now = [50.0]
+    manager.flows.clock = lambda: now[0]
+    manager.flows.delay = 0.005
+    cache.sync("rules")
+    for n in range(5):
+        cache.insert(frame(sport=200 + n)[0], entry())
+    cache.sync("rules")  # a batch starts, but the queue is younger than its delay
+    assert lib.maps.get(FLOWS, {}) == {}
+    assert lib.calls == 0
+    now[0] += manager.flows.delay
+    cache.sync("rules")
+    assert len(lib.maps[FLOWS]) == 5
+    assert lib.calls == 1
+    assert manager.stats()["written"] == 5
+
+
+def test_a_same_outcome_waits_and_a_learned_then_dropped_entry_never_goes_down() -> None:
+    manager, lib, cache = offload()
+    key, _ = frame()
+    cache.insert(key, entry())
+    manager.flows.commit_now()
+    calls = lib.calls
+    cache.insert(key, entry())  # revalidated: same outcome, a new deadline (may wait)
+    assert lib.calls == calls
+    other, _ = frame(sport=7)
+    cache.insert(other, Entry((Output("vm-b", Rewrite()),), (), (("short", 1),), 99.5))
+    changed = cache.epochs.on_change
+    assert changed is not None
+    changed("short")  # its connection ended before any commit: nothing to delete
+    assert lib.calls == calls
+    manager.flows.commit_now()
+    assert list(lib.maps[FLOWS]) == [manager.keys[key][0]]
+
+
+def test_an_invalidation_takes_queued_evictions_with_it() -> None:
+    manager, lib, cache = offload()
+    keys = [frame(sport=300 + n)[0] for n in range(8)]
+    for key in keys:
+        cache.insert(key, entry())
+    manager.flows.commit_now()
+    cache.insert(frame(sport=999)[0], entry())  # evicts keys[0]: its delete may wait
+    assert len(lib.maps[FLOWS]) == 8
+    assert manager.flows.pending == 2
+    changed = cache.epochs.on_change
+    assert changed is not None
+    changed("conn")  # every entry depends on it: all out now, the eviction too
+    assert lib.maps[FLOWS] == {}
+    assert manager.flows.pending == 0
+
+
+def tunnel_offload() -> tuple[KernelOffload, FakeLib, FlowCache]:
+    manager, lib, cache = offload()
+    manager.underlay = Underlay("192.0.2.1", 6081, "ul0", 20)
+    manager.routes = {"192.0.2.2": Route(20, 1400), "192.0.2.3": None}
+    return manager, lib, cache
+
+
+def to_tunnel(ip: str = "192.0.2.2", encap: str = "geneve") -> ToTunnel:
+    return ToTunnel(Remote("hv2", ip, encap), 5, 3, 4)  # type: ignore[arg-type]
+
+
+def test_a_flow_into_the_tunnel_goes_down_with_its_outer_headers() -> None:
+    manager, lib, cache = tunnel_offload()
+    key, covered = frame()
+    cache.insert(key, entry(dest=to_tunnel()))
+    manager.flows.commit_now()
+    [(kernel_key, value)] = lib.maps[FLOWS].items()
+    assert kernel_key == pack_key(10, "udp4", covered)
+    assert int.from_bytes(value[24:28], "little") == 20  # the route's device
+    assert (value[116], int.from_bytes(value[118:120], "little")) == (1, 1400)
+    assert value[120:168] == template("192.0.2.1", "192.0.2.2", 6081, 5, 3, 4)
+    assert manager.stats()["tunnel"]["encap_entries"] == 1  # type: ignore[index]
+
+
+def test_a_flow_out_of_the_tunnel_is_keyed_by_the_underlay_vni_and_ports() -> None:
+    manager, lib, cache = tunnel_offload()
+    _, covered = frame()
+    cache.insert((5, 3, 4, covered, False), entry(dest="vm-b"))
+    manager.flows.commit_now()
+    [(kernel_key, value)] = lib.maps[FLOWS].items()
+    assert kernel_key == pack_key(20, "udp4", covered, 5, 3 << 16 | 4)
+    assert int.from_bytes(value[24:28], "little") == 11
+    assert value[116] == 0  # delivered, not encapsulated
+
+
+def test_tunnel_flows_the_kernel_must_not_serve_stay_out() -> None:
+    manager, lib, cache = tunnel_offload()
+    _, covered = frame()
+    for _n, (key, dest) in enumerate(
+        (
+            ((5, None, None, covered, False), "vm-b"),  # VXLAN: no logical ports
+            ((5, 3, 4, covered, False), to_tunnel()),  # never re-tunnelled
+            (frame(sport=2)[0], to_tunnel(encap="vxlan")),
+            (frame(sport=3)[0], to_tunnel(ip="192.0.2.3")),  # no route
+            (frame(sport=4)[0], to_tunnel(ip="2001:db8::2")),  # an IPv6 underlay
+        )
+    ):
+        cache.insert(key, entry(dest=dest))
+    manager.flows.commit_now()
+    assert lib.maps.get(FLOWS, {}) == {}
+    assert manager.refused == 5
+
+
+def test_without_an_underlay_tunnel_flows_stay_in_user_space() -> None:
+    manager, lib, cache = offload()
+    manager._underlay_tried = time.monotonic()  # just looked: no Geneve endpoint open
+    cache.insert(frame()[0], entry(dest=to_tunnel()))
+    cache.insert((5, 3, 4, frame()[1], False), entry(dest="vm-b"))
+    manager.flows.commit_now()
+    assert lib.maps.get(FLOWS, {}) == {}
+
+
+def test_closing_a_port_takes_the_flows_to_it_out_too() -> None:
+    manager, lib, cache = tunnel_offload()
+    _, covered = frame()
+    cache.insert((5, 3, 4, covered, False), entry(dest="vm-b"))  # tunnel -> vm-b
+    cache.insert(frame(sport=9)[0], entry(dest="vm-b"))  # vm-a -> vm-b
+    cache.insert(frame(sport=10)[0], entry(dest=to_tunnel()))  # vm-a -> the tunnel
+    manager.flows.commit_now()
+    assert len(lib.maps[FLOWS]) == 3
+    manager.port_closed("vm-b")  # its ifindex may come back as another device's
+    assert len(lib.maps[FLOWS]) == 1
+    assert [key[0] for key in manager.keys] == ["vm-a"]

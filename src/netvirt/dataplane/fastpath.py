@@ -448,9 +448,11 @@ class CacheListener(Protocol):
     """Told what the exact cache keeps (the kernel offload mirrors it)."""
 
     def inserted(self, key: Hashable, entry: Entry) -> None: ...
-    def forget(self, key: Hashable) -> None: ...
+    def forget(self, key: Hashable) -> None: ...  # no longer valid: must not be served
+    def evicted(self, key: Hashable) -> None: ...  # still valid, dropped for room
     def flushed(self) -> None: ...
     def conn_changed(self, conn: Hashable) -> None: ...
+    def commit(self) -> None: ...  # once per batch, before its lookups (batched writes)
 
 
 @dataclass
@@ -475,8 +477,11 @@ class FlowCache:
         self.epochs.on_change = listener.conn_changed
 
     def sync(self, version: Hashable) -> None:
-        """Flush when what the entries were learned under changed (call once per batch)."""
+        """Flush when what the entries were learned under changed (call once per batch;
+        the listener commits its queued writes here too)."""
         version = (version, self.epochs.generation)
+        if self.listener is not None:
+            self.listener.commit()
         if version != self.version:
             if self.listener is not None:
                 self.listener.flushed()
@@ -514,7 +519,7 @@ class FlowCache:
         if key not in entries and len(entries) >= self.capacity:
             if listener is not None:
                 for old in itertools.islice(entries, max(1, self.capacity // 8)):
-                    listener.forget(old)
+                    listener.evicted(old)
             self.entries = entries = evict_oldest(entries, self.capacity)
             self.counters.evictions += self.capacity - len(entries)
         entries[key] = entry

@@ -19,11 +19,37 @@ checksum — switching, routing (MACs, TTL, the IPv4 header checksum adjusted by
 the slow path's constant) and NAT (addresses and ports: the program updates the
 L4 checksum from each changed word's old and new value with
 ``bpf_l4_csum_replace``, which also keeps a checksum-offload seed right for the
-new pseudo-header) — no drop, neither port policed nor health-checked. Tunnel
-outputs (another host) stay in user space. Its key is the entry's key:
-ingress ifindex, layout and the covered header bytes, after the same sanity
-checks as ``fastpath.frame_key`` (a malformed frame never matches and goes to
-the datapath, which drops it under its reason).
+new pseudo-header) — no drop, neither port policed nor health-checked. Its key
+is the entry's key: ingress ifindex, layout and the covered header bytes, after
+the same sanity checks as ``fastpath.frame_key`` (a malformed frame never
+matches and goes to the datapath, which drops it under its reason).
+
+*Across hosts* (Geneve over IPv4, ``tunnel.py``). An entry whose one output is a
+port on another host is offloaded with the outer headers the user-space tunnel
+would send as a template; ``forward`` patches the frame, grows it with
+``bpf_skb_adjust_room``, writes the outer IPv4/UDP/Geneve headers (total length
+and checksum completed per frame) and hands it to ``bpf_redirect_neigh`` on the
+underlay device (the kernel has no ``geneve`` module, so no tunnel key helper).
+GSO super-frames, frames past the underlay's room and, for a second after a
+super-frame, the rest of that connection direction stay with the datapath (only
+it writes netvirt's offload option; a stream's small frames must not overtake its
+big ones); ``decap`` keeps a flow whose datagrams say GSO with the datapath the
+same way. An entry learned for a Geneve packet (VNI, logical ports, inner key) with
+one output to a local port is keyed by the underlay device, VNI and ports;
+``decap``, at TC ingress of the underlay device, serves datagrams of exactly
+netvirt's shape for this host: strip, patch, redirect. Everything else — other
+traffic, malformed or unknown datagrams, misses, revalidations — goes on to the
+stack and the datapath's socket. The kernel cannot tell a finished L4 checksum
+from a CHECKSUM_PARTIAL seed, so it sends inner frames as they are and marks
+its datagrams (``tunnels/geneve.py``, option type 0x82): a receiving datapath
+then takes a frame whose checksum equals its seed as needing its checksum.
+
+*Batched writes* (``kmap.py``). Map writes are queued and applied in one batch
+syscall. Inserts, and deletes of entries that are still valid (evictions), may
+wait a few milliseconds (the datapath serves the flow meanwhile); whatever makes
+a kernel entry wrong — a flush, a connection's state change, an invalid entry, a
+relearned flow with another outcome — is applied at once, with every queued
+delete, before the datapath handles another frame.
 
 *Who serves a frame.* Packet sockets see a frame before TC ingress, so two
 programs share the flow map (``flows.bpf.c``): ``punt``, the socket filter of

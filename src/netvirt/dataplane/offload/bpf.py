@@ -143,6 +143,8 @@ class Loaded:
     stats_fd: int
     ports_fd: int
     flows_value_size: int = 0
+    decap_fd: int = -1  # ``decap``, for TC ingress of the underlay device
+    tunnel_fd: int = -1  # the underlay address and port ``decap`` accepts
 
     def close(self) -> None:
         if self.obj:
@@ -168,6 +170,8 @@ def load(path: Path | None = None) -> Loaded:
         (lib.bpf_object__find_map_by_name, lib.bpf_map__fd, b"flows"),
         (lib.bpf_object__find_map_by_name, lib.bpf_map__fd, b"stats"),
         (lib.bpf_object__find_map_by_name, lib.bpf_map__fd, b"ports"),
+        (lib.bpf_object__find_program_by_name, lib.bpf_program__fd, b"decap"),
+        (lib.bpf_object__find_map_by_name, lib.bpf_map__fd, b"tunnel"),
     ):
         handle = finder(obj, name)
         fd = getter(handle) if handle else -1
@@ -176,16 +180,20 @@ def load(path: Path | None = None) -> Loaded:
             raise OffloadUnavailable(f"{name.decode()} missing from {target}")
         fds.append(fd)
     value_size = lib.bpf_map__value_size(lib.bpf_object__find_map_by_name(obj, b"flows"))
-    forward_fd, punt_fd, flows_fd, stats_fd, ports_fd = fds
-    return Loaded(lib, obj, forward_fd, punt_fd, flows_fd, stats_fd, ports_fd, value_size)
+    forward_fd, punt_fd, flows_fd, stats_fd, ports_fd, decap_fd, tunnel_fd = fds
+    return Loaded(
+        lib, obj, forward_fd, punt_fd, flows_fd, stats_fd, ports_fd, value_size, decap_fd, tunnel_fd
+    )
 
 
-def attach_ingress(loaded: Loaded, ifindex: int) -> None:
-    """Attach ``forward`` at TC ingress of ``ifindex`` (creating its clsact qdisc)."""
+def attach_ingress(loaded: Loaded, ifindex: int, prog_fd: int | None = None) -> None:
+    """Attach ``forward`` (or ``prog_fd``: ``decap``) at TC ingress of ``ifindex``
+    (creating its clsact qdisc)."""
     lib = loaded.lib
     hook = _TcHook(ctypes.sizeof(_TcHook), ifindex, BPF_TC_INGRESS, 0)
     lib.bpf_tc_hook_create(ctypes.byref(hook))  # EEXIST is fine
-    opts = _TcOpts(ctypes.sizeof(_TcOpts), loaded.forward_fd, 1, 0, 1, 1)  # REPLACE
+    fd = loaded.forward_fd if prog_fd is None else prog_fd
+    opts = _TcOpts(ctypes.sizeof(_TcOpts), fd, 1, 0, 1, 1)  # REPLACE
     if lib.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts)) != 0:
         err = ctypes.get_errno()
         raise OffloadUnavailable(f"TC attach on ifindex {ifindex}: {os.strerror(err)}")
@@ -198,14 +206,17 @@ def detach_ingress(loaded: Loaded, ifindex: int) -> None:
     loaded.lib.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
 
 
-def run_once(prog_fd: int, lib: ctypes.CDLL, frame: bytes, ifindex: int) -> tuple[int, bytes]:
+def run_once(
+    prog_fd: int, lib: ctypes.CDLL, frame: bytes, ifindex: int, gso_size: int = 0
+) -> tuple[int, bytes]:
     """Run a program once on ``frame`` (BPF_PROG_TEST_RUN): its return code and the
-    frame as it left it (for tests and the self-check)."""
+    frame as it left it (for tests and the self-check); ``gso_size``: as a super-frame."""
     size = len(frame) + 256
     out = ctypes.create_string_buffer(size)
     data = ctypes.create_string_buffer(frame, len(frame))
     ctx = (ctypes.c_uint32 * 48)()  # struct __sk_buff: ifindex is its 11th u32
     ctx[10] = ifindex
+    ctx[44] = gso_size  # (__sk_buff.gso_size)
     opts = _TestRunOpts()
     opts.sz = ctypes.sizeof(_TestRunOpts)
     opts.data_in = ctypes.cast(data, ctypes.c_void_p)

@@ -10,8 +10,13 @@
 //    the datapath.
 //  - `forward` is the TC ingress program of the same device: an entry -> the
 //    entry's byte patches and IPv4 header checksum adjustment, then a redirect to
-//    the output device. No entry -> TC_ACT_OK (the host stack; the datapath has
-//    its copy).
+//    the output device (or, for an encap entry, the outer Geneve headers and a
+//    redirect_neigh to the underlay device). No entry -> TC_ACT_OK (the host
+//    stack; the datapath has its copy).
+//  - `decap` is the TC ingress program of the underlay device: a Geneve datagram of
+//    netvirt's exact shape for this host whose inner frame has an entry -> strip,
+//    patches, redirect to the VM's port; anything else -> the stack and the
+//    datapath's tunnel socket.
 // The key is exactly the exact cache's: the frame's covered header bytes for its
 // layout (fastpath.Layout), after the same sanity checks (fastpath.frame_key).
 #include <linux/bpf.h>
@@ -26,12 +31,17 @@
 #define HDR_MAX 74
 #define GRACE_NS 2000000000ULL
 #define RETRY_NS 100000000ULL
+#define TPL_BYTES 48     // outer IPv4 (20) + UDP (8) + Geneve with its two options (20)
+#define OUTER_BYTES 62   // TPL_BYTES + the outer Ethernet header
+#define BULK_NS 1000000000ULL  // a flow into the tunnel stays bulk 1 s after a super-frame
 
 enum layout { L_NONE = 0, L_TCP4 = 1, L_UDP4 = 2, L_ICMP4 = 3, L_TCP6 = 4, L_UDP6 = 5, L_ICMP6 = 6 };
 
 struct fkey {
-	__u32 ifindex;
+	__u32 ifindex;    // the ingress device (a port, or the underlay for decap entries)
 	__u32 layout;
+	__u32 vni;        // decap entries: the Geneve VNI and the logical ingress << 16 | egress
+	__u32 tun_ports;  // (0 for frames from a local port)
 	__u8 bytes[KEY_BYTES];
 };
 
@@ -63,6 +73,11 @@ struct fval {
 	__u8 udp;           // a computed 0 is sent as 0xFFFF
 	__u8 pad;
 	struct csum_word words[MAX_WORDS];
+	__u8 encap;         // 1: encapsulate (Geneve, tpl) and redirect_neigh to out_ifindex
+	__u8 pad2;
+	__u16 max_len;      // encap: longer frames (and GSO super-frames) go to the datapath
+	__u8 tpl[TPL_BYTES];  // encap: outer IPv4 (total length 0) + UDP + Geneve headers
+	__u64 retry_ns;     // decap: past the deadline, the next datagram for the datapath
 };
 
 struct {
@@ -127,15 +142,15 @@ struct {
 
 #define COPY(dst, src, n) __builtin_memcpy((dst), (src), (n))
 
-// The frame's key (fastpath.frame_key's checks and covered ranges); 0 if none.
-static __always_inline int make_key(struct __sk_buff *skb, struct fkey *k)
+// The key of the frame at `base` of `size` bytes (fastpath.frame_key's checks and covered
+// ranges); 0 if none.
+static __always_inline int make_key(struct __sk_buff *skb, __u32 base, __u32 size, struct fkey *k)
 {
 	__u8 h[HDR_MAX];
-	__u32 size = skb->len;
 
 	if (size < 42)
 		return 0;
-	if (bpf_skb_load_bytes(skb, 0, h, 42) < 0)
+	if (bpf_skb_load_bytes(skb, base + 0, h, 42) < 0)
 		return 0;
 	if (h[0] & 1)
 		return 0;
@@ -155,7 +170,7 @@ static __always_inline int make_key(struct __sk_buff *skb, struct fkey *k)
 		if (proto == 6) {
 			if (end < 54 || size < 54)
 				return 0;
-			if (bpf_skb_load_bytes(skb, 42, h + 42, 12) < 0)
+			if (bpf_skb_load_bytes(skb, base + 42, h + 42, 12) < 0)
 				return 0;
 			if (34 + (h[46] >> 4) * 4 > end || (h[47] & 0x07))
 				return 0;
@@ -187,7 +202,7 @@ static __always_inline int make_key(struct __sk_buff *skb, struct fkey *k)
 		return 0;
 	}
 	if (h[12] == 0x86 && h[13] == 0xdd && size >= 62) {
-		if (bpf_skb_load_bytes(skb, 42, h + 42, 20) < 0)
+		if (bpf_skb_load_bytes(skb, base + 42, h + 42, 20) < 0)
 			return 0;
 		__u32 end = 54 + ((__u32)h[18] << 8 | h[19]);
 		if (end > size)
@@ -196,7 +211,7 @@ static __always_inline int make_key(struct __sk_buff *skb, struct fkey *k)
 		if (proto == 6) {
 			if (end < 74 || size < 74)
 				return 0;
-			if (bpf_skb_load_bytes(skb, 62, h + 62, 12) < 0)
+			if (bpf_skb_load_bytes(skb, base + 62, h + 62, 12) < 0)
 				return 0;
 			if (54 + (h[66] >> 4) * 4 > end || (h[67] & 0x07))
 				return 0;
@@ -226,16 +241,63 @@ static __always_inline int make_key(struct __sk_buff *skb, struct fkey *k)
 	return 0;
 }
 
+// A flow into the tunnel that sends GSO super-frames (bulk TCP) is the datapath's, every
+// frame of it: super-frames keep their metadata only in netvirt's offload option, which
+// only the datapath writes, and the flow's small frames must not overtake them through
+// the kernel (reordering a TCP stream costs retransmits). `bulk` remembers such flows
+// for BULK_NS after their last super-frame.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct fkey);
+	__type(value, __u64);
+} bulk SEC(".maps");
+
+// The `bulk` key of a frame: its flow's key without the TCP flags (a stream's super-frames
+// carry PSH, its other segments may not: other exact flows, the same connection).
+static __always_inline void bulk_key(struct fkey *k, struct fkey *b)
+{
+	*b = *k;
+	if (b->layout == L_TCP4) {
+		b->bytes[32] = 0;
+		b->bytes[33] = 0;
+	} else if (b->layout == L_TCP6) {
+		b->bytes[56] = 0;
+		b->bytes[57] = 0;
+	}
+}
+
+// Whether the kernel serves this frame of an entry: always, except for an encap entry's
+// frames that are GSO super-frames, longer than the underlay's room, or of a bulk flow.
+// Both programs apply the same test (`punt` first, which records a super-frame), so a
+// frame `punt` gives the datapath is one `forward` leaves alone.
+static __always_inline int encap_fits(struct __sk_buff *skb, struct fval *v, struct fkey *k)
+{
+	if (!v->encap)
+		return 1;
+	if (skb->len > v->max_len)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	struct fkey b;
+	bulk_key(k, &b);
+	if (skb->gso_size) {
+		bpf_map_update_elem(&bulk, &b, &now, BPF_ANY);
+		return 0;
+	}
+	__u64 *last = bpf_map_lookup_elem(&bulk, &b);
+	return !(last && now - *last < BULK_NS);
+}
+
 SEC("socket")
 int punt(struct __sk_buff *skb)
 {
 	struct fkey k = {};
 
 	k.ifindex = skb->ifindex;
-	if (!make_key(skb, &k))
+	if (!make_key(skb, 0, skb->len, &k))
 		return skb->len;
 	struct fval *v = bpf_map_lookup_elem(&flows, &k);
-	if (!v)
+	if (!v || !encap_fits(skb, v, &k))
 		return skb->len;
 	__u64 now = bpf_ktime_get_ns();
 	if (now > v->deadline_ns) {
@@ -256,33 +318,9 @@ int punt(struct __sk_buff *skb)
 	return 0;
 }
 
-SEC("tc")
-int forward(struct __sk_buff *skb)
+// The entry's byte patches and checksum updates on the frame at offset 0; 0 or TC_ACT_SHOT.
+static __always_inline int rewrite(struct __sk_buff *skb, struct fval *v)
 {
-	struct fkey k = {};
-	__u32 zero = 0;
-	struct punted *p = bpf_map_lookup_elem(&last_punt, &zero);
-
-	if (p && p->ifindex) {
-		int mine = p->ifindex == skb->ifindex && p->len == skb->len;
-		p->ifindex = 0;
-		if (mine) {
-			count(4, 1);
-			return TC_ACT_OK;  // the datapath has this frame (revalidation)
-		}
-	}
-	k.ifindex = skb->ifindex;
-	if (!make_key(skb, &k))
-		return TC_ACT_OK;
-	struct fval *v = bpf_map_lookup_elem(&flows, &k);
-	if (!v) {
-		count(3, 1);
-		return TC_ACT_OK;
-	}
-	// the filter punts entries at their deadline; past it by GRACE_NS only when no
-	// datapath socket runs the filter (a datapath that died): stop serving then
-	if (bpf_ktime_get_ns() > v->deadline_ns + GRACE_NS)
-		return TC_ACT_OK;
 	__u16 old[MAX_WORDS] = {};
 	__u32 nw = v->nwords;
 	for (int i = 0; i < MAX_WORDS; i++) {
@@ -327,21 +365,226 @@ int forward(struct __sk_buff *skb)
 		if (bpf_skb_store_bytes(skb, 24, c, 2, 0) < 0)
 			return TC_ACT_SHOT;
 	}
+	return 0;
+}
+
+static __always_inline void account(struct fval *v, __u32 in_ifindex, __u32 len)
+{
 	__sync_fetch_and_add(&v->packets, 1);
-	__sync_fetch_and_add(&v->bytes, skb->len);
+	__sync_fetch_and_add(&v->bytes, len);
 	count(0, 1);
-	count(1, skb->len);
-	struct pstat *in = bpf_map_lookup_elem(&ports, &k.ifindex);
+	count(1, len);
+	struct pstat *in = bpf_map_lookup_elem(&ports, &in_ifindex);
 	if (in) {
 		in->rx_packets += 1;
-		in->rx_bytes += skb->len;
+		in->rx_bytes += len;
 	}
 	__u32 out_ifindex = v->out_ifindex;
 	struct pstat *out = bpf_map_lookup_elem(&ports, &out_ifindex);
 	if (out) {
 		out->tx_packets += 1;
-		out->tx_bytes += skb->len;
+		out->tx_bytes += len;
 	}
+}
+
+// Put the rewritten frame into the entry's outer headers (the Geneve datagram the user-space
+// tunnel would send: tunnels/geneve.py kernel_header) and hand it to the underlay device;
+// the neighbour subsystem writes the outer Ethernet addresses.
+static __always_inline int encapsulate(struct __sk_buff *skb, struct fval *v)
+{
+	__u8 eth[14];
+	__u8 t[TPL_BYTES];
+	__u32 inner = skb->len;
+
+	if (bpf_skb_load_bytes(skb, 0, eth, 14) < 0)
+		return TC_ACT_SHOT;
+	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
+		      BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
+		      BPF_F_ADJ_ROOM_ENCAP_L2(14);
+	if (bpf_skb_adjust_room(skb, TPL_BYTES + 14, BPF_ADJ_ROOM_MAC, flags) < 0)
+		return TC_ACT_SHOT;
+	COPY(t, v->tpl, TPL_BYTES);
+	__u32 total = inner + TPL_BYTES;  // the outer IPv4 packet: headers, then the frame
+	__u32 sum = (__u32)t[10] << 8 | t[11];
+	sum = fold((sum ^ 0xFFFF) + total) ^ 0xFFFF;  // the template's checksum, length added
+	t[2] = total >> 8;
+	t[3] = total & 0xFF;
+	t[10] = sum >> 8;
+	t[11] = sum & 0xFF;
+	t[24] = (total - 20) >> 8;  // UDP length
+	t[25] = (total - 20) & 0xFF;
+	__u8 outer[14];
+	COPY(outer, eth, 12);
+	outer[12] = 0x08;
+	outer[13] = 0x00;
+	if (bpf_skb_store_bytes(skb, 0, outer, 14, 0) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_skb_store_bytes(skb, 14, t, TPL_BYTES, 0) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_skb_store_bytes(skb, OUTER_BYTES, eth, 14, 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect_neigh(v->out_ifindex, 0, 0, 0);
+}
+
+SEC("tc")
+int forward(struct __sk_buff *skb)
+{
+	struct fkey k = {};
+	__u32 zero = 0;
+	struct punted *p = bpf_map_lookup_elem(&last_punt, &zero);
+
+	if (p && p->ifindex) {
+		int mine = p->ifindex == skb->ifindex && p->len == skb->len;
+		p->ifindex = 0;
+		if (mine) {
+			count(4, 1);
+			return TC_ACT_OK;  // the datapath has this frame (revalidation)
+		}
+	}
+	k.ifindex = skb->ifindex;
+	if (!make_key(skb, 0, skb->len, &k))
+		return TC_ACT_OK;
+	struct fval *v = bpf_map_lookup_elem(&flows, &k);
+	if (!v) {
+		count(3, 1);
+		return TC_ACT_OK;
+	}
+	if (!encap_fits(skb, v, &k))
+		return TC_ACT_OK;  // (`punt` gave it to the datapath)
+	// the filter punts entries at their deadline; past it by GRACE_NS only when no
+	// datapath socket runs the filter (a datapath that died): stop serving then
+	if (bpf_ktime_get_ns() > v->deadline_ns + GRACE_NS)
+		return TC_ACT_OK;
+	if (rewrite(skb, v))
+		return TC_ACT_SHOT;
+	account(v, k.ifindex, skb->len);
+	if (v->encap)
+		return encapsulate(skb, v);
+	return bpf_redirect(v->out_ifindex, 0);
+}
+
+// The underlay address and Geneve port this host's datapath receives on (one slot).
+struct tunnel_conf {
+	__u32 local_ip;  // network order
+	__u32 port;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tunnel_conf);
+} tunnel SEC(".maps");
+
+// TC ingress of the underlay device. A Geneve datagram of exactly netvirt's shape for
+// this host (IPv4 without options or fragments, UDP to the datapath's port, the ports
+// option and at most the kernel's checksum-seed mark, no offload option, no OAM) whose
+// inner frame has a fresh decap entry is stripped, rewritten and redirected to the
+// entry's port. Everything else goes on to the stack and the datapath's socket: other
+// traffic, malformed or unknown datagrams, misses, and one datagram per entry past its
+// deadline (revalidation, as `punt` does for ports).
+SEC("tc")
+int decap(struct __sk_buff *skb)
+{
+	__u8 o[OUTER_BYTES + 14];
+	__u32 zero = 0;
+	struct tunnel_conf *conf = bpf_map_lookup_elem(&tunnel, &zero);
+
+	if (!conf || !conf->local_ip || skb->gso_size || skb->len < 54 + 42)
+		return TC_ACT_OK;
+	if (bpf_skb_load_bytes(skb, 0, o, 54) < 0)
+		return TC_ACT_OK;
+	if (o[12] != 0x08 || o[13] != 0x00 || o[14] != 0x45 || (o[20] & 0x3F) || o[21] || o[23] != 17)
+		return TC_ACT_OK;
+	__u32 dst;
+	COPY(&dst, o + 30, 4);
+	if (dst != conf->local_ip)
+		return TC_ACT_OK;
+	__u32 sum = 0;
+#pragma unroll
+	for (int i = 14; i < 34; i += 2)
+		sum += (__u32)o[i] << 8 | o[i + 1];
+	__u32 total = (__u32)o[16] << 8 | o[17];
+	__u32 udp_len = (__u32)o[38] << 8 | o[39];
+	__u32 dport = (__u32)o[36] << 8 | o[37];
+	if (fold(sum) != 0xFFFF || 14 + total != skb->len || udp_len + 20 != total ||
+	    dport != conf->port)
+		return TC_ACT_OK;
+	// Geneve: version 0, C set, O clear, Ethernet payload, then the ports option
+	__u32 opt_words = o[42];
+	if ((opt_words != 2 && opt_words != 3 && opt_words != 6) || o[43] != 0x40 ||
+	    o[44] != 0x65 || o[45] != 0x58 || o[49] || o[50] != 0x01 || o[51] != 0x02 ||
+	    o[52] != 0x80 || o[53] != 0x01)
+		return TC_ACT_OK;
+	__u32 inner = 50 + opt_words * 4;
+	int offload = 0;
+	if (opt_words != 2) {
+		// 3: the kernel's mark (class 0x0102, type 0x82, no data); 6: netvirt's offload
+		// option (type 0x81, 12 bytes): a super-frame the datapath sent, its own to serve
+		__u8 mark[4];
+		if (bpf_skb_load_bytes(skb, 58, mark, 4) < 0 || mark[0] != 0x01 || mark[1] != 0x02)
+			return TC_ACT_OK;
+		if (opt_words == 3 && (mark[2] != 0x82 || mark[3] != 0))
+			return TC_ACT_OK;
+		if (opt_words == 6 && (mark[2] != 0x81 || mark[3] != 0x03))
+			return TC_ACT_OK;
+		if (opt_words == 6) {
+			__u8 gso_type;  // the option's first byte: GSO_NONE (a seed only) or a GSO type
+			if (bpf_skb_load_bytes(skb, 62, &gso_type, 1) < 0 || gso_type == 0)
+				return TC_ACT_OK;
+			offload = 1;
+		}
+	}
+	__u8 ports[4];
+	if (bpf_skb_load_bytes(skb, 54, ports, 4) < 0)
+		return TC_ACT_OK;
+	struct fkey k = {};
+	k.ifindex = skb->ifindex;
+	k.vni = (__u32)o[46] << 16 | (__u32)o[47] << 8 | o[48];
+	k.tun_ports = (__u32)ports[0] << 24 | (__u32)ports[1] << 16 | (__u32)ports[2] << 8 | ports[3];
+	if (!make_key(skb, inner, skb->len - inner, &k))
+		return TC_ACT_OK;
+	__u64 now = bpf_ktime_get_ns();
+	struct fkey b;
+	bulk_key(&k, &b);
+	if (offload) {
+		// a super-frame: the flow's super-frames go through the datapath, so do its other
+		// datagrams for BULK_NS (the kernel's would overtake them: a reordered TCP stream
+		// retransmits). A datagram with only a seed in the option goes alone (above).
+		bpf_map_update_elem(&bulk, &b, &now, BPF_ANY);
+		return TC_ACT_OK;
+	}
+	struct fval *v = bpf_map_lookup_elem(&flows, &k);
+	if (!v) {
+		count(3, 1);
+		return TC_ACT_OK;
+	}
+	__u64 *last = bpf_map_lookup_elem(&bulk, &b);
+	if (last && now - *last < BULK_NS)
+		return TC_ACT_OK;
+	if (now > v->deadline_ns) {
+		// no datapath has renewed the entry for GRACE_NS past its deadline (it died):
+		// stop serving. Before that, revalidation: a datagram every RETRY_NS to the
+		// datapath's socket (the deadline itself stays, unlike `punt`'s, because no
+		// closed socket stops this program)
+		if (now > v->deadline_ns + GRACE_NS)
+			return TC_ACT_OK;
+		if (now > v->retry_ns) {
+			v->retry_ns = now + RETRY_NS;
+			count(2, 1);
+			return TC_ACT_OK;
+		}
+	}
+	__u8 eth[14];
+	if (bpf_skb_load_bytes(skb, inner, eth, 14) < 0)
+		return TC_ACT_OK;
+	if (bpf_skb_adjust_room(skb, -(__s32)inner, BPF_ADJ_ROOM_MAC, 0) < 0)
+		return TC_ACT_OK;
+	if (bpf_skb_store_bytes(skb, 0, eth, 14, 0) < 0)
+		return TC_ACT_SHOT;
+	if (rewrite(skb, v))
+		return TC_ACT_SHOT;
+	account(v, k.ifindex, skb->len);
 	return bpf_redirect(v->out_ifindex, 0);
 }
 

@@ -6,7 +6,9 @@ drops and when it flushes; connection epochs tell it which connections changed.
 It packs each eligible entry into the kernel map's key and value layout
 (``flows.bpf.c``: ``struct fkey``, ``struct fval``) and keeps, per cache key, the
 packed key and the connections the entry depends on, so that removal needs no
-search. Thread-safety: none (the datapath loop's).
+search. Entries into the tunnel carry their outer headers, entries out of it are
+keyed by the underlay device (``tunnel.py``); writes go through ``kmap.BatchedMap``.
+Thread-safety: none (the datapath loop's).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from netvirt.dataplane.fastpath import ICMP4, ICMP6, TCP4, TCP6, UDP4, UDP6, Entry, Layout
-from netvirt.dataplane.offload import bpf
+from netvirt.dataplane.offload import bpf, kmap, tunnel
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +35,13 @@ BY_NAME = {layout.name: layout for layout in LAYOUTS}
 KEY_BYTES = 60
 MAX_PATCHES = 4
 MAX_WORDS = 8
-VALUE_SIZE = 120  # sizeof(struct fval): checked against the loaded map (bpf.Loaded)
+VALUE_SIZE = 176  # sizeof(struct fval): checked against the loaded map (bpf.Loaded)
 PATCH_BYTES = 14
+UNDERLAY_RETRY = 5.0  # seconds between looks for the tunnel endpoint while there is none
 IP4_CHECKSUM = 24
-_KEY = struct.Struct("=II60s")
+_KEY = struct.Struct("=IIII60s")
+_ENCAP = struct.Struct("=BBH")
+_ENCAP_AT = 116  # offsetof(struct fval, encap)
 _VALUE_HEAD = struct.Struct("=QQQIHBB")
 _PATCH = struct.Struct(f"=BB{PATCH_BYTES}s")
 _WORDS_HEAD = struct.Struct("=BBBB")
@@ -45,9 +50,16 @@ _PSTAT = struct.Struct("=QQQQ")
 _PORT_FIELDS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
 
 
-def pack_value(out_ifindex: int, rewrite: Any, deadline_ns: int, layout: Layout) -> bytes | None:
+def pack_value(
+    out_ifindex: int,
+    rewrite: Any,
+    deadline_ns: int,
+    layout: Layout,
+    encap: tuple[int, bytes] | None = None,
+) -> bytes | None:
     """The kernel value for a rewrite of frames of ``layout``, or None when the kernel
-    cannot replay it (more pieces than the value holds, a checksum it does not know)."""
+    cannot replay it (more pieces than the value holds, a checksum it does not know).
+    ``encap``: (largest inner frame, outer headers) of a flow into the tunnel."""
     delta = has_delta = 0
     for offset, adjust, seeded, _udp in rewrite.sums:
         if offset == layout.ip_checksum and not seeded:
@@ -70,6 +82,9 @@ def pack_value(out_ifindex: int, rewrite: Any, deadline_ns: int, layout: Layout)
         + body.ljust(MAX_PATCHES * _PATCH.size, b"\0")
         + tail.ljust(_WORDS_HEAD.size + MAX_WORDS * _WORD.size, b"\0")
     )
+    if encap is not None:
+        max_len, outer = encap
+        value += _ENCAP.pack(1, 0, min(max_len, 0xFFFF)) + outer
     return value.ljust(VALUE_SIZE, b"\0")  # struct fval is 8-aligned
 
 
@@ -95,8 +110,9 @@ def csum_words(
     return sorted(words.items())
 
 
-def pack_key(ifindex: int, layout: str, covered: bytes) -> bytes:
-    return _KEY.pack(ifindex, LAYOUT_IDS[layout], covered)
+def pack_key(ifindex: int, layout: str, covered: bytes, vni: int = 0, ports: int = 0) -> bytes:
+    """``struct fkey``: ``vni`` and ``ports`` (ingress << 16 | egress) for decap entries."""
+    return _KEY.pack(ifindex, LAYOUT_IDS[layout], vni, ports, covered)
 
 
 class KernelOffload:
@@ -119,13 +135,18 @@ class KernelOffload:
             size = self.loaded.flows_value_size
             self.loaded.close()
             raise bpf.OffloadUnavailable(f"flow value of {size} bytes, {VALUE_SIZE} expected")
+        self.flows = kmap.BatchedMap(self.loaded.lib, self.loaded.flows_fd)
         self.ifindex: dict[str, int] = {}
         self.socks: dict[str, socket.socket] = {}
-        # cache key -> (kernel key, the connections the entry depends on)
-        self.keys: dict[Hashable, tuple[bytes, tuple[Hashable, ...]]] = {}
+        # cache key -> (kernel key, the connections it depends on, its local output port)
+        self.keys: dict[Hashable, tuple[bytes, tuple[Hashable, ...], Hashable]] = {}
         self.by_conn: dict[Hashable, set[Hashable]] = {}
-        self.installed = self.removed = self.refused = self.errors = 0
+        self.installed = self.refused = self.errors = 0
         self._ncpu = _possible_cpus() or os.cpu_count() or 1
+        # the Geneve underlay (``tunnel.py``): found on first need, ``decap`` attached to it
+        self.underlay: tunnel.Underlay | None = None
+        self.routes: dict[str, tunnel.Route | None] = {}  # remote underlay IP -> route
+        self._underlay_tried = -1e9
 
     # -- ports ---------------------------------------------------------------------------
     def port_opened(self, iface: str, port: object) -> None:
@@ -153,65 +174,171 @@ class KernelOffload:
         self.socks.pop(iface, None)
         if ifindex is None:
             return
-        for key in [k for k in self.keys if _iface_of(k) == iface]:
+        gone = [k for k, (_, _, out) in self.keys.items() if iface in (_iface_of(k), out)]
+        for key in gone:  # from the port, or to it
             self.forget(key)
         with contextlib.suppress(OSError):  # the device may have gone with its filter
             self._in_netns(bpf.detach_ingress, self.loaded, ifindex)
 
     # -- the cache's listener -----------------------------------------------------------
     def inserted(self, key: Hashable, entry: Entry) -> None:
-        """An exact entry was learned: offload it when the kernel can replay it."""
+        """An exact entry was learned: offload it when the kernel can replay it (queued:
+        ``kmap.py``; at once when it replaces a kernel entry with another outcome)."""
         old = self._untrack(key)
         found = self._kernel_entry(key, entry)
         if found is None:
             self.refused += 1
-            if old is not None:
-                self._delete(old)
+            if old is not None:  # the kernel's outcome is no longer the cache's: out now
+                self.flows.delete(old)
+                self.flows.commit_deletes()
             return
         kernel_key, value = found
-        if self._update(self.loaded.flows_fd, kernel_key, value):
-            conns = tuple(conn for conn, _epoch in entry.deps)
-            self.keys[key] = (kernel_key, conns)
-            self.installed += 1
-            for conn in conns:
-                self.by_conn.setdefault(conn, set()).add(key)
+        conns = tuple(conn for conn, _epoch in entry.deps)
+        self.keys[key] = (kernel_key, conns, entry.outputs[0].dest)
+        self.installed += 1
+        for conn in conns:
+            self.by_conn.setdefault(conn, set()).add(key)
         if old is not None and old != kernel_key:
-            self._delete(old)
+            self.flows.delete(old)
+        self.flows.put(kernel_key, value)
+        live = self.flows.live.get(kernel_key)
+        if (old is not None and old != kernel_key) or (live is not None and live[8:] != value[8:]):
+            self.flows.commit_now()  # another outcome replaces the old before the next frame
 
     def _kernel_entry(self, key: Hashable, entry: Entry) -> tuple[bytes, bytes] | None:
         """The packed key and value of an offloadable entry (package docstring), or None."""
-        if not isinstance(key, tuple) or len(key) < 2 or entry.drops or len(entry.outputs) != 1:
+        if not isinstance(key, tuple) or len(key) < 3 or entry.drops or len(entry.outputs) != 1:
             return None
-        iface, covered = key[0], key[1]
         output = entry.outputs[0]
         out = output.dest
-        if not (isinstance(iface, str) and isinstance(out, str) and isinstance(covered, bytes)):
+        if len(key) == 5:  # (vni, ingress, egress, covered, seeded): from the tunnel
+            return self._decap_entry(key, entry, output)
+        iface, covered = key[0], key[1]
+        if not (isinstance(iface, str) and isinstance(covered, bytes)):
             return None
-        layout = layout_of(covered)
-        ifindex, out_ifindex = self.ifindex.get(iface), self.ifindex.get(out)
-        if layout is None or ifindex is None or out_ifindex is None:
+        layout, ifindex = layout_of(covered), self.ifindex.get(iface)
+        if layout is None or ifindex is None or self.blocked(iface):
             return None
-        if self.blocked(iface) or self.blocked(out):
-            return None
-        age_ns = int((self.clock() - entry.born) * 1e9)
-        deadline = time.monotonic_ns() + int(self.max_age * 1e9) - age_ns
-        value = pack_value(out_ifindex, output.rewrite, deadline, BY_NAME[layout])
+        if isinstance(out, str):  # another local port
+            out_ifindex = self.ifindex.get(out)
+            if out_ifindex is None or self.blocked(out):
+                return None
+            value = pack_value(out_ifindex, output.rewrite, self._deadline(entry), BY_NAME[layout])
+        else:
+            value = self._encap_value(out, output.rewrite, self._deadline(entry), BY_NAME[layout])
         if value is None:
             return None
         return pack_key(ifindex, layout, covered), value
 
+    def _deadline(self, entry: Entry) -> int:
+        age_ns = int((self.clock() - entry.born) * 1e9)
+        return time.monotonic_ns() + int(self.max_age * 1e9) - age_ns
+
+    def _encap_value(self, dest: Any, rewrite: Any, deadline: int, layout: Layout) -> bytes | None:
+        """A flow into a Geneve tunnel over IPv4: the value with its outer headers."""
+        remote = getattr(dest, "remote", None)
+        remote_ip = getattr(remote, "ip", None)
+        if getattr(remote, "encap", None) != "geneve" or not isinstance(remote_ip, str):
+            return None
+        vni, ingress, egress = (getattr(dest, name, None) for name in ("vni", "ingress", "egress"))
+        if not (isinstance(vni, int) and isinstance(ingress, int) and isinstance(egress, int)):
+            return None
+        underlay = self._underlay()
+        if underlay is None or not tunnel.ipv4(remote_ip):
+            return None
+        route = self._route(underlay, remote_ip)
+        if route is None:
+            return None
+        outer = tunnel.template(underlay.ip, remote_ip, underlay.port, vni, ingress, egress)
+        return pack_value(route.ifindex, rewrite, deadline, layout, (route.max_inner, outer))
+
+    def _decap_entry(
+        self, key: tuple[Any, ...], entry: Entry, output: Any
+    ) -> tuple[bytes, bytes] | None:
+        """A flow from the tunnel to a local port (``decap`` serves it when it comes without
+        offload metadata: from a user-space sender, or from a kernel one)."""
+        vni, ingress, egress, covered, _seeded = key  # (a seed came marked by a kernel)
+        out = output.dest
+        if not isinstance(out, str) or not isinstance(covered, bytes):
+            return None
+        if not all(isinstance(n, int) and 0 <= n <= 0xFFFF for n in (ingress, egress)):
+            return None
+        layout, out_ifindex = layout_of(covered), self.ifindex.get(out)
+        if not isinstance(vni, int) or layout is None or out_ifindex is None or self.blocked(out):
+            return None
+        underlay = self._underlay()
+        if underlay is None:
+            return None
+        value = pack_value(out_ifindex, output.rewrite, self._deadline(entry), BY_NAME[layout])
+        if value is None:
+            return None
+        return pack_key(underlay.ifindex, layout, covered, vni, ingress << 16 | egress), value
+
+    # -- the underlay ---------------------------------------------------------------------
+    def _underlay(self) -> tunnel.Underlay | None:
+        """This host's Geneve endpoint, with ``decap`` attached to its device (looked for
+        at most every few seconds while the datapath's tunnel is not open yet)."""
+        if self.underlay is not None:
+            return self.underlay
+        now = time.monotonic()
+        if now - self._underlay_tried < UNDERLAY_RETRY:
+            return None
+        self._underlay_tried = now
+        try:
+            found = tunnel.find_underlay(self._ip, self._run)
+            if found is None:
+                return None
+            self._in_netns(bpf.attach_ingress, self.loaded, found.ifindex, self.loaded.decap_fd)
+        except (OSError, ValueError, bpf.OffloadUnavailable) as err:
+            self.errors += 1
+            log.warning("offload: no tunnel offload: %s", err)
+            return None
+        conf = socket.inet_aton(found.ip) + struct.pack("=I", found.port)
+        self._update(self.loaded.tunnel_fd, struct.pack("=I", 0), conf)
+        zero = b"\0" * (_PSTAT.size * self._ncpu)
+        self._update(self.loaded.ports_fd, struct.pack("=I", found.ifindex), zero)
+        self.underlay = found
+        log.info(
+            "offload: Geneve on %s (%s:%d) served in the kernel", found.ifname, found.ip, found.port
+        )
+        return found
+
+    def _route(self, underlay: tunnel.Underlay, remote_ip: str) -> tunnel.Route | None:
+        if remote_ip not in self.routes:
+            try:
+                self.routes[remote_ip] = tunnel.route_to(self._ip, underlay.ip, remote_ip)
+            except (OSError, ValueError) as err:
+                log.warning("offload: no route to %s: %s", remote_ip, err)
+                self.routes[remote_ip] = None
+        return self.routes[remote_ip]
+
+    def _ip(self, *args: str) -> str:
+        from netvirt.dataplane import netns
+
+        return netns.ip(*args, netns=self.netns)
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._in_netns(fn, *args)
+
     def forget(self, key: Hashable) -> None:
-        """The cache dropped an entry (invalidated, evicted)."""
+        """The cache dropped an entry because it is no longer valid: out of the kernel now."""
         kernel_key = self._untrack(key)
         if kernel_key is not None:
-            self._delete(kernel_key)
+            self.flows.delete(kernel_key)
+            self.flows.commit_deletes()
+
+    def evicted(self, key: Hashable) -> None:
+        """The cache dropped a valid entry for room: it may leave with the next commit."""
+        kernel_key = self._untrack(key)
+        if kernel_key is not None:
+            self.flows.delete(kernel_key)
 
     def _untrack(self, key: Hashable) -> bytes | None:
         """Stop tracking ``key`` (its connections forget it too); its kernel key, if any."""
         tracked = self.keys.pop(key, None)
         if tracked is None:
             return None
-        kernel_key, conns = tracked
+        kernel_key, conns, _out = tracked
         for conn in conns:
             keys = self.by_conn.get(conn)
             if keys is not None:
@@ -221,16 +348,26 @@ class KernelOffload:
         return kernel_key
 
     def flushed(self) -> None:
-        """The cache was flushed: so is the kernel map."""
-        for kernel_key, _conns in self.keys.values():
-            self._delete(kernel_key)
+        """The cache was flushed: so is the kernel map, before the next frame is handled."""
         self.keys.clear()
         self.by_conn.clear()
+        self.flows.clear()
 
     def conn_changed(self, conn: Hashable) -> None:
-        """A connection's state moved: its entries are no longer the slow path's answer."""
-        for key in list(self.by_conn.get(conn, ())):
-            self.forget(key)
+        """A connection's state moved: its entries are no longer the slow path's answer
+        (they leave the kernel now, with anything else queued, in one syscall)."""
+        keys = self.by_conn.get(conn)
+        if not keys:
+            return
+        for key in list(keys):
+            kernel_key = self._untrack(key)
+            if kernel_key is not None:
+                self.flows.delete(kernel_key)
+        self.flows.commit_deletes()
+
+    def commit(self) -> None:
+        """The flow cache's once-per-batch call: apply queued writes that waited enough."""
+        self.flows.commit()
 
     # -- status ----------------------------------------------------------------------------
     def stats(self) -> dict[str, object]:
@@ -243,16 +380,33 @@ class KernelOffload:
         return {
             "entries": len(self.keys),
             "installed": self.installed,
-            "removed": self.removed,
+            "removed": self.flows.deleted,
+            "written": self.flows.written,
+            "pending": self.flows.pending,
+            "map_syscalls": self.flows.syscalls,
             "refused": self.refused,
-            "errors": self.errors,
+            "errors": self.errors + self.flows.errors,
             "forwarded_packets": per[0],
             "forwarded_bytes": per[1],
             "punted_expired": per[2],
             "forward_misses": per[3],
             "punted_left_to_datapath": per[4],
             "ports": ports,
+            "tunnel": self._tunnel_stats(),
         }
+
+    def _tunnel_stats(self) -> dict[str, object]:
+        """Entries into and out of the tunnel, and the frames the underlay device carried
+        in the kernel (rx: decapsulated, tx: encapsulated)."""
+        underlay = self.underlay
+        encap = sum(1 for value in self.flows.live.values() if value[_ENCAP_AT])
+        decap = sum(1 for key in self.keys if isinstance(key, tuple) and len(key) == 5)
+        found: dict[str, object] = {"underlay": None, "encap_entries": encap}
+        found["decap_entries"] = decap
+        if underlay is not None:
+            row = self._percpu_sum(self.loaded.ports_fd, struct.pack("=I", underlay.ifindex), 4)
+            found |= {"underlay": underlay.ifname} | dict(zip(_PORT_FIELDS, row, strict=True))
+        return found
 
     def close(self) -> None:
         for iface in list(self.ifindex):
@@ -261,6 +415,10 @@ class KernelOffload:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, bpf.SO_DETACH_BPF, 0)
             self.port_closed(iface)
+        if self.underlay is not None:
+            with contextlib.suppress(OSError):
+                self._in_netns(bpf.detach_ingress, self.loaded, self.underlay.ifindex)
+            self.underlay = None
         self.loaded.close()
 
     # -- kernel map access ------------------------------------------------------------------
@@ -271,11 +429,6 @@ class KernelOffload:
             self.errors += 1
             return False
         return True
-
-    def _delete(self, key: bytes) -> None:
-        kb = ctypes.create_string_buffer(key, len(key))
-        self.loaded.lib.bpf_map_delete_elem(self.loaded.flows_fd, kb)  # gone already: fine
-        self.removed += 1
 
     def _percpu_sum(self, fd: int, key: bytes, width: int) -> list[int]:
         size = 8 * width * self._ncpu

@@ -18,6 +18,15 @@ largest TCP super-frames (about 65.2 KB) whole, end to end. The option is
 critical because a receiver that ignored it would deliver a 64 KB frame
 with an unfinished checksum.
 
+A datagram the kernel offload encapsulated (``offload/flows.bpf.c``) carries a
+third critical option, class 0x0102 type 0x82 with no data, instead of the
+offload option: the kernel cannot tell whether the frame's L4 checksum is
+finished or a CHECKSUM_PARTIAL seed (a veth underlay carries the seed across;
+a NIC finishes it). The receiver takes a frame with that mark whose TCP/UDP
+checksum field holds exactly the pseudo-header seed as needing its checksum
+(``VNET_F_NEEDS_CSUM``); finishing a checksum that happened to equal its seed
+gives that same checksum back, so the rule never damages a finished frame.
+
 Received packets whose protocol is not Ethernet, with the OAM bit, with a
 critical option netvirt does not know, without the ports option, or with an
 offload option that does not fit the frame are counted as
@@ -29,6 +38,7 @@ from __future__ import annotations
 import struct
 
 from netvirt.dataplane.drops import DropReason, ParseError
+from netvirt.dataplane.headers.checksum import ones_sum, pseudo_header
 from netvirt.dataplane.headers.geneve import (
     GENEVE_PORT,
     NETVIRT_OPTION_CLASS,
@@ -39,10 +49,20 @@ from netvirt.dataplane.headers.geneve import (
     netvirt_header,
     ports,
 )
-from netvirt.dataplane.ports.base import GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, Frame, VnetHdr
+from netvirt.dataplane.ports.base import (
+    GSO_NONE,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    GSO_UDP_L4,
+    VNET_F_NEEDS_CSUM,
+    Frame,
+    VnetHdr,
+)
+from netvirt.dataplane.ports.offload import locate
 from netvirt.dataplane.tunnels.udp import TunnelPacket, UdpTunnel
 
 NETVIRT_OFFLOAD_TYPE = 0x81
+NETVIRT_SEED_TYPE = 0x82  # sent by the kernel offload: the L4 checksum may be a seed
 OFFLOAD_OPTION_LEN = 4 + 12
 KNOWN_GSO = frozenset({GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4})
 
@@ -69,6 +89,29 @@ def parse_offload(option: GeneveOption, frame_len: int) -> VnetHdr:
     if hdr.needs_csum and (start < 14 or start + offset + 2 > frame_len):
         raise ParseError(DropReason.MALFORMED_TUNNEL, "offload option checksum offsets")
     return hdr
+
+
+def kernel_header(vni: int, ingress: int, egress: int) -> bytes:
+    """The Geneve header the kernel offload sends: netvirt's, plus the seed mark."""
+    header = netvirt_header(vni, ingress, egress)
+    header.options += (GeneveOption(NETVIRT_OPTION_CLASS, NETVIRT_SEED_TYPE),)
+    return header.pack()
+
+
+def seeded(frame: bytes) -> VnetHdr | None:
+    """NEEDS_CSUM metadata for a TCP/UDP frame whose checksum field holds its seed."""
+    try:
+        lay = locate(frame)
+    except ParseError:
+        return None
+    offset = {6: 16, 17: 6}.get(lay.proto)
+    field = lay.l4 + offset if offset is not None else 0
+    if offset is None or field + 2 > lay.end:
+        return None
+    seed = ones_sum(b"", pseudo_header(lay.src, lay.dst, lay.proto, lay.end - lay.l4, lay.ipv6))
+    if int.from_bytes(frame[field : field + 2], "big") != seed:
+        return None
+    return VnetHdr(VNET_F_NEEDS_CSUM, GSO_NONE, 0, 0, lay.l4, offset)
 
 
 class GeneveTunnel(UdpTunnel):
@@ -109,7 +152,7 @@ class GeneveTunnel(UdpTunnel):
         header, offset = GeneveHeader.parse(payload)
         if header.protocol != PROTO_ETHERNET or header.oam:
             raise ParseError(DropReason.MALFORMED_TUNNEL, "not an Ethernet payload")
-        known = {NETVIRT_PORTS_TYPE, NETVIRT_OFFLOAD_TYPE}
+        known = {NETVIRT_PORTS_TYPE, NETVIRT_OFFLOAD_TYPE, NETVIRT_SEED_TYPE}
         for option in header.options:
             if option.critical and not (
                 option.opt_class == NETVIRT_OPTION_CLASS and option.type in known
@@ -123,4 +166,6 @@ class GeneveTunnel(UdpTunnel):
         extra = header.option(NETVIRT_OPTION_CLASS, NETVIRT_OFFLOAD_TYPE)
         if extra is not None:
             vnet = parse_offload(extra, len(data))
+        elif header.option(NETVIRT_OPTION_CLASS, NETVIRT_SEED_TYPE) is not None:
+            vnet = seeded(data)
         return TunnelPacket(remote, header.vni, keys[0], keys[1], Frame(data, vnet))
