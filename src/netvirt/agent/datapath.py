@@ -542,7 +542,11 @@ class DatapathLoop(LoopProcess):
         the ports' traffic (a port's counters are what crossed it, whoever forwarded it)."""
         doc = self.forwarder.counters()
         if self.offload is not None:
-            doc["ports"] = fold_offloaded(doc["ports"], self.offload.stats().get("ports"))
+            kernel = self.offload.stats()
+            doc["ports"] = fold_offloaded(doc["ports"], kernel.get("ports"))
+            # the tunnel too: frames the kernel encapsulated (tx) and decapsulated (rx)
+            tunnel = {"tunnel": kernel.get("tunnel")}
+            doc["tunnel"] = fold_offloaded({"tunnel": doc["tunnel"]}, tunnel)["tunnel"]
         return doc
 
     def io_counters(self) -> dict[str, object]:
