@@ -39,8 +39,12 @@ from netvirt.state.cached import CachedStore  # noqa: E402
 from netvirt.state.jobs import Steps  # noqa: E402
 from netvirt.state.redis import RedisStore  # noqa: E402
 
-sys.path.append(_HERE)
-from nf_ops import GW, SEGMENTS, SERVER, VM  # noqa: E402
+# the bench directory, not bench/nvb: its modules (nf.py, profile.py) would shadow packages
+# of the same name for whoever imports after this (the test suite's tests/nf)
+_BENCH = str(Path(_HERE).parent)
+if _BENCH not in sys.path:
+    sys.path.append(_BENCH)
+from nvb.nf_ops import GW, SEGMENTS, SERVER, VM  # noqa: E402
 
 SG_ZONE, ROUTER_ZONE, CT_NEW = 1, 2, 0x01
 
