@@ -67,9 +67,11 @@ def _run(store: StateStore, batch_ops: list[tuple[Any, ...]]) -> list[object]:
                 if which == "zero":
                     version = 0
                 elif which == "stale":
-                    # never the key's version, in either store (a fresh store's first
-                    # write may well get version 1)
-                    version = had.version - 1 if had else 1 << 50
+                    # never the key's version, in either store, and never 0 (a key
+                    # deleted earlier in the batch has version 0: "current - 1" was 0
+                    # where the first write got version 1, and another number in a
+                    # store whose counter had moved on)
+                    version = (1 << 50) + (had.version if had else 0)
                 batch.cas(key, version, value, ttl)
             case ("delete", key):
                 batch.delete(key)
