@@ -59,11 +59,11 @@ R     member key, owner                                      0/1
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from netvirt.state.redis_ops import pool_head, px, unpack, window_arg
 from netvirt.state.slots import slot_of, slot_tags
 from netvirt.state.store import (
     AllocateOp,
@@ -77,8 +77,6 @@ from netvirt.state.store import (
     PutOp,
     ReleaseOp,
 )
-
-VERSION_BYTES = 8
 
 SCRIPT = """#!lua flags=allow-cross-slot-keys
 local out = {}
@@ -201,17 +199,6 @@ return out
 SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 
 
-def px(ttl: float | None) -> int:
-    """Milliseconds for PX, rounded up so a key never expires before its TTL; 0 = none."""
-    return 0 if ttl is None else max(1, math.ceil(ttl * 1000))
-
-
-def unpack(blob: bytes | None) -> Entry | None:
-    if blob is None:
-        return None
-    return Entry(blob[VERSION_BYTES:], int.from_bytes(blob[:VERSION_BYTES], "big"))
-
-
 def is_write(op: Op) -> bool:
     """Operations that take a version (and therefore a hint)."""
     return isinstance(op, (PutOp, CasOp))  # a tuple: cheaper than building a union per call
@@ -314,14 +301,14 @@ def _encode(out: list[Any], run: Sequence[Op], heads: Sequence[str], hints: Sequ
         case ExpireOp(key, ttl):
             out += ["E", f"{head}d:{key}", px(ttl)]
         case AllocateOp(pool_key, candidates, owner, ttl):
-            pool = f"{head}p:{len(pool_key)}:{pool_key}:"
-            joined = ",".join(candidates)
-            if candidates and joined.count(",") == len(candidates) - 1 and "" not in candidates:
+            pool = f"{head}p:{pool_head(pool_key)}"
+            joined = window_arg(candidates)
+            if joined is not None:
                 out += ["W", owner, px(ttl), pool, joined]  # the window as one argument
             else:
                 out += ["A", len(candidates), owner, px(ttl), *(pool + m for m in candidates)]
         case ReleaseOp(pool_key, member, owner):
-            out += ["R", f"{head}p:{len(pool_key)}:{pool_key}:{member}", owner]
+            out += ["R", f"{head}p:{pool_head(pool_key)}{member}", owner]
         case _:
             raise TypeError(f"unknown operation {op!r}")
 

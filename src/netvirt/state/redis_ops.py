@@ -196,6 +196,15 @@ def pool_head(pool_key: str) -> str:
     return f"{len(pool_key)}:{pool_key}:"
 
 
+def window_arg(candidates: Sequence[str]) -> str | None:
+    """A pool window as one comma-joined argument (op ``W``), or None when a member's own
+    comma or emptiness would make it ambiguous (op ``A``, one argument per member)."""
+    joined = ",".join(candidates)
+    if candidates and joined.count(",") == len(candidates) - 1 and "" not in candidates:
+        return joined
+    return None
+
+
 def unpack(blob: bytes | None) -> Entry | None:
     if blob is None:
         return None
@@ -247,8 +256,8 @@ def _encode_other(out: list[Arg], op: Op) -> None:
     if type(op) is AllocateOp:
         assert isinstance(op, AllocateOp)
         members = op.candidates
-        joined = ",".join(members)
-        if members and joined.count(",") == len(members) - 1 and "" not in members:
+        joined = window_arg(members)
+        if joined is not None:
             out += ["W", op.owner, px(op.ttl), pool_head(op.pool_key), joined]
             return
         out += ["A", len(members), op.owner, px(op.ttl), pool_head(op.pool_key), *members]
