@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netvirt.agent.counters import OFFLOADED, PortCounters, fold_offloaded
+from netvirt.agent.counters import OFFLOADED, PortCounters, fold_offloaded, fold_row
 
 IFACES = st.sampled_from(["tap-a", "tap-b", "ext0", "vm-c"])
 ROW = st.fixed_dictionaries({name: st.integers(0, 2**40) for name in OFFLOADED})
@@ -38,3 +38,13 @@ def test_without_an_offload_the_counters_are_unchanged() -> None:
     ports = {"tap-a": PortCounters(rx_packets=3, rx_bytes=300).as_dict()}
     assert fold_offloaded(ports, None) == ports
     assert fold_offloaded(ports, {"error": "off"}) == ports
+
+
+def test_the_tunnel_counts_what_the_kernel_encapsulated_and_decapsulated() -> None:
+    tunnel = PortCounters(rx_packets=2, rx_bytes=200, tx_packets=1, tx_bytes=100).as_dict()
+    kernel = {"underlay": "ul0", "encap_entries": 3, "rx_packets": 5, "rx_bytes": 500}
+    row = fold_row(tunnel, kernel)
+    assert isinstance(row, dict)
+    assert (row["rx_packets"], row["rx_bytes"], row["tx_packets"]) == (7, 700, 1)
+    assert row["offloaded"] == {"rx_packets": 5, "rx_bytes": 500, "tx_packets": 0, "tx_bytes": 0}
+    assert fold_row(tunnel, None) is tunnel  # no kernel tunnel: unchanged

@@ -65,17 +65,19 @@ def fold_offloaded(ports: object, offloaded: object) -> dict[str, object]:
     port; a user (``netvirt host show``, the API's host counters) asks what crossed
     it, not which of the two forwarded it. Interfaces only the offload knows are
     left out (they are closing)."""
-    out: dict[str, object] = {}
     kernel = offloaded if isinstance(offloaded, Mapping) else {}
-    for iface, row in (ports if isinstance(ports, Mapping) else {}).items():
-        extra = kernel.get(iface)
-        if not isinstance(row, Mapping) or not isinstance(extra, Mapping):
-            out[iface] = row
-            continue
-        merged = dict(row)
-        served = {name: int(extra.get(name, 0)) for name in OFFLOADED}
-        for name, n in served.items():
-            merged[name] = int(merged.get(name, 0)) + n
-        merged["offloaded"] = served
-        out[iface] = merged
-    return out
+    rows = ports if isinstance(ports, Mapping) else {}
+    return {iface: fold_row(row, kernel.get(iface)) for iface, row in rows.items()}
+
+
+def fold_row(row: object, extra: object) -> object:
+    """One interface's (or the tunnel's) counters with the kernel's ``extra`` folded in;
+    ``row`` itself when either is not a counter mapping."""
+    if not isinstance(row, Mapping) or not isinstance(extra, Mapping):
+        return row
+    served = {name: int(extra.get(name, 0)) for name in OFFLOADED}
+    merged = dict(row)
+    for name, n in served.items():
+        merged[name] = int(merged.get(name, 0)) + n
+    merged["offloaded"] = served
+    return merged

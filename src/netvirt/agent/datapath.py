@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from netvirt.agent import gcpause
-from netvirt.agent.counters import fold_offloaded
+from netvirt.agent.counters import fold_offloaded, fold_row
 from netvirt.agent.dirwatch import DirWatch
 from netvirt.agent.dpctl import ControlServer
 from netvirt.agent.forwarder import Forwarder
@@ -525,28 +525,33 @@ class DatapathLoop(LoopProcess):
             },
             "io": self.io_counters(),
             "gc": self.gc_pauses.as_dict(),
-            "offload": (
-                self.offload.stats() if self.offload is not None else {"error": self.offload_error}
-            ),
+            "offload": self.offload_status(),
         }
+
+    def offload_status(self) -> dict[str, object]:
+        """The kernel offload's counters (map reads, a walk of its entries), or why none."""
+        if self.offload is None:
+            return {"error": self.offload_error}
+        return self.offload.stats()
 
     def status(self) -> dict[str, object]:
         """The status document (what ``--status-file`` holds)."""
         doc = self.datapath_status()
-        doc["counters"] = self.counters()
+        offload = doc["offload"]
+        doc["counters"] = self.counters(offload if isinstance(offload, dict) else None)
         doc["last_error"] = self.stats.last_error
         return doc
 
-    def counters(self) -> dict[str, object]:
+    def counters(self, kernel: dict[str, object] | None = None) -> dict[str, object]:
         """The forwarder's counters, with the frames the kernel offload served folded into
-        the ports' traffic (a port's counters are what crossed it, whoever forwarded it)."""
+        the ports' and the tunnel's traffic (a port's counters are what crossed it,
+        whoever forwarded it; the tunnel's rx/tx are what the kernel decapsulated and
+        encapsulated). ``kernel``: the offload's counters when the caller has them."""
         doc = self.forwarder.counters()
         if self.offload is not None:
-            kernel = self.offload.stats()
+            kernel = self.offload.stats() if kernel is None else kernel
             doc["ports"] = fold_offloaded(doc["ports"], kernel.get("ports"))
-            # the tunnel too: frames the kernel encapsulated (tx) and decapsulated (rx)
-            tunnel = {"tunnel": kernel.get("tunnel")}
-            doc["tunnel"] = fold_offloaded({"tunnel": doc["tunnel"]}, tunnel)["tunnel"]
+            doc["tunnel"] = fold_row(doc["tunnel"], kernel.get("tunnel"))
         return doc
 
     def io_counters(self) -> dict[str, object]:
