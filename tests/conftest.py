@@ -12,11 +12,19 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, settings
 
 from netvirt.api.app import create_app
 from netvirt.northbound import identity
 from netvirt.northbound.context import Context
 from netvirt.northbound.db import Database
+
+# Speed is measured in bench/, never by a test: a property test's example may take as long as
+# the shared 2-core machine makes it (Hypothesis's 200 ms deadline and its slow-generation
+# health check failed tests at random under load, never for a wrong result). Tests that need
+# a bound on time state it themselves.
+settings.register_profile("netvirt", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("netvirt")
 
 
 class Api:
