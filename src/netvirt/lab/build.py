@@ -516,7 +516,11 @@ def _build(topo: Topology, state: LabState, system: System, names: Names, log: L
     log(f"DHCP: {len(leases)} leases")
     start_services(state, system)
     if wait_members_online(state):
-        log("load balancer members ONLINE (health checks on the hosts)")
+        # ONLINE in the API is not yet a VIP that uses the member: every host must have
+        # installed the generation compiled from it (else the first connections after
+        # `lab up` all went to the members that came up first)
+        wait_installed(state, system)
+        log("load balancer members ONLINE (health checks on the hosts) and installed")
     state.ready = True
     state.save()
 
