@@ -25,6 +25,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs 
 
 TC_ACT_OK, TC_ACT_REDIRECT = 0, 7
 LO = 1  # test runs take the device from the context: the loopback always exists
+# entries under test live a minute: a loaded machine may pause a test between writing an
+# entry and running the program for longer than a second (an expired entry is not served)
+LIVE_NS = 60 * 10**9
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +128,7 @@ def test_the_kernel_replays_a_routed_flow_byte_for_byte(
     output = _routed(frame, src, dst)
     rewrite = derive(frame, output, layout, seeded=False)
     assert rewrite is not None
-    value = pack_value(9, rewrite, time.monotonic_ns() + 10**9, layout)
+    value = pack_value(9, rewrite, time.monotonic_ns() + LIVE_NS, layout)
     assert value is not None  # MACs, TTL, IPv4 header checksum: all offloadable
     assert layout_of(covered) == layout.name
     assert len(covered) <= KEY_BYTES
@@ -155,7 +158,7 @@ def test_frames_the_cache_refuses_are_never_served(loaded: bpf.Loaded) -> None:
     )
     covered, layout = frame_key(frame)  # type: ignore[misc]
     key = pack_key(LO, layout.name, covered)
-    _install(loaded, key, pack_value(9, Rewrite(), time.monotonic_ns() + 10**9, layout) or b"")
+    _install(loaded, key, pack_value(9, Rewrite(), time.monotonic_ns() + LIVE_NS, layout) or b"")
     try:
         assert bpf.run_once(loaded.forward_fd, loaded.lib, frame, LO)[0] == TC_ACT_REDIRECT
         bad_sum = bytearray(frame)
@@ -219,7 +222,7 @@ def test_the_kernel_replays_snat_with_its_checksums(
     rewrite = derive(frame, output, layout, seeded=False)
     if rewrite is None:
         return  # (a UDP datagram the cache would not take)
-    value = pack_value(9, rewrite, time.monotonic_ns() + 10**9, layout)
+    value = pack_value(9, rewrite, time.monotonic_ns() + LIVE_NS, layout)
     assert value is not None
     key = pack_key(LO, layout.name, covered)
     _install(loaded, key, value)

@@ -37,6 +37,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs 
 
 TC_ACT_OK, TC_ACT_REDIRECT = 0, 7
 LO = 1
+# entries under test live a minute: a loaded machine may pause a test between writing an
+# entry and running the program for longer than a second (an expired entry is not served)
+LIVE_NS = 60 * 10**9
 LOCAL, REMOTE, PORT = "192.0.2.1", "192.0.2.2", 6081
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -123,7 +126,7 @@ def test_the_kernel_encapsulates_what_the_user_space_receiver_decodes(
     rewrite = derive(frame, output, layout, seeded=False)
     assert rewrite is not None
     outer = template(LOCAL, REMOTE, PORT, vni, ingress, egress)
-    value = pack_value(LO, rewrite, time.monotonic_ns() + 10**9, layout, (1500, outer))
+    value = pack_value(LO, rewrite, time.monotonic_ns() + LIVE_NS, layout, (1500, outer))
     assert value is not None
     key = pack_key(LO, layout.name, covered)
     _write(loaded, loaded.flows_fd, key, value)
@@ -153,7 +156,7 @@ def test_frames_that_do_not_fit_the_underlay_go_to_the_datapath(loaded: bpf.Load
     covered, layout = frame_key(frame)  # type: ignore[misc]
     rewrite = derive(frame, frame, layout, seeded=False)
     outer = template(LOCAL, REMOTE, PORT, 5, 1, 2)
-    value = pack_value(LO, rewrite, time.monotonic_ns() + 10**9, layout, (len(frame) - 1, outer))
+    value = pack_value(LO, rewrite, time.monotonic_ns() + LIVE_NS, layout, (len(frame) - 1, outer))
     key = pack_key(LO, layout.name, covered)
     _write(loaded, loaded.flows_fd, key, value or b"")
     try:
@@ -175,7 +178,7 @@ def test_a_flow_that_sends_super_frames_stays_with_the_datapath(loaded: bpf.Load
         )
         covered, layout = frame_key(frame)  # type: ignore[misc]
         rewrite = derive(frame, frame, layout, seeded=False)
-        value = pack_value(LO, rewrite, time.monotonic_ns() + 10**9, layout, (1500, outer))
+        value = pack_value(LO, rewrite, time.monotonic_ns() + LIVE_NS, layout, (1500, outer))
         keys.append(pack_key(LO, layout.name, covered))
         frames.append(frame)
         _write(loaded, loaded.flows_fd, keys[-1], value or b"")
@@ -202,7 +205,7 @@ def test_the_kernel_decapsulates_what_a_user_space_sender_sends(
     output = _switched(frame)
     rewrite = derive(frame, output, layout, seeded=False)
     assert rewrite is not None
-    value = pack_value(LO, rewrite, time.monotonic_ns() + 10**9, layout)
+    value = pack_value(LO, rewrite, time.monotonic_ns() + LIVE_NS, layout)
     assert value is not None
     key = pack_key(LO, layout.name, covered, vni, ingress << 16 | egress)
     user_space = _outer(netvirt_header(vni, ingress, egress).pack() + frame)
@@ -252,7 +255,8 @@ def _malformed(good: bytes, frame: bytes) -> list[bytes]:
 def test_datagrams_of_another_shape_reach_the_datapath_untouched(loaded: bpf.Loaded) -> None:
     frame = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2) / b"x")
     covered, layout = frame_key(frame)  # type: ignore[misc]
-    value = pack_value(LO, derive(frame, frame, layout, False), time.monotonic_ns() + 10**9, layout)
+    live = time.monotonic_ns() + LIVE_NS
+    value = pack_value(LO, derive(frame, frame, layout, False), live, layout)
     key = pack_key(LO, layout.name, covered, 7, 1 << 16 | 2)
     good = _outer(netvirt_header(7, 1, 2).pack() + frame)
     _write(loaded, loaded.flows_fd, key, value or b"")
@@ -289,7 +293,7 @@ def test_a_flow_whose_super_frames_come_with_metadata_stays_with_the_datapath(
         )
         covered, layout = frame_key(frame)  # type: ignore[misc]
         rewrite = derive(frame, frame, layout, seeded=False)
-        value = pack_value(LO, rewrite, time.monotonic_ns() + 10**9, layout)
+        value = pack_value(LO, rewrite, time.monotonic_ns() + LIVE_NS, layout)
         keys.append(pack_key(LO, layout.name, covered, 9, 1 << 16 | 2))
         plain.append(_outer(netvirt_header(9, 1, 2).pack() + frame))
         _write(loaded, loaded.flows_fd, keys[-1], value or b"")
