@@ -26,7 +26,7 @@ from typing import Any
 from netvirt.compiler.build import acl, arp_nd, dhcp, l2, l3, lb, nat, port_security, qos
 from netvirt.compiler.build.monitors import service_monitors
 from netvirt.compiler.expr.ast import And, BoolSym, Cmp, Const, Expr, Not
-from netvirt.compiler.lflow import FlowSink, LogicalFlow
+from netvirt.compiler.lflow import FlowSink, LogicalFlow, OrderKey, PortMemo
 from netvirt.compiler.nb import NBSnapshot
 from netvirt.compiler.topology import build_topology
 from netvirt.southbound.model import SBState
@@ -53,6 +53,9 @@ def build(
     seed: dict[object, Any] | None = None,
     keep: dict[object, Any] | None = None,
     drop: set[str] | None = None,
+    memo: PortMemo | None = None,
+    memo_out: PortMemo | None = None,
+    reused: list[int] | None = None,
 ) -> tuple[SBState, Chunks]:
     """The SB state of ``nb`` without its flows, and the canonical flows of each datapath
     in ``scope`` (every datapath when None).
@@ -66,7 +69,12 @@ def build(
     ``seed``: NB lookups known right for ``nb`` (``NBSnapshot.indexed``); ``keep``
     receives the lookups this compile used, for the next incremental compile to carry
     over or patch (``incremental.carried``, ``incremental.patch_index``); ``drop``:
-    ``previous``'s bindings that are built again (``topology.build_topology``)."""
+    ``previous``'s bindings that are built again (``topology.build_topology``).
+
+    ``memo``: the previous compile's per-port flows (``FlowSink.per_port``), reused
+    where their inputs are equal; ``memo_out`` receives this compile's (those of
+    datapaths outside ``scope`` carried over from ``memo``); ``reused`` receives
+    [per-port emissions answered from the memo, all per-port emissions]."""
     sb = SBState(generation=nb.generation)
     with nb.indexed(seed) as index:
         if scope is not None and previous is not None:
@@ -74,22 +82,28 @@ def build(
             build_topology(nb, sb, previous, scope if bindings is None else bindings, drop)
         else:
             build_topology(nb, sb)
-        sink = FlowSink()
-        nb.scope = scope
+        sink = FlowSink(memo=memo, order=_order)
+        nb.scope, nb.views = scope, {}
         try:
             for builder in BUILDERS:
                 builder.build(nb, sb, sink)
         finally:
-            nb.scope = None
+            nb.scope = nb.views = None
         sb.monitors = service_monitors(nb, sb)
         if keep is not None:
             keep.update(index)
-    by_dp: dict[int, list[LogicalFlow]] = {}
-    for flow in sink.flows:
-        by_dp.setdefault(flow.datapath, []).append(flow)
+    if memo_out is not None:
+        if scope is not None and memo is not None:
+            memo_out.update((dp, v) for dp, v in memo.items() if dp not in scope)
+        memo_out.update(sink.kept)
+    if reused is not None:
+        reused[:] = [sink.hits, sink.calls]
+    by_dp: dict[int, list[Keyed]] = {}
+    for i, (flow, key) in enumerate(zip(sink.flows, sink.keys, strict=True)):
+        by_dp.setdefault(flow.datapath, []).append((_order(flow) if key is None else key, i, flow))
     if scope is not None and not by_dp.keys() <= scope:
         raise AssertionError(f"a scoped compile built flows of {sorted(by_dp.keys() - scope)}")
-    return sb, {dp: canonical(flows) for dp, flows in by_dp.items()}
+    return sb, {dp: _canonical(keyed) for dp, keyed in by_dp.items()}
 
 
 def join(chunks: Chunks) -> list[LogicalFlow]:
@@ -120,7 +134,7 @@ def match_key(expr: Expr) -> MatchKey:
     return (tag, tuple(match_key(t) for t in expr.terms))
 
 
-def _order(flow: LogicalFlow) -> tuple[int, int, int, MatchKey]:
+def _order(flow: LogicalFlow) -> OrderKey:
     return (flow.datapath, flow.stage.table, -flow.priority, match_key(flow.match))
 
 
@@ -130,9 +144,19 @@ def canonical(flows: Iterable[LogicalFlow]) -> list[LogicalFlow]:
     Flows equal in datapath, stage, priority and match but not in actions are
     conflicts (see :func:`conflicts`); they keep their emission order.
     """
-    keyed = sorted(((_order(f), i, f) for i, f in enumerate(flows)), key=_first_two)
+    return _canonical([(_order(f), i, f) for i, f in enumerate(flows)])
+
+
+Keyed = tuple[OrderKey, int, LogicalFlow]  # a flow with its canonical key and emission index
+
+
+def _canonical(items: list[Keyed]) -> list[LogicalFlow]:
+    # by key, then emission order: the indexes are unique, so flows are never compared
+    # (nor hashed: hashing a flow walks its whole match every time)
+    items.sort()
+    keyed = items
     out: list[LogicalFlow] = []
-    run_key: tuple[int, int, int, MatchKey] | None = None
+    run_key: OrderKey | None = None
     run: list[LogicalFlow] = []  # the distinct flows of the current run of equal keys
     for key, _, flow in keyed:
         if key != run_key:
@@ -142,14 +166,6 @@ def canonical(flows: Iterable[LogicalFlow]) -> list[LogicalFlow]:
         run.append(flow)
         out.append(flow)
     return out
-
-
-def _first_two(
-    item: tuple[tuple[int, int, int, MatchKey], int, LogicalFlow],
-) -> tuple[tuple[int, int, int, MatchKey], int]:
-    """Sort by the canonical key, then emission order (without comparing flows, and
-    without hashing them: hashing a flow walks its whole match every time)."""
-    return item[0], item[1]
 
 
 def conflicts(flows: Iterable[LogicalFlow]) -> list[tuple[LogicalFlow, LogicalFlow]]:

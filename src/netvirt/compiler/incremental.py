@@ -33,6 +33,15 @@ tells the southbound service which datapaths' flows may differ from the previous
 generation's. The builders' NB lookups are carried from compile to compile: those
 over a kind no write touched as they were (:func:`carried`), those over ports
 patched for the changed ports (:func:`patch_index`).
+
+Within a rebuilt switch most ports did not change (a bulk create adds ports to a
+switch that has hundreds): each per-port builder (port security, ACL port flows,
+ARP/ND, DHCP, L2 lookup) emits a port's flows through ``FlowSink.per_port``, which
+reuses the previous compile's flows of that port (:attr:`Compiled.memo`, with their
+canonical sort keys) when the port's NB object, its binding and the switch inputs the
+builder names are equal — compared by identity first, as ``nb.refresh`` shares
+untouched objects and never changes an object it shared. A full compile uses the memo
+too; ``tests/compiler/test_port_memo.py`` checks a hit never differs from a fresh build.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netvirt.compiler.compile import Chunks, build
+from netvirt.compiler.lflow import PortMemo, same_flows_port
 from netvirt.compiler.nb import (
     NETWORKS_BY_KEY,
     PORTS_BY_DEVICE,
@@ -82,13 +92,20 @@ class Compiled:
     index: dict[object, Any] = field(default_factory=dict, repr=False, compare=False)
     # names of the port bindings that may differ from the previous compile's (None: any)
     ports_dirty: frozenset[str] | None = None
+    # every port's flows of each per-port builder, with what they were built from
+    # (``FlowSink.per_port``): the next compile reuses those of unchanged ports
+    memo: PortMemo = field(default_factory=dict, repr=False, compare=False)
+    reused: tuple[int, int] = (0, 0)  # per-port emissions from the memo, all of them
 
 
-def compile_full(nb: NBSnapshot) -> Compiled:
+def compile_full(nb: NBSnapshot, memo: PortMemo | None = None) -> Compiled:
+    """Every datapath built again (``memo``: per-port flows a previous compile left)."""
     index: dict[object, Any] = {}
-    sb, chunks = build(nb, None, keep=index)
+    kept: PortMemo = {}
+    reused = [0, 0]
+    sb, chunks = build(nb, None, keep=index, memo=memo, memo_out=kept, reused=reused)
     sb.set_chunks(chunks)
-    return Compiled(nb, sb, chunks, None, index)
+    return Compiled(nb, sb, chunks, None, index, memo=kept, reused=(reused[0], reused[1]))
 
 
 def compile_incremental(
@@ -105,17 +122,30 @@ def compile_incremental(
     ports = _changed_ports(prev, nb, changed.get("ports", set()))
     found = dirty_datapaths(prev, nb, changed, ports)
     if found is None:
-        return compile_full(nb)
+        return compile_full(nb, prev.memo)
     dirty, bindings_only = found
     seed = patch_index(prev.index, ports) | carried(prev, nb)
     index: dict[object, Any] = {}
     scope = dirty | bindings_only
     drop = rebuilt_bindings(prev, scope)
-    sb, fresh = build(nb, dirty, prev.sb, scope, seed=seed, keep=index, drop=drop)
+    kept: PortMemo = {}
+    reused = [0, 0]
+    sb, fresh = build(
+        nb,
+        dirty,
+        prev.sb,
+        scope,
+        seed=seed,
+        keep=index,
+        drop=drop,
+        memo=prev.memo,
+        memo_out=kept,
+        reused=reused,
+    )
     chunks = {dp: flows for dp, flows in prev.chunks.items() if dp not in dirty}
     chunks.update(fresh)
     sb.set_chunks(chunks)  # the flow list is joined only if someone reads it whole
-    out = Compiled(nb, sb, chunks, dirty, index)
+    out = Compiled(nb, sb, chunks, dirty, index, memo=kept, reused=(reused[0], reused[1]))
     built = rebuilt_bindings(out, scope)
     if drop is not None and built is not None:
         out.ports_dirty = frozenset(drop | built)  # every other binding is prev's own
@@ -270,16 +300,8 @@ def _membership(port: Obj | None) -> tuple[object, ...]:
     )
 
 
-# port fields no flow depends on: a port whose change is only these (an agent's status
-# report, ACTIVE/DOWN; a new binding host) gets a new binding, its switch keeps its flows
-BINDING_ONLY = frozenset(
-    {"status", "revision_number", "updated_at", "binding:host_id", "binding:vif_type"}
-)
-
-
 def _binding_only(old: Obj, new: Obj) -> bool:
-    keys = old.keys() | new.keys()
-    return all(k in BINDING_ONLY or old.get(k) == new.get(k) for k in keys)
+    return same_flows_port(old, new)
 
 
 def dirty_datapaths(

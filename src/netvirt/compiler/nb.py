@@ -61,6 +61,9 @@ class NBSnapshot:
     # all, see compiler/incremental.py) and lookups shared by the builders of one compile
     scope: frozenset[int] | None = field(default=None, compare=False, repr=False)
     _index: dict[object, Any] | None = field(default=None, compare=False, repr=False)
+    # compile-time only: views the builders of one compile share that are not NB lookups
+    # (they read the SB topology too), never carried to the next compile
+    views: dict[object, Any] | None = field(default=None, compare=False, repr=False)
 
     # -- lookups builders need often ------------------------------------------
     @contextmanager
@@ -245,7 +248,7 @@ def _patch(
     """``old`` with the touched objects read again; True when ``touched`` names every
     object that may have changed (False: whole kinds were read again)."""
     ctx = Context.admin()
-    nb = replace(old, generation=generation, scope=None, _index=None)
+    nb = replace(old, generation=generation, scope=None, _index=None, views=None)
     port_ids = sorted(touched.get("ports", ()))
     reload = set(touched) | unknown
     exact = not unknown

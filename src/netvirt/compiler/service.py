@@ -84,12 +84,14 @@ class CompilerService:
         with self.db.write(bump=False) as session:
             identity.report(session, "compiler", COMPILER_NAME, sb.generation)
         log.info(
-            "compiled generation %d: %d flows, %s datapaths rebuilt in %.3fs (NB read %.3fs)",
+            "compiled generation %d: %d flows, %s datapaths rebuilt in %.3fs (NB read %.3fs); "
+            "per-port flows reused %d/%d",
             sb.generation,
             sb.flow_count(),
             "all" if compiled.dirty is None else len(compiled.dirty),
             self.compile_seconds,
             self.load_seconds,
+            *compiled.reused,
         )
         return sb
 

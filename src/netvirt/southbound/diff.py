@@ -114,8 +114,7 @@ def diff(
         old_flows, new_flows = old.flows, new.flows
     else:
         old_flows, new_flows = old.flows_of(flow_dps), new.flows_of(flow_dps)
-    old_ids = {_ident(f) for f in old_flows}
-    new_ids = {_ident(f) for f in new_flows}
+    flows_removed, flows_added = _flow_changes(old_flows, new_flows)
     return SBDelta(
         base=old.generation,
         generation=new.generation,
@@ -125,12 +124,33 @@ def diff(
         ports=ports,
         groups_removed=groups_removed,
         groups=groups,
-        flows_removed=tuple(f for f in old_flows if _ident(f) not in new_ids),
-        flows=tuple(f for f in new_flows if _ident(f) not in old_ids),
+        flows_removed=flows_removed,
+        flows=flows_added,
         chassis=chassis,
         chassis_removed=chassis_removed,
         monitors=monitors,
         monitors_removed=monitors_removed,
+    )
+
+
+def _flow_changes(
+    old: list[LogicalFlow], new: list[LogicalFlow]
+) -> tuple[tuple[LogicalFlow, ...], tuple[LogicalFlow, ...]]:
+    """(flows of ``old`` not in ``new``, flows of ``new`` not in ``old``), in list order.
+
+    A flow object in both lists is unchanged: the compiler reuses unchanged ports' flow
+    objects (``FlowSink.per_port``), so most flows of a rebuilt datapath are skipped
+    without hashing them (a flow's hash walks its whole match). The rest compare by
+    value and provenance; a list never holds two equal flows (``compile.canonical``)."""
+    in_new = {id(f) for f in new}
+    in_old = {id(f) for f in old}
+    old_rest = [f for f in old if id(f) not in in_new]
+    new_rest = [f for f in new if id(f) not in in_old]
+    old_ids = {_ident(f) for f in old_rest}
+    new_ids = {_ident(f) for f in new_rest}
+    return (
+        tuple(f for f in old_rest if _ident(f) not in new_ids),
+        tuple(f for f in new_rest if _ident(f) not in old_ids),
     )
 
 

@@ -23,9 +23,10 @@ tail of every responder ("send it back where it came from").
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, fields
 from functools import lru_cache
+from operator import attrgetter
 
 from netvirt.compiler.expr.ast import Cmp, Value, conj
 from netvirt.compiler.lflow import FlowSink, Provenance
@@ -220,9 +221,21 @@ class Switch:
         return Provenance(builder, "network", self.id, note)
 
 
-def switches(nb: NBSnapshot, sb: SBState) -> Iterator[Switch]:
+def switches(nb: NBSnapshot, sb: SBState) -> list[Switch]:
     """Every network's switch, in datapath-key order (only those in ``nb.scope`` when a
-    compile is scoped, see compiler/incremental.py)."""
+    compile is scoped, see compiler/incremental.py); made once per compile
+    (``nb.views``) for all builders."""
+    views = nb.views
+    if views is None:
+        return list(_switches(nb, sb))
+    key = ("switches", id(sb), nb.scope)
+    made: list[Switch] | None = views.get(key)
+    if made is None:
+        made = views[key] = list(_switches(nb, sb))
+    return made
+
+
+def _switches(nb: NBSnapshot, sb: SBState) -> Iterator[Switch]:
     by_key = nb.network_by_key()
     scope = nb.scope
     keys = sorted(by_key) if scope is None else sorted(k for k in scope if k in by_key)
@@ -240,6 +253,27 @@ def switches(nb: NBSnapshot, sb: SBState) -> Iterator[Switch]:
         ports = tuple(LPort(by_port[pb.nb_id], pb) for pb in bound)
         own = tuple(sorted(nb.subnets_of(net["id"]), key=lambda s: str(s["id"])))
         yield Switch(net, sb.datapaths[key], ports, own)
+
+
+def per_port(
+    sink: FlowSink,
+    builder: str,
+    switch: Switch,
+    port: LPort,
+    inputs: tuple[object, ...],
+    emit: Callable[[], None],
+) -> None:
+    """Emit one port's flows through the sink's per-port memo (``FlowSink.per_port``):
+    ``inputs`` must hold everything of the switch ``emit`` reads (the port's NB object
+    and binding are compared anyway), or a stale flow would survive a change."""
+    binding = _flow_fields(port.pb)
+    sink.per_port((builder, port.name), (switch.key, port.nb, binding), inputs, emit)
+
+
+# what a port binding holds that flows may read: all but its state on a host (compared
+# field by field: a port's binding is made again when an agent reports it up)
+BINDING_STATE = frozenset({"up", "requested_chassis"})
+_flow_fields = attrgetter(*(f.name for f in fields(PortBinding) if f.name not in BINDING_STATE))
 
 
 def port_provenance(builder: str, port: LPort, note: str = "") -> Provenance:

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable
+from functools import partial
 
 from netvirt.compiler.build import (
     LPort,
@@ -70,6 +71,7 @@ from netvirt.compiler.build import (
     ip_version,
     ips_cmp,
     outport_in,
+    per_port,
     port_provenance,
     reg0_bit,
     set_reg0_bit,
@@ -126,17 +128,16 @@ def build(nb: NBSnapshot, sb: SBState, sink: FlowSink) -> None:
     members = _RuleMatches(nb)
     for switch in switches(nb, sb):
         guarded = [p for p in switch.secured() if p.nb.get("security_groups")]
-        stateful = [p for p in guarded if _stateful(p, groups)]
+        tracked = {p.name: _stateful(p, groups) for p in guarded}
+        for port in guarded:
+            inputs = (switch.key, tracked[port.name])  # all _port reads but the port
+            emit = partial(_port, switch, port, tracked[port.name], sink)
+            per_port(sink, BUILDER, switch, port, inputs, emit)
         for way in DIRECTIONS:
             if guarded:
-                _infrastructure(switch, way, sink, tracked=bool(stateful))
-            if stateful:
-                _tracking(switch, way, stateful, sink)
-            for port in guarded:
-                drop = (Drop(DropReason.ACL_DENY),)
-                match = conj(way.ports([port]), BoolSym("ip"))
-                prov = port_provenance(BUILDER, port, "default deny")
-                sink.add(switch.key, way.stage("acl"), PRIO_PORT_DEFAULT, match, drop, prov)
+                _infrastructure(switch, way, sink, tracked=any(tracked.values()))
+            if any(tracked.values()):
+                _tracking(switch, way, sink)
             _rules(switch, way, guarded, groups, members, sink)
         defaults: dict[str, tuple[object, ...]] = {}
         for way in DIRECTIONS:
@@ -164,11 +165,21 @@ def _infrastructure(switch: Switch, way: Direction, sink: FlowSink, *, tracked: 
         sink.add(switch.key, way.stage("acl"), PRIO_INFRA, dhcp, (Next(),), prov)
 
 
-def _tracking(switch: Switch, way: Direction, ports: list[LPort], sink: FlowSink) -> None:
-    for port in ports:
+def _port(switch: Switch, port: LPort, tracked: bool, sink: FlowSink) -> None:
+    """A guarded port's own flows: its IP traffic is tracked (a stateful group) and
+    dropped when no rule allows it."""
+    for way in DIRECTIONS:
         match = conj(way.ports([port]), BoolSym("ip"))
-        acts = (set_reg0_bit(REGBIT_CONNTRACK), Next())
-        sink.add(switch.key, way.stage("pre_acl"), 100, match, acts, port_provenance(BUILDER, port))
+        if tracked:
+            acts = (set_reg0_bit(REGBIT_CONNTRACK), Next())
+            prov = port_provenance(BUILDER, port)
+            sink.add(switch.key, way.stage("pre_acl"), 100, match, acts, prov)
+        drop = (Drop(DropReason.ACL_DENY),)
+        prov = port_provenance(BUILDER, port, "default deny")
+        sink.add(switch.key, way.stage("acl"), PRIO_PORT_DEFAULT, match, drop, prov)
+
+
+def _tracking(switch: Switch, way: Direction, sink: FlowSink) -> None:
     prov = switch.provenance(BUILDER, "conntrack")
     tracked = reg0_bit(REGBIT_CONNTRACK)
     sink.add(switch.key, way.stage("pre_stateful"), 100, tracked, (CtNext(),), prov)

@@ -22,12 +22,14 @@ answered by the VMs.
 from __future__ import annotations
 
 import ipaddress
+from functools import partial
 
 from netvirt.compiler.build import (
     LPort,
     Switch,
     add_defaults,
     ips_cmp,
+    per_port,
     port_provenance,
     reply_to_sender,
     switches,
@@ -45,10 +47,15 @@ SENDERS = ("vif", "localnet")  # ports whose own requests for their address are 
 
 def build(nb: NBSnapshot, sb: SBState, sink: FlowSink) -> None:
     for switch in switches(nb, sb):
+        inputs = (switch.key,)  # all _port reads of the switch
         for port in switch.ports:
-            _arp(switch, port, sink)
-            _nd(switch, port, sink)
+            per_port(sink, BUILDER, switch, port, inputs, partial(_port, switch, port, sink))
         add_defaults(sink, switch, BUILDER, {"ls_in_arp_rsp": (Next(),)})
+
+
+def _port(switch: Switch, port: LPort, sink: FlowSink) -> None:
+    _arp(switch, port, sink)
+    _nd(switch, port, sink)
 
 
 def arp_reply_actions(mac: int) -> tuple[object, ...]:

@@ -38,6 +38,7 @@ DHCPv6 server itself (stateful/stateless DHCPv6 requests go unanswered).
 from __future__ import annotations
 
 import ipaddress
+from functools import partial
 
 from netvirt.compiler.build import (
     LPort,
@@ -47,6 +48,7 @@ from netvirt.compiler.build import (
     ip_value,
     link_local,
     mac_value,
+    per_port,
     port_provenance,
     reply_to_sender,
     switches,
@@ -70,12 +72,18 @@ def build(nb: NBSnapshot, sb: SBState, sink: FlowSink) -> None:
         served = [s for s in switch.subnets if s["ip_version"] == 4 and s.get("enable_dhcp")]
         for subnet in served:
             _allow_reply(switch, subnet, sink)
+        inputs = (switch.key, switch.net, switch.subnets)  # all _port reads of the switch
         for port in switch.vifs():
-            chosen = _dhcp_subnet(port, subnets)
-            if chosen is not None:
-                _dhcpv4(switch, port, chosen, sink)
+            emit = partial(_port, switch, port, subnets, sink)
+            per_port(sink, BUILDER, switch, port, inputs, emit)
         _router_adverts(switch, sink)
         add_defaults(sink, switch, BUILDER, {"ls_in_dhcp_rsp": (Next(),)})
+
+
+def _port(switch: Switch, port: LPort, subnets: dict[str, Obj], sink: FlowSink) -> None:
+    chosen = _dhcp_subnet(port, subnets)
+    if chosen is not None:
+        _dhcpv4(switch, port, chosen, sink)
 
 
 def server_mac(vni: int) -> int:

@@ -17,8 +17,17 @@ The load balancer builder adds the delivery of balanced packets here (110).
 from __future__ import annotations
 
 from collections import Counter
+from functools import partial
 
-from netvirt.compiler.build import Switch, add_defaults, mac_value, port_provenance, switches
+from netvirt.compiler.build import (
+    LPort,
+    Switch,
+    add_defaults,
+    mac_value,
+    per_port,
+    port_provenance,
+    switches,
+)
 from netvirt.compiler.expr.ast import BoolSym, Cmp, conj
 from netvirt.compiler.lflow import FlowSink
 from netvirt.compiler.nb import NBSnapshot
@@ -44,11 +53,18 @@ def build(nb: NBSnapshot, sb: SBState, sink: FlowSink) -> None:
 
 def _unicast(switch: Switch, sink: FlowSink) -> None:
     owners = Counter(m for port in switch.ports for m in port.macs)
+    shared = frozenset(m for m, n in owners.items() if n > 1)
+    inputs = (switch.key, shared)  # all _port reads of the switch
     for port in switch.ports:
-        for mac in port.macs:
-            if mac != port.mac and owners[mac] > 1:
-                continue
-            match = conj(Cmp("eth.dst", "==", (mac_value(mac),)))
-            acts = (port.set_outport(), Output())
-            prov = port_provenance(BUILDER, port)
-            sink.add(switch.key, "ls_in_l2_lkup", 50, match, acts, prov)
+        per_port(sink, BUILDER, switch, port, inputs, partial(_port, switch, port, shared, sink))
+
+
+def _port(switch: Switch, port: LPort, shared: frozenset[int], sink: FlowSink) -> None:
+    """A port's MACs → the port; a pair MAC other ports also have (``shared``) floods."""
+    for mac in port.macs:
+        if mac != port.mac and mac in shared:
+            continue
+        match = conj(Cmp("eth.dst", "==", (mac_value(mac),)))
+        acts = (port.set_outport(), Output())
+        prov = port_provenance(BUILDER, port)
+        sink.add(switch.key, "ls_in_l2_lkup", 50, match, acts, prov)

@@ -26,6 +26,7 @@ the stage default.
 from __future__ import annotations
 
 import ipaddress
+from functools import partial
 
 from netvirt.compiler.build import (
     LPort,
@@ -37,6 +38,7 @@ from netvirt.compiler.build import (
     link_local,
     mac_value,
     macs_cmp,
+    per_port,
     port_provenance,
     switches,
 )
@@ -55,14 +57,10 @@ ZERO_MAC = 0
 
 def build(nb: NBSnapshot, sb: SBState, sink: FlowSink) -> None:
     for switch in switches(nb, sb):
-        _l2_ingress(switch, sink)
-        for port in switch.secured():
-            if _down(switch, port):
-                continue  # nothing gets past ls_in_port_sec_l2 / ls_out_port_sec_l2
-            _ip_ingress(switch, port, sink)
-            _nd_ingress(switch, port, sink)
-            _ip_egress(switch, port, sink)
-        _l2_egress(switch, sink)
+        _l2_switch(switch, sink)
+        inputs = (switch.key, switch.admin_up, switch.subnets)  # what _port reads of it
+        for port in switch.ports:
+            per_port(sink, BUILDER, switch, port, inputs, partial(_port, switch, port, sink))
         add_defaults(
             sink,
             switch,
@@ -77,6 +75,17 @@ def build(nb: NBSnapshot, sb: SBState, sink: FlowSink) -> None:
         )
 
 
+def _port(switch: Switch, port: LPort, sink: FlowSink) -> None:
+    """Every flow of one port (reads the switch's key, admin state and subnets only)."""
+    _l2_ingress(switch, port, sink)
+    _l2_egress(switch, port, sink)
+    if port.secured and not _down(switch, port):
+        _ip_ingress(switch, port, sink)
+        _nd_ingress(switch, port, sink)
+        _ip_egress(switch, port, sink)
+    # a down port: nothing gets past ls_in_port_sec_l2 / ls_out_port_sec_l2
+
+
 def _down(switch: Switch, port: LPort) -> bool:
     return not (port.admin_up and switch.admin_up)
 
@@ -84,40 +93,44 @@ def _down(switch: Switch, port: LPort) -> bool:
 # -- L2 -------------------------------------------------------------------------------------
 
 
-def _l2_ingress(switch: Switch, sink: FlowSink) -> None:
-    stage = "ls_in_port_sec_l2"
+def _l2_switch(switch: Switch, sink: FlowSink) -> None:
+    """The hard rules of the switch: VLAN tags and multicast sources never pass in,
+    multicast and broadcast always reach a port."""
     prov = switch.provenance(BUILDER)
+    stage = "ls_in_port_sec_l2"
     sink.add(switch.key, stage, 100, BoolSym("vlan.present"), (Drop(),), prov)
     group_bit = Value(MULTICAST_BIT, MULTICAST_BIT, "01:00:00:00:00:00/01:00:00:00:00:00")
     mcast_src = Cmp("eth.src", "==", (group_bit,))
     sink.add(switch.key, stage, 100, mcast_src, (Drop(DropReason.PORT_SECURITY_MAC),), prov)
-    for port in switch.ports:
-        if port.pb.type == "vip":
-            continue  # a VIP is never bound to a host: it sends nothing
-        pp = port_provenance(BUILDER, port)
-        if _down(switch, port):
-            sink.add(switch.key, stage, 90, port.inport(), (Drop(DropReason.PORT_DOWN),), pp)
-        elif port.secured:
-            match = conj(port.inport(), macs_cmp("eth.src", port.macs))
-            sink.add(switch.key, stage, 50, match, (Next(),), pp)
-            drop = (Drop(DropReason.PORT_SECURITY_MAC),)
-            sink.add(switch.key, stage, 40, port.inport(), drop, pp)
-        else:
-            sink.add(switch.key, stage, 50, port.inport(), (Next(),), pp)
+    sink.add(switch.key, "ls_out_port_sec_l2", 100, BoolSym("eth.mcast"), (Output(),), prov)
 
 
-def _l2_egress(switch: Switch, sink: FlowSink) -> None:
+def _l2_ingress(switch: Switch, port: LPort, sink: FlowSink) -> None:
+    stage = "ls_in_port_sec_l2"
+    if port.pb.type == "vip":
+        return  # a VIP is never bound to a host: it sends nothing
+    pp = port_provenance(BUILDER, port)
+    if _down(switch, port):
+        sink.add(switch.key, stage, 90, port.inport(), (Drop(DropReason.PORT_DOWN),), pp)
+    elif port.secured:
+        match = conj(port.inport(), macs_cmp("eth.src", port.macs))
+        sink.add(switch.key, stage, 50, match, (Next(),), pp)
+        drop = (Drop(DropReason.PORT_SECURITY_MAC),)
+        sink.add(switch.key, stage, 40, port.inport(), drop, pp)
+    else:
+        sink.add(switch.key, stage, 50, port.inport(), (Next(),), pp)
+
+
+def _l2_egress(switch: Switch, port: LPort, sink: FlowSink) -> None:
     stage = "ls_out_port_sec_l2"
-    sink.add(switch.key, stage, 100, BoolSym("eth.mcast"), (Output(),), switch.provenance(BUILDER))
-    for port in switch.ports:
-        pp = port_provenance(BUILDER, port)
-        if _down(switch, port):
-            sink.add(switch.key, stage, 110, port.outport(), (Drop(DropReason.PORT_DOWN),), pp)
-        elif port.secured:
-            match = conj(port.outport(), macs_cmp("eth.dst", port.macs))
-            sink.add(switch.key, stage, 50, match, (Output(),), pp)
-            drop = (Drop(DropReason.PORT_SECURITY_MAC),)
-            sink.add(switch.key, stage, 40, port.outport(), drop, pp)
+    pp = port_provenance(BUILDER, port)
+    if _down(switch, port):
+        sink.add(switch.key, stage, 110, port.outport(), (Drop(DropReason.PORT_DOWN),), pp)
+    elif port.secured:
+        match = conj(port.outport(), macs_cmp("eth.dst", port.macs))
+        sink.add(switch.key, stage, 50, match, (Output(),), pp)
+        drop = (Drop(DropReason.PORT_SECURITY_MAC),)
+        sink.add(switch.key, stage, 40, port.outport(), drop, pp)
 
 
 # -- IP -------------------------------------------------------------------------------------
