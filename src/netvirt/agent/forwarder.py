@@ -73,7 +73,9 @@ from netvirt.agent.batchwork import (
     Work,
     keep_learned,
     l2_targets,
+    reply_of,
     store_down,
+    syn_ack_half,
 )
 from netvirt.agent.bindings import Plug
 from netvirt.agent.counters import Item, PortCounters, by_value, size_of
@@ -163,9 +165,12 @@ class Forwarder:
         # scale-out gateways: hellos, liveness, the choice of a gateway per flow
         self.gateways = GatewayPlane(clock, plugged=lambda iface: iface in self.plugs)
         self.flow_cache = flow_cache
+        if flow_cache is not None:  # (a kernel offload owning connections folds them back)
+            flow_cache.conntrack = self.conntrack.conntrack
         # slow-path work parked on an asynchronous store, and the packets held behind it
         self.jobs = StoreJobs(state_store)
         self.parking = Parking()
+        self._flag_rules: set[Rule] = set()  # installed rules matching TCP flags
         self.slow_errors = 0  # slow-path batches lost to a bug (dropped as internal_error)
         self._slow_error_logged = -1e9
 
@@ -210,6 +215,7 @@ class Forwarder:
         Slow-path work parked on the store finishes first, under the rules it started with."""
         self.jobs.drain()
         delta = self.installed.classifier.apply(add=add, remove=remove)
+        self._note_flag_rules(add, remove)
         keep_learned(self.pipeline.topology, physical.topology)
         self.installed.physical = physical
         self.pipeline.topology = physical.topology
@@ -228,6 +234,17 @@ class Forwarder:
                 len(self.installed.classifier),
             )
         return delta
+
+    def _note_flag_rules(self, add: Sequence[Rule], remove: Sequence[Rule]) -> None:
+        """Keep the installed rules that match TCP flags: while there are any, an outcome
+        learned from one packet of a connection is not handed to the kernel for the
+        connection's other packets (``offload/conns.py`` serves them whatever their flags)."""
+        flags = self._flag_rules
+        for rule in remove:
+            flags.discard(rule)
+        for rule in add:
+            if any(m.field == "tcp.flags" for m in rule.match):
+                flags.add(rule)
 
     # -- packets from local interfaces ------------------------------------------------------------
 
@@ -337,6 +354,10 @@ class Forwarder:
         its flows and lets the held packets go when the replies are in."""
         cache = self.flow_cache
         version = self.cache_version() if cache is not None else None
+        fold = cache.fold_back if cache is not None else None
+        if fold is not None:  # a connection the kernel owns comes back before its packet
+            for _, _, item in work:
+                fold(item[0])
         job = Job()
 
         def done(verdicts: list[Verdict]) -> None:
@@ -470,6 +491,11 @@ class Forwarder:
                 return
         if key is None or found is None or deps is None:
             cache.counters.uncacheable += key is not None
+            half, iface = cache.half_learned, miss.iface
+            if half is not None and key is None and iface and not self._flag_rules:
+                found_half = syn_ack_half(iface, frame.data, seeded, verdict, wires, miss.now)
+                if found_half is not None:  # (a SYN-ACK: offload/conns.py)
+                    half(*found_half)
             return
         cached: list[Output] = []
         for dest, wire in wires:
@@ -478,7 +504,8 @@ class Forwarder:
                 cache.counters.uncacheable += 1
                 return
             cached.append(Output(dest, rewrite))
-        cache.insert(key, Entry(tuple(cached), tuple(verdict.drops), deps, miss.now))
+        replies = () if self._flag_rules else tuple(reply_of(r) for r in verdict.ct)
+        cache.insert(key, Entry(tuple(cached), tuple(verdict.drops), deps, miss.now, replies))
 
     # -- packets from the underlay ----------------------------------------------------------------
 

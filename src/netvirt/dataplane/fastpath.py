@@ -357,6 +357,9 @@ class Entry:
     drops: tuple[DropReason, ...]
     deps: tuple[tuple[Hashable, int], ...]
     born: float
+    # per dependency: the packet was in its connection's reply direction (the kernel
+    # connections of ``offload/conns.py`` pair an entry with its other direction)
+    replies: tuple[bool, ...] = ()
 
 
 class ConnEpochs:
@@ -402,6 +405,13 @@ class ConnEpochs:
             self._states.clear()
             self.generation += 1
         self._states[conn] = state
+        self._epochs[conn] = self._epochs.get(conn, 0) + 1
+        if self.on_change is not None:
+            self.on_change(conn)
+
+    def bump(self, conn: Hashable) -> None:
+        """Invalidate a connection's cached outcomes without a state change (its packets
+        are the kernel's from now on: ``offload/conns.py``)."""
         self._epochs[conn] = self._epochs.get(conn, 0) + 1
         if self.on_change is not None:
             self.on_change(conn)
@@ -471,10 +481,22 @@ class FlowCache:
     segments: SegmentCache | None = field(default_factory=SegmentCache)
     # mirrors inserts, removals and flushes (``offload/manager.py``: the kernel's copy)
     listener: CacheListener | None = None
+    # the forwarder's conntrack (``nf.Conntrack``), for a listener that owns connections
+    conntrack: object = None
+    # called with each frame before it takes the slow path (``offload/conns.py``: a
+    # connection the kernel owns is folded back first); None: nothing to do
+    fold_back: Callable[[bytes], None] | None = None
+    # given a SYN-ACK's outcome as its direction's entry (``offload/conns.py``); None: off
+    half_learned: Callable[[Hashable, Entry], None] | None = None
 
     def attach(self, listener: CacheListener) -> None:
         self.listener = listener
         self.epochs.on_change = listener.conn_changed
+        bind = getattr(listener, "bind", None)
+        if bind is not None and self.conntrack is not None:
+            bind(self.conntrack, self.epochs)
+        self.fold_back = getattr(listener, "fold_frame", None)
+        self.half_learned = getattr(listener, "half_learned", None)
 
     def sync(self, version: Hashable) -> None:
         """Flush when what the entries were learned under changed (call once per batch;

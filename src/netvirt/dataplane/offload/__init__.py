@@ -78,6 +78,15 @@ deleted. A datapath that dies leaves the programs attached: ``forward`` stops
 serving entries two seconds past their deadline, so nothing outlives it for
 long; a new datapath loads a new map and replaces the filter.
 
+*Kernel connections* (``conns.py``). A local TCP connection whose two directions the
+slow path has decided (an exact entry each, or the SYN-ACK's outcome for the reply
+direction) is handed to the kernel: per direction an entry keyed without the TCP
+flags, and one TCP state that ``punt`` moves as the user-space conntrack would
+(``tcp_next``); ``forward`` serves only the frames ``punt`` approved. Its conntrack
+records are the kernel's meanwhile: any frame of it the slow path is about to see, a
+flush, a closed or expired connection, an exit, folds the kernel's state back into
+them first. Local state stores only.
+
 *Counters.* Frames served in the kernel are not seen by the datapath's port
 counters; ``stats()`` reports them per port (``forward`` counts per ingress and
 egress ifindex) and in total, in the datapath status under ``offload``.

@@ -145,6 +145,10 @@ class Loaded:
     flows_value_size: int = 0
     decap_fd: int = -1  # ``decap``, for TC ingress of the underlay device
     tunnel_fd: int = -1  # the underlay address and port ``decap`` accepts
+    conns_fd: int = -1  # kernel connections (``conns.py``): per direction
+    cstates_fd: int = -1  # ... their TCP states
+    timeouts_fd: int = -1  # ... conntrack's timeout per state
+    punt_check_fd: int = -1  # ``punt`` as a TC program, for BPF_PROG_TEST_RUN (tests)
 
     def close(self) -> None:
         if self.obj:
@@ -181,9 +185,19 @@ def load(path: Path | None = None) -> Loaded:
         fds.append(fd)
     value_size = lib.bpf_map__value_size(lib.bpf_object__find_map_by_name(obj, b"flows"))
     forward_fd, punt_fd, flows_fd, stats_fd, ports_fd, decap_fd, tunnel_fd = fds
-    return Loaded(
+    found = Loaded(
         lib, obj, forward_fd, punt_fd, flows_fd, stats_fd, ports_fd, value_size, decap_fd, tunnel_fd
     )
+    for field, map_name in (
+        ("conns_fd", b"conns"),
+        ("cstates_fd", b"cstates"),
+        ("timeouts_fd", b"ct_timeouts"),
+    ):
+        handle = lib.bpf_object__find_map_by_name(obj, map_name)
+        setattr(found, field, lib.bpf_map__fd(handle) if handle else -1)
+    check = lib.bpf_object__find_program_by_name(obj, b"punt_check")
+    found.punt_check_fd = lib.bpf_program__fd(check) if check else -1
+    return found
 
 
 def attach_ingress(loaded: Loaded, ifindex: int, prog_fd: int | None = None) -> None:

@@ -88,10 +88,12 @@ struct {
 } flows SEC(".maps");
 
 // per CPU: [0] frames forwarded, [1] bytes forwarded, [2] punted past deadline,
-// [3] forward misses (no entry at TC), [4] punted frames TC left to the datapath
+// [3] forward misses (no entry at TC), [4] punted frames TC left to the datapath,
+// [5] frames of kernel connections forwarded, [6] frames of kernel connections given to
+// the datapath (the tracker refused them), [7] approved frames whose entry left meanwhile
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 5);
+	__uint(max_entries, 8);
 	__type(key, __u32);
 	__type(value, __u64);
 } stats SEC(".maps");
@@ -131,6 +133,8 @@ struct {
 struct punted {
 	__u32 ifindex;
 	__u32 len;
+	__u32 approved;  // 1: a kernel connection's frame the tracker let through (conns below)
+	__u32 pad;
 };
 
 struct {
@@ -143,7 +147,8 @@ struct {
 #define COPY(dst, src, n) __builtin_memcpy((dst), (src), (n))
 
 // The key of the frame at `base` of `size` bytes (fastpath.frame_key's checks and covered
-// ranges); 0 if none.
+// ranges): 1; 2 for a TCP SYN, FIN or RST (no exact entry serves those: only a kernel
+// connection may, by the key without its flags); 0 if none.
 static __always_inline int make_key(struct __sk_buff *skb, __u32 base, __u32 size, struct fkey *k)
 {
 	__u8 h[HDR_MAX];
@@ -172,14 +177,14 @@ static __always_inline int make_key(struct __sk_buff *skb, __u32 base, __u32 siz
 				return 0;
 			if (bpf_skb_load_bytes(skb, base + 42, h + 42, 12) < 0)
 				return 0;
-			if (34 + (h[46] >> 4) * 4 > end || (h[47] & 0x07))
+			if (34 + (h[46] >> 4) * 4 > end)
 				return 0;
 			k->layout = L_TCP4;
 			COPY(k->bytes, h, 16);
 			COPY(k->bytes + 16, h + 20, 4);
 			COPY(k->bytes + 20, h + 26, 12);
 			COPY(k->bytes + 32, h + 46, 2);
-			return 1;
+			return (h[47] & 0x07) ? 2 : 1;
 		}
 		if (proto == 17) {
 			__u32 length = (__u32)h[38] << 8 | h[39];
@@ -213,13 +218,13 @@ static __always_inline int make_key(struct __sk_buff *skb, __u32 base, __u32 siz
 				return 0;
 			if (bpf_skb_load_bytes(skb, base + 62, h + 62, 12) < 0)
 				return 0;
-			if (54 + (h[66] >> 4) * 4 > end || (h[67] & 0x07))
+			if (54 + (h[66] >> 4) * 4 > end)
 				return 0;
 			k->layout = L_TCP6;
 			COPY(k->bytes, h, 18);
 			COPY(k->bytes + 18, h + 20, 38);
 			COPY(k->bytes + 56, h + 66, 2);
-			return 1;
+			return (h[67] & 0x07) ? 2 : 1;
 		}
 		if (proto == 17) {
 			__u32 length = (__u32)h[58] << 8 | h[59];
@@ -288,13 +293,157 @@ static __always_inline int encap_fits(struct __sk_buff *skb, struct fval *v, str
 	return !(last && now - *last < BULK_NS);
 }
 
-SEC("socket")
-int punt(struct __sk_buff *skb)
+// Kernel connections (offload/conns.py): a TCP connection handed over by the datapath once
+// both directions' outcomes are known. One `conns` entry per direction, keyed like `flows`
+// without the TCP flags and data offset (`bulk_key`), names the connection's shared
+// `cstates` entry, whose TCP state the tracker below moves exactly as the user-space
+// conntrack does (nf/tcp.py tcp_step, from ESTABLISHED on). `punt` runs the tracker: a
+// packet the state allows is approved (this CPU's `last_punt` slot) and `forward` serves
+// it; anything else goes to the datapath, which folds the kernel's state back first.
+#define ST_ESTABLISHED 3
+#define ST_FIN_WAIT 4
+#define ST_CLOSE_WAIT 5
+#define ST_TIME_WAIT 6
+#define ST_CLOSED 7
+#define FIN_ORIG 1
+#define FIN_REPLY 2
+
+struct cval {
+	struct fval f;    // the direction's rewrite and output (deadline unused)
+	__u64 conn;       // the `cstates` key
+	__u32 reply;      // 1: this direction is the connection's reply direction
+	__u32 pad;
+};
+
+struct cstate {
+	__u64 last_ns;    // the last packet the tracker let through (bpf_ktime_get_ns)
+	__u64 packets;
+	__u64 st;         // state | FIN bits << 8 (changed by compare-and-swap only)
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct fkey);
+	__type(value, struct cval);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u64);
+	__type(value, struct cstate);
+} cstates SEC(".maps");
+
+// conntrack's idle timeout per state (nf/tcp.py Timeouts), in ns; 0: not tracked here
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 8);
+	__type(key, __u32);
+	__type(value, __u64);
+} ct_timeouts SEC(".maps");
+
+// nf/tcp.py tcp_step for the states a kernel connection can be in, with conntrack's rule
+// that a closed connection (TIME_WAIT, CLOSED) is judged but never rewritten: the next
+// `st`, or -1 for a packet the user-space conntrack would find invalid.
+static __always_inline long tcp_next(__u64 st, __u32 reply, __u32 flags)
+{
+	__u32 state = st & 0xFF, fins = (st >> 8) & 0xFF;
+	__u32 syn = flags & 0x02, fin = flags & 0x01, rst = flags & 0x04, ack = flags & 0x10;
+
+	if (state < ST_ESTABLISHED || state > ST_CLOSED)
+		return -1;
+	if (syn && (fin || rst))
+		return -1;
+	if (!(flags & 0x17))
+		return -1;
+	if (state == ST_TIME_WAIT || state == ST_CLOSED) {
+		if (rst)
+			return st;
+		if (state == ST_CLOSED || (syn && !(reply && ack)) || !ack)
+			return -1;
+		return st;
+	}
+	if (rst)
+		return ST_CLOSED | fins << 8;
+	if ((syn && !(reply && ack)) || !ack)
+		return -1;
+	if (syn)
+		return st;  // a retransmitted SYN-ACK
+	__u32 side = reply ? FIN_REPLY : FIN_ORIG;
+	if (fin && !(fins & side)) {
+		fins |= side;
+		state = fins == (FIN_ORIG | FIN_REPLY) ? ST_TIME_WAIT : ST_FIN_WAIT;
+	} else if (state == ST_FIN_WAIT && !fin && !(fins & side)) {
+		state = ST_CLOSE_WAIT;
+	}
+	return state | fins << 8;
+}
+
+static __always_inline void mark_punted(struct __sk_buff *skb, __u32 approved)
+{
+	__u32 zero = 0;
+	struct punted *p = bpf_map_lookup_elem(&last_punt, &zero);
+	if (p) {
+		p->ifindex = skb->ifindex;
+		p->len = skb->len;
+		p->approved = approved;
+	}
+}
+
+// `punt`'s part for a TCP frame: -1 no kernel connection; 0 approved (the kernel serves
+// it: state moved); 1 for the datapath (expired, or a packet the state does not allow).
+static __always_inline int conn_punt(struct __sk_buff *skb, struct fkey *k)
+{
+	struct fkey c;
+	bulk_key(k, &c);
+	struct cval *v = bpf_map_lookup_elem(&conns, &c);
+	if (!v)
+		return -1;
+	__u32 flags = k->layout == L_TCP4 ? k->bytes[33] : k->bytes[57];
+	__u64 id = v->conn;
+	struct cstate *s = bpf_map_lookup_elem(&cstates, &id);
+	__u64 now = bpf_ktime_get_ns();
+	if (!s)
+		goto give;
+	for (int i = 0; i < 4; i++) {
+		__u64 old = s->st;
+		__u32 state = old & 0xFF;
+		__u64 *timeout = bpf_map_lookup_elem(&ct_timeouts, &state);
+		if (!timeout || !*timeout || now > s->last_ns + *timeout)
+			goto give;  // idle past conntrack's timeout: the datapath decides
+		long next = tcp_next(old, v->reply, flags);
+		if (next < 0)
+			goto give;
+		if ((__u64)next == old || __sync_val_compare_and_swap(&s->st, old, (__u64)next) == old) {
+			s->last_ns = now;
+			__sync_fetch_and_add(&s->packets, 1);
+			mark_punted(skb, 1);
+			return 0;
+		}
+	}
+give:
+	mark_punted(skb, 0);
+	count(6, 1);
+	return 1;
+}
+
+// `punt`'s decision for the frame at skb->data (its Ethernet header): skb->len when the
+// datapath gets the frame, 0 when the kernel serves it.
+static __always_inline int punt_frame(struct __sk_buff *skb)
 {
 	struct fkey k = {};
 
 	k.ifindex = skb->ifindex;
-	if (!make_key(skb, 0, skb->len, &k))
+	int keyed = make_key(skb, 0, skb->len, &k);
+	if (!keyed)
+		return skb->len;
+	if (k.layout == L_TCP4 || k.layout == L_TCP6) {
+		int served = conn_punt(skb, &k);
+		if (served >= 0)
+			return served ? skb->len : 0;
+	}
+	if (keyed != 1)
 		return skb->len;
 	struct fval *v = bpf_map_lookup_elem(&flows, &k);
 	if (!v || !encap_fits(skb, v, &k))
@@ -311,11 +460,27 @@ int punt(struct __sk_buff *skb)
 		if (p) {
 			p->ifindex = skb->ifindex;
 			p->len = skb->len;
+			p->approved = 0;
 		}
 		count(2, 1);
 		return skb->len;
 	}
 	return 0;
+}
+
+SEC("socket")
+int punt(struct __sk_buff *skb)
+{
+	return punt_frame(skb);
+}
+
+// `punt` as a TC program, never attached: BPF_PROG_TEST_RUN gives a socket filter the
+// frame from its network header on, so the differential tests run this one instead
+// (tests/dataplane/test_offload_conns_kernel.py).
+SEC("tc")
+int punt_check(struct __sk_buff *skb)
+{
+	return punt_frame(skb);
 }
 
 // The entry's byte patches and checksum updates on the frame at offset 0; 0 or TC_ACT_SHOT.
@@ -433,16 +598,41 @@ int forward(struct __sk_buff *skb)
 	__u32 zero = 0;
 	struct punted *p = bpf_map_lookup_elem(&last_punt, &zero);
 
+	int approved = 0;
 	if (p && p->ifindex) {
 		int mine = p->ifindex == skb->ifindex && p->len == skb->len;
 		p->ifindex = 0;
-		if (mine) {
+		if (mine && !p->approved) {
 			count(4, 1);
-			return TC_ACT_OK;  // the datapath has this frame (revalidation)
+			return TC_ACT_OK;  // the datapath has this frame (revalidation, the tracker)
 		}
+		approved = mine;
 	}
 	k.ifindex = skb->ifindex;
-	if (!make_key(skb, 0, skb->len, &k))
+	int keyed = make_key(skb, 0, skb->len, &k);
+	if (!keyed)
+		return TC_ACT_OK;
+	if (k.layout == L_TCP4 || k.layout == L_TCP6) {
+		// a kernel connection's frame is served only when `punt` approved it (so its
+		// state moved); without a datapath (no `punt`) it is nobody's
+		struct fkey c;
+		bulk_key(&k, &c);
+		struct cval *cv = bpf_map_lookup_elem(&conns, &c);
+		if (approved && !cv) {
+			count(7, 1);
+			return TC_ACT_OK;  // the datapath took the connection back meanwhile
+		}
+		if (cv) {
+			if (!approved)
+				return TC_ACT_OK;
+			if (rewrite(skb, &cv->f))
+				return TC_ACT_SHOT;
+			account(&cv->f, k.ifindex, skb->len);
+			count(5, 1);
+			return bpf_redirect(cv->f.out_ifindex, 0);
+		}
+	}
+	if (keyed != 1)
 		return TC_ACT_OK;
 	struct fval *v = bpf_map_lookup_elem(&flows, &k);
 	if (!v) {
@@ -542,7 +732,7 @@ int decap(struct __sk_buff *skb)
 	k.ifindex = skb->ifindex;
 	k.vni = (__u32)o[46] << 16 | (__u32)o[47] << 8 | o[48];
 	k.tun_ports = (__u32)ports[0] << 24 | (__u32)ports[1] << 16 | (__u32)ports[2] << 8 | ports[3];
-	if (!make_key(skb, inner, skb->len - inner, &k))
+	if (make_key(skb, inner, skb->len - inner, &k) != 1)
 		return TC_ACT_OK;
 	__u64 now = bpf_ktime_get_ns();
 	struct fkey b;

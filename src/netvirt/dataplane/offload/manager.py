@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from netvirt.dataplane.fastpath import ICMP4, ICMP6, TCP4, TCP6, UDP4, UDP6, Entry, Layout
-from netvirt.dataplane.offload import bpf, kmap, tunnel
+from netvirt.dataplane.offload import bpf, conns, kmap, tunnel
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,7 @@ class KernelOffload:
             self.loaded.close()
             raise bpf.OffloadUnavailable(f"flow value of {size} bytes, {VALUE_SIZE} expected")
         self.flows = kmap.BatchedMap(self.loaded.lib, self.loaded.flows_fd)
+        self.conns = conns.KernelConns(self.loaded)  # TCP connections the kernel tracks
         self.ifindex: dict[str, int] = {}
         self.socks: dict[str, socket.socket] = {}
         # cache key -> (kernel key, the connections it depends on, its local output port)
@@ -174,6 +175,7 @@ class KernelOffload:
         self.socks.pop(iface, None)
         if ifindex is None:
             return
+        self.conns.port_closed(ifindex)
         gone = [k for k, (_, _, out) in self.keys.items() if iface in (_iface_of(k), out)]
         for key in gone:  # from the port, or to it
             self.forget(key)
@@ -194,6 +196,11 @@ class KernelOffload:
             return
         kernel_key, value = found
         conns = tuple(conn for conn, _epoch in entry.deps)
+        if conns and self._handed_over(key, entry, conns, kernel_key, value):
+            if old is not None:  # (the exact entry it replaced is no answer any more)
+                self.flows.delete(old)
+                self.flows.commit_deletes()
+            return
         self.keys[key] = (kernel_key, conns, entry.outputs[0].dest)
         self.installed += 1
         for conn in conns:
@@ -204,6 +211,33 @@ class KernelOffload:
         live = self.flows.live.get(kernel_key)
         if (old is not None and old != kernel_key) or (live is not None and live[8:] != value[8:]):
             self.flows.commit_now()  # another outcome replaces the old before the next frame
+
+    def _handed_over(
+        self, key: Hashable, entry: Entry, deps: tuple[Hashable, ...], kernel_key: bytes,
+        value: bytes,
+    ) -> bool:  # fmt: skip
+        """Offer a local TCP flow's entry to the kernel connections (``conns.py``): True
+        when it completed a connection the kernel now tracks."""
+        if not self.conns.enabled or value[_ENCAP_AT] or not isinstance(key, tuple):
+            return False
+        ifindex = struct.unpack_from("=I", kernel_key)[0]
+        return self.conns.offer(key, deps, entry.replies, kernel_key, value, ifindex)
+
+    def half_learned(self, key: Hashable, entry: Entry) -> None:
+        """One direction of a TCP connection decided by the slow path but not cached (a
+        SYN-ACK: ``batchwork.syn_ack_half``): offered to the kernel connections only."""
+        found = self._kernel_entry(key, entry) if self.conns.enabled else None
+        if found is not None:
+            conns = tuple(conn for conn, _epoch in entry.deps)
+            self._handed_over(key, entry, conns, *found)
+
+    def bind(self, conntrack: Any, epochs: Any) -> None:
+        """The flow cache's conntrack and epochs (``FlowCache.attach``)."""
+        self.conns.bind(conntrack, epochs)
+
+    def fold_frame(self, data: bytes) -> None:
+        """Before the slow path takes a frame: its connection back from the kernel."""
+        self.conns.fold_frame(data)
 
     def _kernel_entry(self, key: Hashable, entry: Entry) -> tuple[bytes, bytes] | None:
         """The packed key and value of an offloadable entry (package docstring), or None."""
@@ -352,10 +386,12 @@ class KernelOffload:
         self.keys.clear()
         self.by_conn.clear()
         self.flows.clear()
+        self.conns.release_all()
 
     def conn_changed(self, conn: Hashable) -> None:
         """A connection's state moved: its entries are no longer the slow path's answer
         (they leave the kernel now, with anything else queued, in one syscall)."""
+        self.conns.conn_changed(conn)
         keys = self.by_conn.get(conn)
         if not keys:
             return
@@ -366,13 +402,16 @@ class KernelOffload:
         self.flows.commit_deletes()
 
     def commit(self) -> None:
-        """The flow cache's once-per-batch call: apply queued writes that waited enough."""
+        """The flow cache's once-per-batch call: apply queued writes that waited enough
+        (and sweep the kernel connections now and then)."""
         self.flows.commit()
+        self.conns.tick()
 
     # -- status ----------------------------------------------------------------------------
     def stats(self) -> dict[str, object]:
+        self.conns.tick()  # (an idle datapath folds closed connections back here)
         fd = self.loaded.stats_fd
-        per = [self._percpu_sum(fd, struct.pack("=I", i), 1)[0] for i in range(5)]
+        per = [self._percpu_sum(fd, struct.pack("=I", i), 1)[0] for i in range(8)]
         ports: dict[str, dict[str, int]] = {}
         for iface, ifindex in self.ifindex.items():
             row = self._percpu_sum(self.loaded.ports_fd, struct.pack("=I", ifindex), 4)
@@ -391,6 +430,8 @@ class KernelOffload:
             "punted_expired": per[2],
             "forward_misses": per[3],
             "punted_left_to_datapath": per[4],
+            "conns": self.conns.stats()
+            | {"forwarded_packets": per[5], "to_datapath": per[6], "lost": per[7]},
             "ports": ports,
             "tunnel": self._tunnel_stats(),
         }
@@ -409,6 +450,7 @@ class KernelOffload:
         return found
 
     def close(self) -> None:
+        self.conns.release_all()  # the records get the kernel's state before it goes
         for iface in list(self.ifindex):
             sock = self.socks.get(iface)
             if sock is not None:

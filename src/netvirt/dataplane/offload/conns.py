@@ -1,0 +1,403 @@
+"""Kernel connections: TCP connections handed over to the kernel, tracked there, folded back.
+
+Why: a short TCP connection is nine packets, every one a conntrack transition, so
+none of them hits the exact cache or its kernel copy (docs/conn-rate.md). Once the
+slow path has decided both directions of a connection (each direction's exact entry
+learned in a stable conntrack state; the reply direction's may be its SYN-ACK's
+outcome, ``agent/batchwork.syn_ack_half``), the outcome of every later packet of it is
+known as long as its conntrack state allows the packet: the same output and
+rewrite, whatever its TCP flags. The kernel (``flows.bpf.c``: ``conns``,
+``cstates``, ``tcp_next``) then serves the connection by its 5-tuple key (the
+exact key without TCP flags) and moves its TCP state itself, exactly as
+``nf/tcp.py`` does from ESTABLISHED on; a packet the state does not allow, or one
+of a connection idle past conntrack's timeout, goes to the datapath.
+
+Ownership: while the kernel has a connection, its user-space conntrack records
+(one per zone the slow path consulted) are the kernel's. Before the slow path sees
+any packet of it (:meth:`KernelConns.fold_frame`, by the packet's ingress 5-tuple),
+and on a flush, a port's removal, a state change the slow path observed, a closed
+or expired connection (the sweep, :meth:`KernelConns.tick`) and at exit, the
+kernel's state is *folded back*: its entries leave the kernel first, then its TCP
+state, FIN bits and last packet time are written into every record (a compare-and-
+set on the version read, the mirror and the SNAT claim as conntrack writes them).
+A long-lived connection's records are rewritten by the sweep once its last packet
+is ``refresh_fraction`` of the timeout past the last write, as conntrack's own
+refreshes are.
+
+Handed over only with a local state store (``MemoryStore``): with a shared store
+other hosts read the records while the kernel owns them (docs/conn-rate.md, step 3).
+Not handed over: connections with load-balancer counters, through a tunnel, whose
+records are not all ESTABLISHED, or whose two directions do not agree on the
+records they consult. Thread-safety: none (the datapath loop's).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import struct
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from netvirt.dataplane.nf.codec import (
+    FIN_ORIG,
+    FIN_REPLY,
+    MIRROR,
+    SNAT_POOL,
+    CodecError,
+    CtState,
+    advanced_entry,
+    decode,
+    encode,
+)
+from netvirt.dataplane.nf.nat import snat_pool
+from netvirt.dataplane.nf.tcp import CLOSING, Timeouts, claim_due, claim_ttl
+from netvirt.dataplane.offload import kmap
+
+log = logging.getLogger(__name__)
+
+_CSTATE = struct.Struct("=QQQ")  # struct cstate: last_ns, packets, st
+_CVAL_TAIL = struct.Struct("=QII")  # struct cval after its fval: conn, reply, pad
+_KEY_HEAD = 16  # struct fkey: ifindex, layout, vni, tun_ports, then the covered bytes
+_FLAGS_AT = {1: (32, 34), 4: (56, 58)}  # layout id -> covered bytes zeroed in a conn key
+SWEEP_EVERY = 0.2  # seconds between sweeps of the kernel connections
+LINGER = 0.5  # a closed connection stays in the kernel this long after its last packet
+HALF_LIMIT = 65_536  # directions waiting for their other half (cleared past it)
+
+
+@dataclass
+class KernelConn:
+    """A connection the kernel owns: its entries, its records and what was last folded."""
+
+    keys: tuple[bytes, bytes]  # the two directions' ``conns`` keys
+    tuples: tuple[bytes, bytes]  # the two directions' ingress 5-tuples (:func:`frame_tuple`)
+    ifindexes: tuple[int, int]  # the two directions' ingress ports
+    deps: tuple[Hashable, ...]  # the conntrack records: (zone, orig, serial)
+    state: int  # the state and FIN bits as last written to the records
+    last_ns: int  # the kernel's last packet time as last written
+
+
+@dataclass
+class _Half:
+    """One direction of a connection learned, waiting for the other."""
+
+    reply: bool
+    key: bytes
+    value: bytes
+    tuple: bytes
+    ifindex: int
+
+
+def conn_key(kernel_key: bytes) -> bytes | None:
+    """The ``conns`` key of an exact entry's kernel key (TCP flags and data offset zeroed,
+    as ``bulk_key`` does in the kernel); None for other layouts."""
+    layout = int.from_bytes(kernel_key[4:8], "little")
+    span = _FLAGS_AT.get(layout)
+    if span is None:
+        return None
+    lo, hi = _KEY_HEAD + span[0], _KEY_HEAD + span[1]
+    return kernel_key[:lo] + bytes(hi - lo) + kernel_key[hi:]
+
+
+def frame_tuple(data: bytes) -> bytes | None:
+    """A TCP frame's protocol, addresses and ports as they enter the host (its direction
+    of its connection, before any NAT); None for other frames."""
+    if len(data) >= 38 and data[12:14] == b"\x08\x00" and data[23] == 6:
+        return data[23:24] + data[26:38]
+    if len(data) >= 58 and data[12:14] == b"\x86\xdd" and data[20] == 6:
+        return data[20:21] + data[22:58]
+    return None
+
+
+def covered_tuple(covered: bytes) -> bytes | None:
+    """:func:`frame_tuple` of the frame an exact-cache key (``fastpath.frame_key``) is of."""
+    if covered[12:14] == b"\x08\x00" and len(covered) >= 32:
+        return covered[19:20] + covered[20:32]
+    if covered[12:14] == b"\x86\xdd" and len(covered) >= 56:
+        return covered[18:19] + covered[20:56]
+    return None
+
+
+class KernelConns:
+    """The datapath's side of the kernel connections (see the module docstring)."""
+
+    def __init__(self, loaded: Any, flows_commit: Any = None) -> None:
+        self.lib = loaded.lib
+        self.cstates_fd = loaded.cstates_fd
+        self.timeouts_fd = loaded.timeouts_fd
+        self.conns = kmap.BatchedMap(loaded.lib, loaded.conns_fd)
+        self.available = min(loaded.conns_fd, loaded.cstates_fd, loaded.timeouts_fd) >= 0
+        self.conntrack: Any = None  # nf.Conntrack: store, prefix, timeouts
+        self.epochs: Any = None  # fastpath.ConnEpochs (a handover invalidates exact entries)
+        self.enabled = False
+        self.why = "not bound to a conntrack"
+        self.half: dict[frozenset[Hashable], _Half] = {}
+        self.owned: dict[int, KernelConn] = {}
+        self.by_tuple: dict[bytes, int] = {}
+        self.by_dep: dict[Hashable, int] = {}
+        self.next_id = 1
+        self._handing = False
+        self._next_sweep = 0.0
+        self.counters = dict.fromkeys(
+            ("handed_over", "folded", "released", "records_written", "record_conflicts",
+             "refused"), 0
+        )  # fmt: skip
+
+    # -- setup ----------------------------------------------------------------------------
+    def bind(self, conntrack: Any, epochs: Any) -> None:
+        """The datapath's conntrack (its store, key prefix and timeouts) and epochs.
+        Connections are handed over only with a local store (module docstring)."""
+        from netvirt.state.memory import MemoryStore
+
+        self.conntrack, self.epochs = conntrack, epochs
+        if not self.available:
+            self.why = "the loaded program has no connection maps"
+            return
+        if not isinstance(getattr(conntrack, "store", None), MemoryStore):
+            self.why = "shared state store: connections stay in user space"
+            return
+        timeouts: Timeouts = conntrack.timeouts
+        names = {3: "established", 4: "fin_wait", 5: "close_wait", 6: "time_wait", 7: "closed"}
+        for state, name in names.items():
+            ns = int(getattr(timeouts, name) * 1e9)
+            self._update(self.timeouts_fd, struct.pack("=I", state), struct.pack("=Q", ns))
+        self.enabled, self.why = True, ""
+
+    # -- hand-over ------------------------------------------------------------------------
+    def offer(
+        self, key: Hashable, deps: tuple[Hashable, ...], replies: tuple[bool, ...],
+        kernel_key: bytes, value: bytes, ifindex: int,
+    ) -> bool:  # fmt: skip
+        """An exact entry of a local TCP flow went down as (``kernel_key``, ``value``):
+        True when it completed a connection, which the kernel now owns (the caller then
+        does not install the exact entry)."""
+        if not self.enabled or not deps or len(replies) != len(deps):
+            return False
+        if any(r != replies[0] for r in replies) or any(d in self.by_dep for d in deps):
+            return False
+        ckey = conn_key(kernel_key)
+        covered = key[1] if isinstance(key, tuple) and len(key) == 3 else None
+        tup = covered_tuple(covered) if isinstance(covered, bytes) else None
+        if ckey is None or tup is None:
+            return False
+        group = frozenset(deps)
+        mine = _Half(replies[0], ckey, value, tup, ifindex)
+        other = self.half.get(group)
+        if other is None or other.reply == mine.reply or other.key == mine.key:
+            if len(self.half) >= HALF_LIMIT:
+                self.half.clear()
+            self.half[group] = mine
+            return False
+        del self.half[group]
+        if not self._records_ready(deps):
+            self.counters["refused"] += 1
+            return False
+        self._hand_over(deps, (other, mine) if mine.reply else (mine, other))
+        return True
+
+    def _records_ready(self, deps: tuple[Hashable, ...]) -> bool:
+        """Every record is the one the slow path saw, ESTABLISHED with no FIN, live, and
+        without load-balancer counters (whose release the kernel does not do)."""
+        now = time.time()
+        for dep in deps:
+            entry = self._read(dep)
+            if entry is None:
+                return False
+            record, _version = entry
+            if record.state is not CtState.ESTABLISHED or record.flags & (FIN_ORIG | FIN_REPLY):
+                return False
+            if record.expiry <= now or record.lb_counter:
+                return False
+        return True
+
+    def _hand_over(self, deps: tuple[Hashable, ...], halves: tuple[_Half, _Half]) -> None:
+        cid = self.next_id
+        self.next_id += 1
+        now_ns = time.monotonic_ns()
+        state = int(CtState.ESTABLISHED)
+        # the exact entries of these records (user space and kernel) go first: from now on
+        # every packet of the connection is the tracker's, or folds it back
+        self._handing = True
+        try:
+            for dep in deps:
+                self.epochs.bump(dep)
+        finally:
+            self._handing = False
+        self._update(self.cstates_fd, struct.pack("=Q", cid), _CSTATE.pack(now_ns, 0, state))
+        for half in halves:
+            self.conns.put(half.key, half.value + _CVAL_TAIL.pack(cid, int(half.reply), 0))
+        self.conns.commit_now()
+        keys = (halves[0].key, halves[1].key)
+        tuples = (halves[0].tuple, halves[1].tuple)
+        ifindexes = (halves[0].ifindex, halves[1].ifindex)
+        self.owned[cid] = KernelConn(keys, tuples, ifindexes, deps, state, now_ns)
+        for tup in tuples:
+            self.by_tuple[tup] = cid
+        for dep in deps:
+            self.by_dep[dep] = cid
+        self.counters["handed_over"] += 1
+
+    # -- fold-back ------------------------------------------------------------------------
+    def fold_frame(self, data: bytes) -> None:
+        """A frame is about to take the slow path: if its connection is the kernel's, fold
+        the kernel's state back and take the connection back first."""
+        if not self.by_tuple:
+            return
+        tup = frame_tuple(data)
+        cid = self.by_tuple.get(tup) if tup is not None else None
+        if cid is not None:
+            self.release(cid)
+
+    def conn_changed(self, conn: Hashable) -> None:
+        """The slow path saw a record change (not at a hand-over): it is no longer the
+        kernel's (defensive: the fold-back before the slow path should have come first)."""
+        if self._handing:
+            return
+        cid = self.by_dep.get(conn)
+        if cid is not None:
+            self.release(cid)
+
+    def release(self, cid: int) -> None:
+        """Take a connection back: its entries out of the kernel, then its state folded
+        into its records."""
+        self.release_many([cid])
+
+    def release_many(self, cids: list[int]) -> None:
+        """:meth:`release` for several, their entries out in one syscall first."""
+        taken: list[tuple[int, KernelConn]] = []
+        for cid in cids:
+            kc = self.owned.pop(cid, None)
+            if kc is None:
+                continue
+            taken.append((cid, kc))
+            for key in kc.keys:
+                self.conns.delete(key)
+            for tup in kc.tuples:
+                if self.by_tuple.get(tup) == cid:
+                    del self.by_tuple[tup]
+            for dep in kc.deps:
+                if self.by_dep.get(dep) == cid:
+                    del self.by_dep[dep]
+        if not taken:
+            return
+        self.conns.commit_deletes()  # the kernel stops serving them before their state is read
+        for cid, kc in taken:
+            found = self._cstate(cid)
+            self._delete(self.cstates_fd, struct.pack("=Q", cid))
+            self.counters["released"] += 1
+            if found is not None:
+                self._fold(kc, *found)
+
+    def release_all(self) -> None:
+        self.release_many(list(self.owned))
+
+    def port_closed(self, ifindex: int) -> None:
+        self.release_many([cid for cid, kc in self.owned.items() if ifindex in kc.ifindexes])
+
+    def tick(self, now: float | None = None) -> None:
+        """The sweep (at most every :data:`SWEEP_EVERY`): closed connections idle for
+        :data:`LINGER` and expired ones are taken back; changed ones are folded back when
+        their state moved or their records are due a refresh."""
+        now = time.monotonic() if now is None else now
+        if now < self._next_sweep or not self.owned:
+            return
+        self._next_sweep = now + SWEEP_EVERY
+        now_ns = time.monotonic_ns()
+        timeouts: Timeouts = self.conntrack.timeouts
+        done: list[int] = []
+        for cid, kc in list(self.owned.items()):
+            found = self._cstate(cid)
+            if found is None:
+                done.append(cid)
+                continue
+            st, last_ns = found
+            state = CtState(st & 0xFF)
+            idle = (now_ns - last_ns) / 1e9
+            timeout = timeouts.of(kc.deps[0][1], state)  # type: ignore[index]
+            if idle > timeout or (state in CLOSING and idle > LINGER):
+                done.append(cid)
+            elif (
+                st != kc.state or (last_ns - kc.last_ns) / 1e9 > timeout * timeouts.refresh_fraction
+            ):
+                self._fold(kc, st, last_ns)
+        self.release_many(done)
+
+    def _fold(self, kc: KernelConn, st: int, last_ns: int) -> None:
+        """Write the kernel's state into the connection's records (if it moved)."""
+        if (st, last_ns) == (kc.state, kc.last_ns):
+            return
+        kc.state, kc.last_ns = st, last_ns
+        self.counters["folded"] += 1
+        ct = self.conntrack
+        timeouts: Timeouts = ct.timeouts
+        now = time.time()
+        seen = now - (time.monotonic_ns() - last_ns) / 1e9
+        state, fins = CtState(st & 0xFF), (st >> 8) & (FIN_ORIG | FIN_REPLY)
+        for dep in kc.deps:
+            found = self._read(dep)
+            if found is None:
+                continue
+            entry, version = found
+            if entry.state in CLOSING:
+                continue  # closed records are never rewritten (conntrack's rule)
+            expiry = seen + timeouts.of(entry.orig, state)
+            ttl = max(expiry - now, 1.0)  # (an expired one reads as absent until it goes)
+            flags = (entry.flags & ~(FIN_ORIG | FIN_REPLY)) | fins
+            new = advanced_entry(entry, state, entry.mark, flags, seen, expiry)
+            key = ct.key(entry.zone, entry.orig)
+            store = ct.store
+            if not store.compare_and_set(key, version, encode(new), ttl).ok:
+                self.counters["record_conflicts"] += 1
+                continue
+            self.counters["records_written"] += 1
+            mirror = ct.key(entry.zone, entry.reply)
+            if mirror != key:
+                store.put(mirror, encode(new, MIRROR), ttl)
+            if new.flags & SNAT_POOL and claim_due(timeouts, entry, new, now):
+                pool, member = snat_pool(ct.prefix, new)
+                store.allocate(pool, (member,), key, claim_ttl(timeouts, new))
+
+    def _read(self, dep: Hashable) -> tuple[Any, int] | None:
+        """The primary record of (zone, orig, serial), if it is that connection's."""
+        zone, orig, serial = cast(tuple[int, Any, int], dep)
+        raw = self.conntrack.store.get(self.conntrack.key(zone, orig))
+        if raw is None:
+            return None
+        try:
+            entry, kind = decode(raw.value, raw.version)
+        except CodecError:
+            return None
+        if kind == MIRROR or entry.serial != serial:
+            return None
+        return entry, raw.version
+
+    # -- kernel map access ----------------------------------------------------------------
+    def _cstate(self, cid: int) -> tuple[int, int] | None:
+        """(st, last_ns) of a connection in the kernel."""
+        kb = ctypes.create_string_buffer(struct.pack("=Q", cid), 8)
+        vb = ctypes.create_string_buffer(_CSTATE.size)
+        if self.lib.bpf_map_lookup_elem(self.cstates_fd, kb, vb) != 0:
+            return None
+        last_ns, _packets, st = _CSTATE.unpack(vb.raw)
+        return st, last_ns
+
+    def _update(self, fd: int, key: bytes, value: bytes) -> None:
+        kb = ctypes.create_string_buffer(key, len(key))
+        vb = ctypes.create_string_buffer(value, len(value))
+        if self.lib.bpf_map_update_elem(fd, kb, vb, 0) != 0:
+            log.warning("offload: a kernel connection map write failed")
+
+    def _delete(self, fd: int, key: bytes) -> None:
+        kb = ctypes.create_string_buffer(key, len(key))
+        self.lib.bpf_map_delete_elem(fd, kb)
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "enabled": self.enabled,
+            "why_not": self.why,
+            "owned": len(self.owned),
+            "waiting_halves": len(self.half),
+            **self.counters,
+        }
