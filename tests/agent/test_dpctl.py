@@ -10,10 +10,8 @@ answered with errors, never the end of the datapath.
 
 from __future__ import annotations
 
-import select
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,6 @@ import pytest
 
 from agent.conftest import HOSTS, PLACEMENT, Lab
 from netvirt.agent import Agent
-from netvirt.agent.controller import AgentProcess
 from netvirt.agent.datapath import DatapathConfig, DatapathProcess
 from netvirt.agent.dpctl import (
     DatapathError,
@@ -31,7 +28,6 @@ from netvirt.agent.dpctl import (
     recv_message,
     send_message,
 )
-from netvirt.agent.runner import Config
 from netvirt.dataplane.ports.memory import MemoryPort
 from netvirt.dataplane.tunnels import GeneveTunnel
 from netvirt.state.memory import MemoryStore
@@ -176,67 +172,4 @@ def test_bad_requests_get_errors_and_the_datapath_goes_on(served: Served, tmp_pa
     raw.close()
     assert served.thread.is_alive()
     assert served.process.control.stats["errors"] >= 3
-    remote.close()
-
-
-def test_a_subscribed_agent_hears_of_plug_changes_without_polling(
-    lab: Lab, served: Served, tmp_path: Path
-) -> None:
-    agent, remote = remote_agent(lab, tmp_path / "dp.sock")
-    converge(agent, remote, lab)
-    assert remote.subscribed
-    remote.poll()  # whatever was notified during start-up is now read
-    remote.take_notified()
-    time.sleep(0.2)
-    assert remote.take_notified() is False  # nothing changed: nothing sent
-    gone = next(iter(remote.plugged()))
-    (tmp_path / "plugs" / gone).unlink()
-    fd = remote.fileno()
-    assert fd is not None
-    assert select.select([fd], [], [], 5)[0], "no notification after an unplug"
-    assert remote.take_notified() is True
-    assert remote.poll() is True
-    assert gone not in remote.plugged()
-    assert served.process.control.stats["notifications"] >= 1
-    remote.close()
-
-
-def test_an_agent_process_does_not_poll_a_notifying_datapath_every_tick(
-    lab: Lab, served: Served, tmp_path: Path
-) -> None:
-    sock = tmp_path / "dp.sock"
-    config = Config(HOST, HOSTS[HOST], "http://unused", "", tmp_path / "plugs", datapath=sock)
-    process = AgentProcess(config, sb=lab.sb, datapath=RemoteDatapath(sock, timeout=5))
-    process.start()
-    try:
-        deadline = time.monotonic() + 10
-        while process.datapath.generation != lab.sb.generation:
-            assert time.monotonic() < deadline, "the agent process did not install"
-            process.run_once()
-        assert process.datapath.subscribed
-        before = served.process.control.stats["requests"]
-        started = time.monotonic()
-        while time.monotonic() - started < 2.0:
-            process.run_once()
-        # polling every 20 ms would be ~100 requests, every idle tick ~8; a resync and a
-        # counters read per second remain
-        assert served.process.control.stats["requests"] - before <= 6
-        gone = next(iter(process.datapath.plugged()))
-        (tmp_path / "plugs" / gone).unlink()
-        started = time.monotonic()
-        while gone in process.datapath.plugged():
-            assert time.monotonic() - started < 0.5, "the unplug was not noticed at once"
-            process.run_once()
-    finally:
-        process.close()
-
-
-def test_an_agent_polls_a_datapath_that_cannot_notify(
-    lab: Lab, served: Served, tmp_path: Path
-) -> None:
-    del served.process.control.handlers["subscribe"]  # as a datapath before the op
-    agent, remote = remote_agent(lab, tmp_path / "dp.sock")
-    converge(agent, remote, lab)
-    assert remote.subscribed is False
-    assert remote.fileno() is not None
     remote.close()

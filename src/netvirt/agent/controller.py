@@ -7,12 +7,9 @@ a poller that long-polls the SB service, a reporter that sends claims and
 installed generations with retries) and the agent core
 (:class:`~netvirt.agent.agent.Agent`) driving a
 :class:`~netvirt.agent.dpctl.RemoteDatapath`. Its loop wakes on the SB
-threads' eventfd, on a notification from the datapath (its plugged set
-changed, health verdicts wait) or every tick; it polls the datapath (plugged
-interfaces, rule version, installed generation: one small round trip) when
-notified, and at least every ``RESYNC_EVERY`` (a datapath that cannot notify
-is polled every ``datapath_poll``), and steps the agent when the SB moved,
-the plugs changed, or the periodic step is due.
+threads' eventfd or every tick, polls the datapath (plugged interfaces, rule
+version, installed generation: one small round trip), and steps the agent
+when the SB moved, the plugs changed, or the periodic step is due.
 
 The datapath may be missing (not started yet, restarting): the agent keeps
 its SB copy, retries the connection every tick, and once connected installs
@@ -40,8 +37,6 @@ from netvirt.southbound.source import SBSource
 
 log = logging.getLogger(__name__)
 RECONNECT_EVERY = 0.2  # seconds between attempts to reach a missing datapath
-RESYNC_EVERY = 1.0  # a notifying datapath is still polled this often (belt and braces)
-IDLE_TICK = 0.25  # loop tick while the datapath notifies (status and steps are 1 s apart)
 
 
 class AgentProcess(LoopProcess):
@@ -71,7 +66,7 @@ class AgentProcess(LoopProcess):
         self.dp_counters: dict[str, object] = {}
         self.dp_error: str | None = None
         self._connects = 0
-        self._next_connect = self._next_status = self._next_resync = 0.0
+        self._next_connect = self._next_status = 0.0
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -90,15 +85,9 @@ class AgentProcess(LoopProcess):
         log.info("agent %s stopped", self.config.name)
 
     def run_once(self, timeout: float | None = None) -> None:
-        fds = [self._wake_fd]
-        dp_fd = self.datapath.fileno() if self.datapath.subscribed else None
-        if dp_fd is not None:
-            fds.append(dp_fd)
-            wait = IDLE_TICK
-        else:
-            wait = self.config.datapath_poll
-        ready, _, _ = select.select(fds, [], [], wait if timeout is None else timeout)
-        if self._wake_fd in ready:
+        wait = self.config.datapath_poll if timeout is None else timeout
+        ready, _, _ = select.select([self._wake_fd], [], [], wait)
+        if ready:
             self.drain_wake()
         now = time.monotonic()
         self.stats.iterations += 1
@@ -115,18 +104,10 @@ class AgentProcess(LoopProcess):
 
     def _sync_datapath(self, now: float) -> bool:
         """Poll the datapath (connecting when needed); False while it is unreachable."""
-        datapath = self.datapath
-        if not datapath.connected and now < self._next_connect:
+        if not self.datapath.connected and now < self._next_connect:
             return False
         try:
-            if datapath.connected and datapath.subscribed:
-                due = datapath.take_notified() or now >= self._next_resync
-            else:
-                due = True
-            changed = False
-            if due:
-                self._next_resync = now + RESYNC_EVERY
-                changed = datapath.poll()
+            changed = self.datapath.poll()
         except (DatapathUnavailable, DatapathError) as err:
             self._next_connect = now + RECONNECT_EVERY
             message = str(err)

@@ -581,7 +581,6 @@ class DatapathProcess(DatapathLoop):
         if config.gc_tuned:
             gcpause.tune()
         self.events: list[object] = []
-        self._tell_agent = False
         self.control = ControlServer(
             config.control,
             {
@@ -596,16 +595,6 @@ class DatapathProcess(DatapathLoop):
 
     def extra_fds(self) -> Iterable[int]:
         return self.control.fds()
-
-    def plugs_changed(self) -> None:
-        self._tell_agent = True
-
-    def periodic(self, now: float) -> None:
-        """Notify a subscribed agent once the plugged set changed or health verdicts wait
-        (it polls on the notification instead of every few milliseconds)."""
-        if self._tell_agent or self.forwarder.health_events:
-            self._tell_agent = False
-            self.control.notify()
 
     def extra_ready(self, fd: int) -> None:
         if self.control.ready(fd):

@@ -20,15 +20,8 @@ is private. The ops:
 ``hello``     who the datapath is: chassis name, boot id, rule version,
               installed generation, plugged interfaces.
 ``poll``      rule version, installed generation, plugged interfaces, and the
-              health-check verdict changes since the last poll.
-``subscribe`` ask to be told when ``poll`` would answer something new: the
-              datapath then sends one unsolicited ``("notify", None)`` frame
-              when the plugged set changes or health verdicts are queued, and
-              no more until the agent polls again. The agent waits on the
-              socket instead of polling it every few milliseconds (each poll
-              woke the datapath's loop and pickled the whole plug table: ~8 %
-              of the datapath's time under a connection flood). An agent
-              facing a datapath without the op falls back to polling.
+              health-check verdict changes since the last poll (the agent
+              polls every loop tick; it is small).
 ``rules``     the installed rules (once per agent start or datapath restart:
               the reconciler's record of what is installed).
 ``install``   ``(physical, add, remove)``: apply a rule difference and switch
@@ -49,7 +42,6 @@ import dataclasses
 import logging
 import os
 import pickle
-import select
 import socket
 import struct
 from collections.abc import Callable, Sequence
@@ -138,35 +130,7 @@ class ControlServer:
         self.listener.listen(4)
         self.listener.setblocking(False)
         self.client: socket.socket | None = None
-        self.subscribed = False  # the client asked for notifications
-        self.notify_sent = False  # one is outstanding (cleared by the client's next poll)
-        self.stats = {
-            "connections": 0,
-            "requests": 0,
-            "errors": 0,
-            "refused": 0,
-            "notifications": 0,
-        }
-        self.handlers.setdefault("subscribe", self._subscribe)
-
-    def _subscribe(self) -> bool:
-        self.subscribed = True
-        self.notify_sent = False
-        return True
-
-    def notify(self) -> None:
-        """Tell a subscribed client that a poll would answer something new (at most one
-        notification until its next ``poll``); a failed send drops the client."""
-        if self.client is None or not self.subscribed or self.notify_sent:
-            return
-        try:
-            send_message(self.client, ("notify", None))
-        except OSError as err:
-            log.warning("control notification failed: %s", err)
-            self._drop_client()
-            return
-        self.notify_sent = True
-        self.stats["notifications"] += 1
+        self.stats = {"connections": 0, "requests": 0, "errors": 0, "refused": 0}
 
     def fds(self) -> list[int]:
         fds = [self.listener.fileno()]
@@ -214,8 +178,6 @@ class ControlServer:
         reply: tuple[str, object]
         try:
             op, *args = request
-            if op == "poll":
-                self.notify_sent = False  # what changed is in this answer
             handler = self.handlers[op]
             reply = ("ok", handler(*args))
         except Exception as err:  # a bad request must not end the datapath
@@ -235,7 +197,6 @@ class ControlServer:
             with contextlib.suppress(OSError):
                 self.client.close()
             self.client = None
-        self.subscribed = self.notify_sent = False
 
     def close(self) -> None:
         self._drop_client()
@@ -266,11 +227,9 @@ class DatapathView:
 class RemoteDatapath:
     """A datapath in another process, as the agent sees it (``agent.DatapathHandle``).
 
-    :meth:`poll` refreshes the cached view; the properties answer from the
-    view; :meth:`rules`, :meth:`install` and :meth:`counters` are round trips.
-    Connected to a datapath that notifies (:attr:`subscribed`), the caller
-    waits on :meth:`fileno` and polls when :meth:`take_notified` says so;
-    otherwise it polls every tick. Any failure closes the connection and
+    :meth:`poll` refreshes the cached view (call it every loop tick); the
+    properties answer from the view; :meth:`rules`, :meth:`install` and
+    :meth:`counters` are round trips. Any failure closes the connection and
     raises :class:`DatapathUnavailable`; the next :meth:`poll` reconnects."""
 
     def __init__(self, path: Path, timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -280,27 +239,10 @@ class RemoteDatapath:
         self.view = DatapathView()
         self.connects = 0
         self.health_events: list[tuple[str, str]] = []
-        self.subscribed = False  # the datapath notifies changes (else: poll every tick)
-        self.notified = False  # a notification arrived since the last poll
 
     @property
     def connected(self) -> bool:
         return self.sock is not None
-
-    def fileno(self) -> int | None:
-        """The control socket, readable when a notification (or EOF) arrived."""
-        return None if self.sock is None else self.sock.fileno()
-
-    def take_notified(self) -> bool:
-        """Read what arrived unasked (notifications; EOF closes and raises
-        :class:`DatapathUnavailable`); True when a poll would answer something new."""
-        sock = self.sock
-        if sock is None:
-            raise DatapathUnavailable("not connected to the datapath")
-        while select.select([sock], [], [], 0)[0]:
-            self._unsolicited(self._recv())
-        notified, self.notified = self.notified, False
-        return notified
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -317,17 +259,12 @@ class RemoteDatapath:
         self.view = DatapathView(
             hello["chassis"], hello["version"], hello["generation"], dict(hello["plugs"])
         )
-        try:
-            self.subscribed = bool(self._call("subscribe"))
-        except DatapathError:  # an older datapath: poll it
-            self.subscribed = False
 
     def close(self) -> None:
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.close()
             self.sock = None
-        self.subscribed = self.notified = False
 
     def poll(self) -> bool:
         """Refresh the view (connecting if needed); True when the plugged set changed."""
@@ -336,7 +273,6 @@ class RemoteDatapath:
             self.connect()
         else:
             before = dict(self.view.plugs)
-        self.notified = False
         state = self._call("poll")
         assert isinstance(state, dict)
         self.view.version, self.view.generation = state["version"], state["generation"]
@@ -394,30 +330,10 @@ class RemoteDatapath:
             raise DatapathUnavailable("not connected to the datapath")
         try:
             send_message(self.sock, (op, *args))
-        except OSError as err:
+            status, value = recv_message(self.sock)
+        except (OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
             self.close()
             raise DatapathUnavailable(f"datapath control connection lost: {err!r}") from err
-        while True:
-            status, value = self._recv()
-            if status != "notify":
-                break
-            self.notified = True  # sent before our request was read: not its reply
         if status != "ok":
             raise DatapathError(str(value))
         return value
-
-    def _recv(self) -> tuple[str, object]:
-        assert self.sock is not None
-        try:
-            message = recv_message(self.sock)
-            status, value = message
-        except (OSError, EOFError, ValueError, TypeError, pickle.UnpicklingError) as err:
-            self.close()
-            raise DatapathUnavailable(f"datapath control connection lost: {err!r}") from err
-        return str(status), value
-
-    def _unsolicited(self, message: tuple[str, object]) -> None:
-        if message[0] != "notify":
-            self.close()
-            raise DatapathUnavailable(f"unexpected control message {message[0]!r}")
-        self.notified = True
