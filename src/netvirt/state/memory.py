@@ -107,14 +107,6 @@ class MemoryStore:
         with self._lock:
             return self._cas(key, expected_version, value, ttl, self._clock())
 
-    def adopt(self, key: str, value: bytes, version: int, ttl: float | None = None) -> None:
-        """Hold ``value`` at ``version`` (read from another store: a write-behind store taking
-        a record over); later writes get versions above it."""
-        check_version(version)
-        with self._lock:
-            self._last_version = max(self._last_version, version)
-            self._slots[key] = _Slot(bytes(value), version, _deadline(self._clock(), ttl))
-
     def delete(self, key: str) -> bool:
         return self.delete_many([key]) == 1
 
