@@ -29,6 +29,7 @@ from scapy.layers.l2 import Ether
 
 from netvirt.dataplane.fastpath import TCP4, TCP6, derive, frame_key
 from netvirt.dataplane.fields import CT_EST, CT_INV, CT_NEW
+from netvirt.dataplane.headers.checksum import internet_checksum
 from netvirt.dataplane.nf.codec import CtTuple, decode
 from netvirt.dataplane.nf.conntrack import Conntrack
 from netvirt.dataplane.offload import bpf
@@ -81,10 +82,7 @@ def _routed(frame: bytes) -> bytes:
         return bytes(out)
     out[22] -= 1
     out[24:26] = b"\0\0"
-    total = sum(int.from_bytes(out[i : i + 2], "big") for i in range(14, 34, 2))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    out[24:26] = (~total & 0xFFFF).to_bytes(2, "big")
+    out[24:26] = internet_checksum(out[14:34]).to_bytes(2, "big")
     return bytes(out)
 
 

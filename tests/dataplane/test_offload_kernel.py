@@ -18,6 +18,7 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Ether
 
 from netvirt.dataplane.fastpath import Rewrite, derive, frame_key
+from netvirt.dataplane.headers.checksum import internet_checksum
 from netvirt.dataplane.offload import bpf
 from netvirt.dataplane.offload.manager import KEY_BYTES, layout_of, pack_key, pack_value
 
@@ -90,10 +91,7 @@ def _routed(frame: bytes, new_src: bytes, new_dst: bytes) -> bytes:
     if frame[12:14] == b"\x08\x00":
         out[22] -= 1
         out[24:26] = b"\0\0"
-        total = sum(int.from_bytes(out[i : i + 2], "big") for i in range(14, 34, 2))
-        while total >> 16:
-            total = (total & 0xFFFF) + (total >> 16)
-        out[24:26] = (~total & 0xFFFF).to_bytes(2, "big")
+        out[24:26] = internet_checksum(out[14:34]).to_bytes(2, "big")
     else:
         out[21] -= 1
     return bytes(out)
