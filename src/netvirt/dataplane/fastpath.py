@@ -405,9 +405,7 @@ class ConnEpochs:
             self._states.clear()
             self.generation += 1
         self._states[conn] = state
-        self._epochs[conn] = self._epochs.get(conn, 0) + 1
-        if self.on_change is not None:
-            self.on_change(conn)
+        self.bump(conn)
 
     def bump(self, conn: Hashable) -> None:
         """Invalidate a connection's cached outcomes without a state change (its packets
