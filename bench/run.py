@@ -9,9 +9,11 @@ table with the ratios netvirt / OVN and netvirt / kernel per figure:
     sudo python3 bench/run.py --backends kernel,netvirt --topologies l2,sg --workloads ping,tcp1
     sudo python3 bench/run.py --skip-control --out /tmp/nvb.json
 
-Every timing run holds /tmp/bench.lock (``flock``); everything made (namespaces
-``nvb*``, labs ``nvb*``, OVS/OVN daemons with their dirs in /tmp/nvb-*) is torn
-down on exit, failure or Ctrl-C. See docs/performance.md, "Side by side".
+One run at a time (``/tmp/nvb-run.lock``: a second invocation exits with
+status 3 naming the first). Every timing run holds /tmp/bench.lock (``flock``);
+everything made (namespaces ``nvb*``, labs ``nvb*``, OVS/OVN daemons with
+their dirs in /tmp/nvb-*) is torn down on exit, failure or Ctrl-C. See
+docs/performance.md, "Side by side".
 """
 
 from __future__ import annotations
@@ -31,7 +33,15 @@ from typing import Any
 
 from nvb import control, kernel, nvlab, ovn, results
 from nvb.results import Series
-from nvb.system import BenchError, Machine, console_logging, raise_on_signals, run
+from nvb.system import (
+    AlreadyRunning,
+    BenchError,
+    Machine,
+    console_logging,
+    raise_on_signals,
+    run,
+    run_lock,
+)
 from nvb.workloads import WORKLOADS, Options, Target, measure
 
 log = logging.getLogger("nvb")
@@ -189,6 +199,16 @@ def main(argv: list[str]) -> int:
         print(f"missing: {', '.join(missing)}: run `sudo bash bench/setup.sh`", file=sys.stderr)
         return 2
     raise_on_signals()
+    try:
+        with run_lock():
+            return _run(args, argv)
+    except AlreadyRunning as exc:
+        print(f"bench/run.py: {exc}", file=sys.stderr)
+        return 3
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    """One whole run (under the run lock): data plane, control plane, report."""
     opts = Options(
         runs=args.runs, duration=args.duration, workloads=args.workloads, profile=args.profile
     )

@@ -263,6 +263,43 @@ def bench_lock() -> Iterator[float]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+RUN_LOCK_PATH = "/tmp/nvb-run.lock"
+
+
+class AlreadyRunning(BenchError):
+    """Another bench/run.py holds the whole-run lock."""
+
+
+@contextlib.contextmanager
+def run_lock(path: str | Path = RUN_LOCK_PATH) -> Iterator[None]:
+    """Hold the whole-run lock for one bench/run.py, or fail at once naming the holder.
+
+    Two runs at once share the fixed names of what they make (OVN's
+    ``/tmp/nvb-ovn-central``, the ``nvb-ch1`` chassis, ``nvb*`` labs): the
+    second one's set-up tears down the first one's daemons mid-measurement.
+    ``bench_lock`` only serializes the timed parts, so a run takes this one too,
+    without waiting: a helper sees at once that the bench is busy."""
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            msg = f"another bench/run.py is running (pid {holder}; {path})"
+            raise AlreadyRunning(msg) from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            handle.flush()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _held_by_ancestor(path: str | Path) -> bool:
     """Is an exclusive flock on ``path`` held by one of this process's ancestors?
     (/proc/locks names the process that took it and the file's device and inode.)"""
