@@ -26,7 +26,20 @@ def fetch(session: Session, model: type[T], ident: str, kind: str) -> T:
     row = session.get(model, ident)
     if row is None:
         raise not_found(kind, ident)
+    pin(session, row)
     return row
+
+
+def pin(session: Session, row: object) -> None:
+    """Keep ``row`` in the session's identity map for the rest of the transaction.
+
+    The identity map holds rows weakly: in a bulk create, the network (or security
+    group) one item fetched is collected once that item is done, and the next item's
+    ``session.get`` read it again (a SELECT per port for the same network). A strong
+    reference for the session's life makes the later gets dictionary lookups; the
+    session (one transaction) is short-lived, so nothing is held for long."""
+    pinned: dict[int, object] = session.info.setdefault("netvirt.pinned", {})
+    pinned[id(row)] = row  # one reference per row, however often it is fetched
 
 
 def fetch_owned(session: Session, ctx: Context, model: type[T], ident: str, kind: str) -> T:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import ipaddress
 import itertools
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, select
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from netvirt.northbound.errors import BadRequest, Conflict, InvalidInput
 from netvirt.northbound.schema import IPAllocation, Subnet
@@ -108,19 +109,73 @@ def allocated(session: Session, network_id: str) -> set[str]:
     return set(rows)
 
 
-def next_free(session: Session, subnet: Subnet) -> str | None:
-    """The lowest free address of the subnet's pools, or ``None`` when exhausted."""
-    taken = {
-        int(ipaddress.ip_address(ip))
-        for ip in session.execute(
-            select(IPAllocation.ip_address).where(IPAllocation.subnet_id == subnet.id)
+@dataclass
+class _Taken:
+    """A subnet's allocated addresses as this transaction knows them, and where the
+    last search for a free one ended (pool index, address): every pool address before
+    it was taken then, and is still (the cache lives only while nothing was freed)."""
+
+    addresses: set[int]
+    resume: tuple[int, int] = (0, -1)
+
+
+_CACHE_KEY = "netvirt.ipam.taken"
+
+
+def _taken(session: Session, subnet_id: str) -> _Taken:
+    """The subnet's allocations, read once per write transaction.
+
+    Reading them all for every port made a bulk create quadratic in the subnet's
+    size (4,000 ports in one /16: 58 % of the time in this read). Only
+    :func:`note_allocated` adds addresses while the cache lives; any flush that
+    deletes a row and any bulk ``UPDATE``/``DELETE`` (port or subnet deletes,
+    cascades, fixed_ips replaced) drops the whole cache, so what it holds is
+    never less than the table."""
+    cache: dict[str, _Taken] | None = session.info.get(_CACHE_KEY)
+    if cache is None:
+        cache = session.info[_CACHE_KEY] = {}
+        event.listen(session, "after_flush", _drop_on_delete)
+        event.listen(session, "do_orm_execute", _drop_on_write_statement)
+    entry = cache.get(subnet_id)
+    if entry is None:
+        rows = session.execute(
+            select(IPAllocation.ip_address).where(IPAllocation.subnet_id == subnet_id)
         ).scalars()
-    }
+        entry = cache[subnet_id] = _Taken({int(ipaddress.ip_address(ip)) for ip in rows})
+    return entry
+
+
+def _drop_on_delete(session: Session, _context: object) -> None:
+    if session.deleted:
+        session.info[_CACHE_KEY] = {}
+
+
+def _drop_on_write_statement(state: ORMExecuteState) -> None:
+    if not state.is_select:
+        state.session.info[_CACHE_KEY] = {}
+
+
+def note_allocated(session: Session, subnet_id: str, ip: str) -> None:
+    """Tell this transaction's cache (if it holds the subnet) that ``ip`` is now taken."""
+    cache: dict[str, _Taken] | None = session.info.get(_CACHE_KEY)
+    if cache is not None and (entry := cache.get(subnet_id)) is not None:
+        entry.addresses.add(int(ipaddress.ip_address(ip)))
+
+
+def next_free(session: Session, subnet: Subnet) -> str | None:
+    """The lowest free address of the subnet's pools (in pool order), or ``None`` when
+    exhausted."""
+    known = _taken(session, subnet.id)
+    taken = known.addresses
     net = ipaddress.ip_network(subnet.cidr)
-    for lo, hi in pool_spans(subnet):
-        candidate = lo
+    first_pool, first_candidate = known.resume
+    for index, (lo, hi) in enumerate(pool_spans(subnet)):
+        if index < first_pool:
+            continue
+        candidate = max(lo, first_candidate) if index == first_pool else lo
         while candidate <= hi:
             if candidate not in taken:
+                known.resume = (index, candidate)
                 return str(cls_of(net, candidate))
             candidate += 1
     return None

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from netvirt.model.l2 import PortCreate, PortUpdate
 from netvirt.northbound import ipam
-from netvirt.northbound.access import fetch, fetch_network, network_usable
+from netvirt.northbound.access import fetch, fetch_network, network_usable, pin
 from netvirt.northbound.context import Context
 from netvirt.northbound.default_sg import ensure_default_security_group
 from netvirt.northbound.errors import BadRequest, Conflict, Forbidden, InvalidInput, not_found
@@ -210,10 +210,17 @@ def resolve_fixed_ips(
     return chosen
 
 
-def _store_ips(session: Session, port: Port, chosen: list[tuple[Subnet, str]]) -> None:
-    session.execute(sql_delete(IPAllocation).where(IPAllocation.port_id == port.id))
-    session.flush()
+def _store_ips(
+    session: Session, port: Port, chosen: list[tuple[Subnet, str]], *, fresh: bool = False
+) -> None:
+    """Replace the port's addresses with ``chosen``. ``fresh``: the port was created in
+    this transaction and has none yet, so no ``DELETE`` (a bulk statement the change log
+    can only record as "some ip_allocations changed") and no extra flush."""
+    if not fresh:
+        session.execute(sql_delete(IPAllocation).where(IPAllocation.port_id == port.id))
+        session.flush()
     for n, (subnet, ip) in enumerate(chosen):
+        ipam.note_allocated(session, subnet.id, ip)
         session.add(
             IPAllocation(
                 network_id=port.network_id,
@@ -223,7 +230,8 @@ def _store_ips(session: Session, port: Port, chosen: list[tuple[Subnet, str]]) -
                 ordinal=n,
             )
         )
-    session.flush()
+    if not fresh:
+        session.flush()
 
 
 def _check_security_groups(session: Session, ctx: Context, project_id: str, ids: list[str]) -> None:
@@ -231,13 +239,19 @@ def _check_security_groups(session: Session, ctx: Context, project_id: str, ids:
         group = session.get(SecurityGroup, sg_id)
         if group is None or not (ctx.is_admin or group.project_id == project_id):
             raise not_found("security_group", sg_id)
+        pin(session, group)
 
 
-def _set_security_groups(session: Session, port_id: str, ids: list[str]) -> None:
-    session.execute(sql_delete(PortSecurityGroup).where(PortSecurityGroup.port_id == port_id))
+def _set_security_groups(
+    session: Session, port_id: str, ids: list[str], *, fresh: bool = False
+) -> None:
+    """Replace the port's groups with ``ids`` (``fresh``: as for :func:`_store_ips`)."""
+    if not fresh:
+        session.execute(sql_delete(PortSecurityGroup).where(PortSecurityGroup.port_id == port_id))
     for sg_id in dict.fromkeys(ids):
         session.add(PortSecurityGroup(port_id=port_id, security_group_id=sg_id))
-    session.flush()
+    if not fresh:
+        session.flush()
 
 
 def _with_macs(pairs: list[dict[str, Any]], mac: str) -> list[dict[str, Any]]:
@@ -285,7 +299,8 @@ def create_port_row(
             f"No more IP addresses available on network {net.id}.",
             type="IpAddressGenerationFailure",
         )
-    _store_ips(session, port, chosen)
+    _store_ips(session, port, chosen, fresh=True)
+    session.flush()
     return port
 
 
@@ -340,9 +355,12 @@ def create(session: Session, ctx: Context, req: PortCreate) -> dict[str, Any]:
     chosen = resolve_fixed_ips(
         session, net, requested, mac, device_owner=req.device_owner, port_id=port.id
     )
-    _store_ips(session, port, chosen)
-    _set_security_groups(session, port.id, groups)
-    return to_dict(session, ctx, port)
+    _store_ips(session, port, chosen, fresh=True)
+    _set_security_groups(session, port.id, groups, fresh=True)
+    session.flush()
+    # the rows just written, as to_dict would read them back (two queries fewer a port)
+    ips = [{"subnet_id": subnet.id, "ip_address": ip} for subnet, ip in chosen]
+    return _as_dict(port, ips, sorted(dict.fromkeys(groups)))
 
 
 def get(session: Session, ctx: Context, ident: str) -> dict[str, Any]:
