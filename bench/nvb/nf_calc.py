@@ -42,6 +42,8 @@ COUNTERS = (
     "client_us_sum",
     "async_round_trips",
 )
+# a write-behind store's own counters (state/writebehind.py), under "write_behind"
+BEHIND = ("local_ops", "local_us_sum", "flushes", "flushed", "skipped", "contacts", "refused")
 
 
 # ------------------------------------------------------------------ store counters
@@ -52,7 +54,10 @@ def store_totals(states: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = dict.fromkeys(COUNTERS, 0.0)
     hist: list[float] = []
     cache = {"hits": 0.0, "misses": 0.0}
+    behind = dict.fromkeys(BEHIND, 0.0)
     for state in states:
+        for key in BEHIND:
+            behind[key] += float((state.get("write_behind") or {}).get(key, 0) or 0)
         for key in COUNTERS:
             out[key] += float(state.get(key, 0) or 0)
         buckets = state.get("latency_us_log2") or []
@@ -64,6 +69,7 @@ def store_totals(states: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             cache[key] += float((state.get("cache") or {}).get(key, 0) or 0)
     out["latency_us_log2"] = hist
     out["cache"] = cache
+    out["write_behind"] = behind
     return out
 
 
@@ -74,6 +80,8 @@ def store_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str
     out["latency_us_log2"] = [max(0.0, x - (b[i] if i < len(b) else 0.0)) for i, x in enumerate(a)]
     bc, ac = before.get("cache", {}), after.get("cache", {})
     out["cache"] = {k: max(0.0, ac.get(k, 0.0) - bc.get(k, 0.0)) for k in ac}
+    bw, aw = before.get("write_behind", {}), after.get("write_behind", {})
+    out["write_behind"] = {k: max(0.0, aw.get(k, 0.0) - bw.get(k, 0.0)) for k in aw}
     return out
 
 
@@ -134,6 +142,13 @@ def costs(
         out["store_us_per_conn"] = store_us / connections
         out["rt_per_conn"] = rts / connections
         out["ops_per_conn"] = out["ops"] / connections
+        behind = delta.get("write_behind") or {}
+        if behind.get("local_ops"):  # the write-behind mode: its local work, reported apart
+            out["local_us_per_conn"] = float(behind["local_us_sum"]) / connections
+            out["local_ops_per_conn"] = float(behind["local_ops"]) / connections
+            out["flushed_per_conn"] = float(behind.get("flushed", 0)) / connections
+            out["skipped_per_conn"] = float(behind.get("skipped", 0)) / connections
+            out["contacts_per_conn"] = float(behind.get("contacts", 0)) / connections
     return out
 
 

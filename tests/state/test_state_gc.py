@@ -155,3 +155,38 @@ def _check_stats(store: StateStore) -> None:
     assert stats["misses"] >= UDP_FLOWS + TCP_FLOWS  # type: ignore[operator]
     assert stats["hits"] >= 6 * TCP_FLOWS  # type: ignore[operator]
     assert sum(stats["latency_us_log2"]) == stats["round_trips"]  # type: ignore[arg-type]
+
+
+def test_write_behind_forgets_a_flood_here_and_in_redis(
+    redis_raw: redis.Redis, redis_url: str
+) -> None:
+    """The write-behind mode (``?write_behind=``): zone 2's plain TCP records are kept in
+    the host's memory and written behind with their remaining TTL, zone 1's masqueraded
+    ones go to Redis at once. Both sides forget the flood: Redis by expiry, the host's
+    records on ``sweep()``; nothing waits to be flushed."""
+    from netvirt.dataplane.nf.codec import closed_record, port_zone_keys, shared_record
+    from netvirt.state.writebehind import WriteBehindStore
+
+    store = WriteBehindStore(
+        RedisStore.from_url(redis_url),
+        port_zone_keys(),
+        shared=shared_record,
+        closed=closed_record,
+        interval=0.02,
+    )
+    try:
+        flood(Conntrack(store, timeouts=SHORT), time.time)
+        ended = time.monotonic()
+        store.flush(force=True)
+        stats = store.stats()["write_behind"]
+        assert stats["pending"] == 0  # type: ignore[index]
+        assert stats["refused"] == 0  # type: ignore[index]
+        assert len(store.local) == 2 * TCP_FLOWS  # primaries and mirrors, here
+        held = _every_key_has_a_ttl(redis_raw, lambda k: k == b"netvirt:version")
+        assert held >= 3 * UDP_FLOWS * 0.9  # the NATed flows and their claims
+        _wait_for(lambda: [int(redis_raw.dbsize())], lambda sizes: sizes == [1])
+        time.sleep(max(0.0, ended + TIMEOUT + 0.1 - time.monotonic()))  # the last writes
+        store.sweep()
+        assert len(store.local) == 0
+    finally:
+        store.close()

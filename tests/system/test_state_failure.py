@@ -102,8 +102,13 @@ while not stop.is_set():
 """
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabRun]:
+@pytest.fixture(scope="module", params=["write-through", "write-behind"])
+def lab(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LabRun]:
+    """The lab, once with every record written through (the default) and once with
+    port zones written behind (``NETVIRT_WRITE_BEHIND``, read by the hosts' datapaths
+    when ``lab up`` starts them): the same outage semantics must hold in both."""
     for tool in ("busybox", "redis-server"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed: run scripts/setup.sh")
@@ -112,7 +117,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabRun]:
     topology.write_text(TOPOLOGY)
     run = LabRun(f"nvf{os.getpid() % 100000}", root)
     try:
-        run.ok("up", str(topology), "--name", run.name)
+        with pytest.MonkeyPatch.context() as env:
+            if request.param == "write-behind":
+                env.setenv("NETVIRT_WRITE_BEHIND", "0.05")
+            else:
+                env.delenv("NETVIRT_WRITE_BEHIND", raising=False)
+            run.ok("up", str(topology), "--name", run.name)
         assert wait_reachable(run, "c1", SERVER), "c1 cannot reach s1"
         yield run
     finally:
@@ -221,6 +231,20 @@ def stream_report(
     lines = [line.split() for line in out.read_text().splitlines()]
     during = sum(1 for kind, at in lines if kind == "ok" and outage[0] <= float(at) <= outage[1])
     return during, any(kind == "lost" for kind, _ in lines)
+
+
+def test_the_hosts_run_the_store_mode_of_the_lab(
+    lab: LabRun, echo: None, request: pytest.FixtureRequest
+) -> None:
+    """The write-behind lab really writes behind (and the default one does not): the
+    other tests of this file then cover both modes."""
+    assert wait_for("a first connection", lambda: connects(lab, 2.0), 20) >= 0
+    for host in ("hv1", "hv2"):
+        state = datapath_status(lab, host)["counters"]["state"]
+        if request.node.callspec.params["lab"] == "write-behind":
+            assert state["write_behind"]["interval"] == pytest.approx(0.05)
+        else:
+            assert "write_behind" not in state
 
 
 def test_redis_outage_fails_closed_and_recovers_clean(

@@ -51,6 +51,7 @@ from typing import cast
 from netvirt.state.jobs import AsyncStore, Reply, Ticket
 from netvirt.state.store import (
     CACHED_ABSENT,
+    LOCAL_ABSENT,
     Batch,
     CachedEntry,
     CasOp,
@@ -105,7 +106,11 @@ class CachedStore:
 
     def _remember_read(self, key: str, entry: object, now: float) -> None:
         """What a read from the store found: the entry, or the absence (served only to
-        reads that ask for it, ``GetOp.absent_ok``)."""
+        reads that ask for it, ``GetOp.absent_ok``). A write-behind store's local absence
+        (``LOCAL_ABSENT``) is not remembered: that store answers it without a round trip."""
+        if entry is LOCAL_ABSENT:
+            self._cache.pop(key, None)
+            return
         if isinstance(entry, Entry):
             self._remember(key, entry, now)
             return
@@ -159,7 +164,11 @@ class CachedStore:
         now = self.clock()
         out, missing = self._served(gets, now)
         if missing:
-            fetched = self.inner.get_many([gets[i].key for i in missing])
+            inner_ops = getattr(self.inner, "get_ops", None)  # keeps fresh/absent_ok
+            if inner_ops is not None:
+                fetched = inner_ops([gets[i] for i in missing])
+            else:
+                fetched = self.inner.get_many([gets[i].key for i in missing])
             for i, entry in zip(missing, fetched, strict=True):
                 out[i] = entry
                 self._remember_read(gets[i].key, entry, now)
@@ -269,7 +278,7 @@ class CachedStore:
                     self._remember_read(keys[i], entry, at)
                 outer.complete(found)
 
-            _then(self._inner_async().submit([GetOp(keys[i]) for i in missing]), fetched)
+            _then(self._inner_async().submit([gets[i] for i in missing]), fetched)
             return outer
 
         def written(reply: Reply) -> None:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from netvirt.state.stats import StoreStats
 from netvirt.state.store import (
@@ -107,8 +108,36 @@ class MemoryStore:
         with self._lock:
             return self._cas(key, expected_version, value, ttl, self._clock())
 
+    def adopt(self, key: str, value: bytes, version: int, ttl: float | None = None) -> None:
+        """Hold ``value`` at ``version`` (read from another store: a write-behind store taking
+        a record over); later writes get versions above it."""
+        check_version(version)
+        with self._lock:
+            self._last_version = max(self._last_version, version)
+            self._slots[key] = _Slot(bytes(value), version, _deadline(self._clock(), ttl))
+
     def delete(self, key: str) -> bool:
         return self.delete_many([key]) == 1
+
+    # -- for a single-threaded owner (``state/writebehind.py``): no lock, no counters --------
+
+    def peek(self, key: str, now: float) -> Entry | None:
+        """``get`` without the lock or the counters, at ``now``."""
+        return self._get(key, now)
+
+    def apply(self, op: Op, now: float) -> object:
+        """One operation's result, as in a batch, without the lock or the counters: for a
+        store that one thread owns (its hot path: no ``Batch``, no per-call bookkeeping)."""
+        kind = type(op)
+        if kind is GetOp:  # the common kinds before _apply's match (class patterns cost)
+            return self._get(cast(GetOp, op).key, now)
+        if kind is CasOp:
+            cas = cast(CasOp, op)
+            return self._cas(cas.key, cas.expected_version, cas.value, cas.ttl, now)
+        if kind is PutOp:
+            put = cast(PutOp, op)
+            return self._put(put.key, put.value, put.ttl, now)
+        return self._apply(op, now)
 
     def delete_many(self, keys: Sequence[str]) -> int:
         self._stats.call(len(keys))

@@ -346,6 +346,11 @@ class RedisStore:
                 on_connect=self._script_loads,
                 on_failure=lambda _exc: self._went_down(),
                 charge=self._stats.client,
+                # a round trip that failed unanswered (timeout, lost connection) counts
+                # too, with its latency (docs/stateless-nf.md, "Counters")
+                on_lost=lambda keys, seconds: self._stats.round_trip(
+                    keys, seconds, 1, waited=False
+                ),
             )
         return self._async
 

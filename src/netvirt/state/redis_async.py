@@ -89,8 +89,10 @@ class RedisPipe:
         on_failure: Callable[[StateStoreUnavailable], None] = lambda exc: None,
         charge: Callable[[float], None] = lambda seconds: None,
         clock: Callable[[], float] = time.monotonic,
+        on_lost: Callable[[int, float], None] = lambda keys, seconds: None,
     ) -> None:
         self.address = address
+        self.on_lost = on_lost  # a round trip failed unanswered: (its operations, seconds)
         self.timeout = timeout
         self.on_connect = on_connect
         self.on_failure = on_failure
@@ -281,8 +283,10 @@ class RedisPipe:
         self.close()
         self.on_failure(exc)
         pending, self._queue = self._queue, deque()
+        now = self.clock()
         for item in pending:
             if item.ticket is not None:
+                self.on_lost(len(item.ticket.ops), now - item.sent_at)
                 item.ticket.complete(exc)
 
     def close(self) -> None:

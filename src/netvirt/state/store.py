@@ -64,6 +64,9 @@ class CachedEntry(Entry):
 
 
 CACHED_ABSENT = CachedEntry(b"", 0)  # version 0: absent, as a read cache remembers it
+# absent from a write-behind store's local records (``state/writebehind.py``): final for
+# a packet that may open a connection, re-read with ``GetOp(fresh=True)`` for any other
+LOCAL_ABSENT = CachedEntry(b"local", 0)
 
 
 class CasResult(NamedTuple):

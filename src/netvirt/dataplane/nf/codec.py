@@ -309,6 +309,74 @@ def cacheable_record(value: bytes) -> bool:
     return len(value) >= _MIN_SIZE and value[0] == FORMAT and value[1] in (PRIMARY, MIRROR)
 
 
+def port_zone_keys(prefix: str = "ct:") -> Callable[[str], bool]:
+    """Which store keys are records of a switch port's zone (``(datapath << 16) | port``,
+    ``Pipeline._zone``): the keys a write-behind store may keep authoritative on this host
+    (``state/writebehind.py``). Router zones (port bits 0), SNAT pools and LB records are
+    shared. Only a port's own host writes un-NATed records in its zone: they are made by
+    the security-group ACL of a VM port, whose ingress and egress pipelines both run on the
+    VM's host (docs/agent.md); NATed ones (a switch load balancer, which a routing host may
+    create and a member's host answer) are :func:`shared_record` and stay shared."""
+    size = len(prefix)
+
+    def local(key: str) -> bool:
+        if not key.startswith(prefix):
+            return False
+        zone, sep, _ = key[size : size + 24].partition(":")
+        if not sep:
+            return False
+        try:
+            return int(zone, 16) & 0xFFFF != 0
+        except ValueError:
+            return False  # snat:, lbrr:, … : pools and LB records
+
+    return local
+
+
+def shared_record(value: bytes) -> bool:
+    """A record another host may decide on although its key is a port zone's: NATed (its
+    reply tuple is not its original reversed: a switch LB), LB-counted, or unreadable."""
+    if not cacheable_record(value):
+        return True
+    width = 4 if value[2] == 4 else 16
+    a = _HEAD.size
+    p = a + 4 * width
+    return (
+        value[a : a + width] != value[a + 3 * width : a + 4 * width]
+        or value[a + width : a + 2 * width] != value[a + 2 * width : a + 3 * width]
+        or value[p : p + 4] != value[p + 12 : p + 16]
+        or value[p + 4 : p + 8] != value[p + 8 : p + 12]
+        or value[p + 16 :] != _NO_TEXTS
+    )
+
+
+def closed_record(value: bytes) -> bool:
+    """A TCP record in TIME_WAIT or CLOSED: once closed, a connection that was never
+    written behind needs nothing in the shared store (``state/writebehind.py``)."""
+    return (
+        cacheable_record(value)
+        and value[3] == IPPROTO_TCP
+        and value[12] in (CtState.TIME_WAIT, CtState.CLOSED)
+    )
+
+
+_EXPIRY = struct.Struct("!d")
+_EXPIRY_AT = _HEAD.size - _EXPIRY.size  # the last of the head's three times
+
+
+def record_remaining(clock: Callable[[], float]) -> Callable[[bytes], float | None]:
+    """A record's seconds left by ``clock`` (conntrack's packet clock): the TTL conntrack
+    writes it with is ``expiry - now``, so a store that takes a record over from another
+    (``state/writebehind.py``) keeps it exactly as long. None for an unreadable value."""
+
+    def remaining(value: bytes) -> float | None:
+        if not cacheable_record(value):
+            return None
+        return float(_EXPIRY.unpack_from(value, _EXPIRY_AT)[0]) - clock()
+
+    return remaining
+
+
 # The name the datapath imports (agent/datapath.py). Until session 6 only ESTABLISHED and
 # REPLIED records were cached; conntrack's fresh re-read of rejections made all states safe.
 stable_record = cacheable_record

@@ -113,7 +113,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import suppress
-from dataclasses import dataclass
 
 from netvirt.dataplane.drops import DropReason
 from netvirt.dataplane.fields import (
@@ -132,14 +131,12 @@ from netvirt.dataplane.nf.codec import (
     IPPROTO_TCP,
     MIRROR,
     SNAT_POOL,
-    CodecError,
     CtEntry,
     CtState,
     CtTuple,
     Task,
     advanced_entry,
     ct_key,
-    decode,
     drive_steps,
     encode,
     versioned_entry,
@@ -158,6 +155,24 @@ from netvirt.dataplane.nf.nat import (
     translate_related,
 )
 from netvirt.dataplane.nf.request import CtHit, CtRequest, CtResult  # re-exported
+from netvirt.dataplane.nf.seen import (
+    ABSENT as _ABSENT,
+)
+from netvirt.dataplane.nf.seen import (
+    CACHED_ABSENT_SEEN as _CACHED_ABSENT,
+)
+from netvirt.dataplane.nf.seen import (
+    LOCAL_ABSENT_SEEN as _LOCAL_ABSENT,
+)
+from netvirt.dataplane.nf.seen import (
+    RECHECK as _RECHECK,
+)
+from netvirt.dataplane.nf.seen import (
+    Seen as _Seen,
+)
+from netvirt.dataplane.nf.seen import (
+    seen_of as _seen,
+)
 from netvirt.dataplane.nf.tcp import (  # re-exported: callers import them from here
     CLOSING,
     TCP_ACK,
@@ -173,9 +188,7 @@ from netvirt.dataplane.nf.tcp import (  # re-exported: callers import them from 
 )
 from netvirt.state.jobs import Steps, run_steps
 from netvirt.state.store import (
-    CACHED_ABSENT,
     AllocateOp,
-    CachedEntry,
     CasOp,
     CasResult,
     DeleteOp,
@@ -207,37 +220,6 @@ __all__ = [
 
 FAIL_POLICIES = ("closed", "open")
 _CLOSING = CLOSING
-
-
-@dataclass(frozen=True, slots=True)
-class _Seen:
-    """A record as read: version 0 = absent; entry None with a version = unreadable/stale.
-
-    ``cached``: a read cache answered it (``CachedEntry``), so it may be stale."""
-
-    version: int
-    entry: CtEntry | None
-    mirror: bool
-    cached: bool = False
-
-
-_ABSENT = _Seen(0, None, False)
-# what a step returns when it would reject the packet on a cached record: read it again
-_RECHECK = _Seen(-1, None, False)
-_CACHED_ABSENT = _Seen(0, None, False, True)
-
-
-def _seen(raw: object) -> _Seen:
-    if not isinstance(raw, Entry):
-        return _ABSENT
-    if raw is CACHED_ABSENT:
-        return _CACHED_ABSENT
-    cached = type(raw) is CachedEntry
-    try:
-        entry, kind = decode(raw.value, raw.version)
-    except CodecError:
-        return _Seen(raw.version, None, False, cached)
-    return _Seen(raw.version, entry, kind == MIRROR, cached)
 
 
 class Conntrack:
@@ -411,10 +393,12 @@ class Conntrack:
         (the caller reads again with ``fresh``): a stale cached record may only ever let a
         packet pass without writing, never refuse it or replace its connection."""
         entry = seen.entry
-        # a cached absence serves only a create (a compare-and-set on version 0)
-        creates = seen is _CACHED_ABSENT and forced is None and self._creates(req)
+        # a cached absence serves only a create (a compare-and-set on version 0); a local
+        # one (write-behind) also answers a TCP SYN (Conntrack._opens_here)
+        absent = seen is _CACHED_ABSENT or seen is _LOCAL_ABSENT
+        creates = absent and forced is None and self._creates(req)
         dead = entry is None or not self._live(entry, req, now)
-        if seen.cached and not fresh and dead and not creates:
+        if seen.cached and not fresh and dead and not creates and not self._opens_here(seen, req):
             return _RECHECK
         if forced is not None:
             assert req.hint is not None
@@ -443,6 +427,15 @@ class Conntrack:
                 return _RECHECK
             return _Seen(seen.version, None, False)  # stale mirror: its connection is gone
         return (yield from self._write(req, key, primary_key, primary, True, now, lb_round, fresh))
+
+    def _opens_here(self, seen: _Seen, req: CtRequest) -> bool:
+        """A local absence (write-behind, ``state/writebehind.py``) is final for a TCP SYN:
+        only this host writes that key's plain records (a record of an earlier
+        incarnation left in the shared store is replaced; a NATed one is found by the
+        creation's compare-and-set in the shared store)."""
+        if seen is not _LOCAL_ABSENT or req.hint is not None:
+            return False  # (a first datagram may be a switch LB's reply: read it)
+        return req.tuple.proto == IPPROTO_TCP and tcp_opens(req.tcp_flags)
 
     def _creates(self, req: CtRequest) -> bool:
         """The packet creates its connection if it finds none (a write, so a compare-and-
