@@ -49,10 +49,14 @@ def tup(reply: bool) -> CtTuple:
     return CtTuple(4, 6, b, a, 80, 40000) if reply else CtTuple(4, 6, a, b, 40000, 80)
 
 
-def setup(store: Any = None) -> tuple[KernelOffload, Lib, FlowCache, Conntrack, Hashable]:
+def setup(
+    store: Any = None, syn_ack: bool = False
+) -> tuple[KernelOffload, Lib, FlowCache, Conntrack, Hashable]:
+    """A connection after its handshake (``syn_ack``: after SYN and SYN-ACK only)."""
     ct = Conntrack(store if store is not None else MemoryStore(clock=time.time))
     now = time.time()
-    for reply, flags in ((False, 0x02), (True, 0x12), (False, 0x10)):
+    steps = ((False, 0x02), (True, 0x12), (False, 0x10))
+    for reply, flags in steps[:2] if syn_ack else steps:
         ct.process(ZONE, tup(reply), flags, now, commit=not reply)
     lib = Lib()
     loaded = bpf.Loaded(lib, 0, 1, 2, FLOWS, 4, 5, VALUE_SIZE)  # type: ignore[arg-type]
@@ -65,7 +69,7 @@ def setup(store: Any = None) -> tuple[KernelOffload, Lib, FlowCache, Conntrack, 
     raw = ct.store.get(ct.key(ZONE, tup(False)))
     assert raw is not None
     record = decode(raw.value, raw.version)[0]
-    assert record.state is CtState.ESTABLISHED
+    assert record.state is (CtState.SYN_RECV if syn_ack else CtState.ESTABLISHED)
     return manager, lib, cache, ct, (ZONE, record.orig, record.serial)
 
 
@@ -170,3 +174,44 @@ def test_connections_that_must_stay_in_user_space_stay() -> None:
     learn(cache, dep, reply=True)
     assert lib.maps.get(CONNS, {}) == {}
     assert manager.conns.counters["refused"] == 1
+
+
+def half(cache: FlowCache, dep: Hashable, reply: bool) -> bool:
+    """A direction offered as a half (the SYN-ACK's, or the predicted first ACK's)."""
+    found = frame_key(frame(reply))
+    assert found is not None
+    assert found[0] is not None
+    iface, out = ("vm-b", "vm-a") if reply else ("vm-a", "vm-b")
+    entry = Entry((Output(out, Rewrite()),), (), ((dep, 0),), time.time(), (reply,))
+    assert cache.half_learned is not None
+    return cache.half_learned((iface, found[0], False), entry)
+
+
+def test_handed_over_at_the_syn_ack_in_syn_recv() -> None:
+    """The SYN-ACK's half and the predicted ACK's (``offload/handshake.py``): the kernel
+    takes the connection in SYN_RECV; folded back unmoved, the records are untouched;
+    moved by the first ACK, they are ESTABLISHED."""
+    manager, lib, cache, ct, dep = setup(syn_ack=True)
+    assert half(cache, dep, reply=True)
+    assert manager.conns.owned == {}  # one half waits for the other
+    assert half(cache, dep, reply=False)
+    assert len(lib.maps[CONNS]) == 2
+    assert cstate(lib)[2] == CtState.SYN_RECV
+    key = ct.key(ZONE, tup(False))
+    version = ct.store.get(key).version  # type: ignore[union-attr]
+    manager.conns.release_all()  # nothing moved: nothing written
+    assert ct.store.get(key).version == version  # type: ignore[union-attr]
+    assert half(cache, dep, reply=True)
+    assert half(cache, dep, reply=False)
+    last_ns, _, _ = cstate(lib)
+    (cid,) = lib.maps[CSTATES]
+    lib.maps[CSTATES][cid] = struct.pack("=QQQ", last_ns + 1, 1, CtState.ESTABLISHED)
+    manager.conns.release_all()
+    raw = ct.store.get(key)
+    assert raw is not None
+    assert decode(raw.value, raw.version)[0].state is CtState.ESTABLISHED
+
+
+def test_no_halves_without_kernel_connections() -> None:
+    _manager, _lib, cache, _ct, _dep = setup(SharedStore(), syn_ack=True)
+    assert cache.half_learned is None  # (the forwarder then remembers no SYN either)

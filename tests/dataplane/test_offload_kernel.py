@@ -183,6 +183,30 @@ def test_an_entry_past_its_grace_is_not_served(loaded: bpf.Loaded) -> None:
         _remove(loaded, key)
 
 
+def test_a_frame_given_to_the_datapath_is_not_also_served_by_tc(loaded: bpf.Loaded) -> None:
+    """A miss at `punt` (the frame goes to the datapath's ring) whose entry the datapath
+    installs before TC ingress runs for that frame: `forward` must leave it, or the frame
+    is delivered twice (the kernel's copy and the datapath's). A session-9 CI run caught
+    one duplicate ping reply this way."""
+    frame = bytes(Ether() / IP(src="10.0.0.3", dst="10.0.0.4") / UDP(sport=5, dport=6) / b"x")
+    covered, layout = frame_key(frame)  # type: ignore[misc]
+    key = pack_key(LO, layout.name, covered)
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})  # `punt` and `forward` share a per-CPU slot
+    try:
+        assert bpf.run_once(loaded.punt_check_fd, loaded.lib, frame, LO)[0] == len(frame)
+        _install(
+            loaded, key, pack_value(9, Rewrite(), time.monotonic_ns() + LIVE_NS, layout) or b""
+        )
+        assert bpf.run_once(loaded.forward_fd, loaded.lib, frame, LO)[0] == TC_ACT_OK
+        # the flow's next frame: `punt` finds the fresh entry, `forward` serves it
+        assert bpf.run_once(loaded.punt_check_fd, loaded.lib, frame, LO)[0] == 0
+        assert bpf.run_once(loaded.forward_fd, loaded.lib, frame, LO)[0] == TC_ACT_REDIRECT
+    finally:
+        _remove(loaded, key)
+        os.sched_setaffinity(0, cpus)
+
+
 def _natted(frame: bytes, address: str, port: int) -> bytes:
     """``frame`` with a new source address and port (the ICMP echo id for ICMP), every
     checksum computed from scratch (Scapy), as SNAT's slow path leaves it."""

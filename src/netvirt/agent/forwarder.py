@@ -98,6 +98,7 @@ from netvirt.dataplane.drops import DropReason, ParseError
 from netvirt.dataplane.fastpath import Entry, FlowCache, Layout, Output, derive, flow_key, frame_key
 from netvirt.dataplane.flow import Rule
 from netvirt.dataplane.nf import Conntrack, FlowKeyConntrack
+from netvirt.dataplane.offload.handshake import Handshakes
 from netvirt.dataplane.pipeline import Pipeline, Verdict
 from netvirt.dataplane.policer import PortPolicers
 from netvirt.dataplane.ports.base import Frame
@@ -171,6 +172,9 @@ class Forwarder:
         self.jobs = StoreJobs(state_store)
         self.parking = Parking()
         self._flag_rules: set[Rule] = set()  # installed rules matching TCP flags
+        self.handshakes = Handshakes(  # SYNs, for their first ACK predicted at the SYN-ACK
+            lambda: (self.pipeline, self.conntrack.conntrack, self.installed.physical)
+        )
         self.slow_errors = 0  # slow-path batches lost to a bug (dropped as internal_error)
         self._slow_error_logged = -1e9
 
@@ -494,8 +498,7 @@ class Forwarder:
             half, iface = cache.half_learned, miss.iface
             if half is not None and key is None and iface and not self._flag_rules:
                 found_half = syn_ack_half(iface, frame.data, seeded, verdict, wires, miss.now)
-                if found_half is not None:  # (a SYN-ACK: offload/conns.py)
-                    half(*found_half)
+                self.handshakes.learned(half, found_half, iface, frame.data, seeded, verdict)
             return
         cached: list[Output] = []
         for dest, wire in wires:
@@ -768,6 +771,7 @@ class Forwarder:
             "flow_cache": cache.stats() if cache is not None else {},
             "megaflows": cache.megaflows.stats() if cache and cache.megaflows else {},
             "segments": cache.segments.stats() if cache and cache.segments else {},
+            "handshakes": self.handshakes.stats(),
             "installed_generation": self.generation,
             "ports": {iface: c.as_dict() for iface, c in sorted(self.port_counters.items())},
             "tunnel": self.tunnel_counters.as_dict(),

@@ -485,7 +485,8 @@ class FlowCache:
     # connection the kernel owns is folded back first); None: nothing to do
     fold_back: Callable[[bytes], None] | None = None
     # given a SYN-ACK's outcome as its direction's entry (``offload/conns.py``); None: off
-    half_learned: Callable[[Hashable, Entry], None] | None = None
+    # (True: taken, waiting for the other direction or completing the connection)
+    half_learned: Callable[[Hashable, Entry], bool] | None = None
 
     def attach(self, listener: CacheListener) -> None:
         self.listener = listener

@@ -59,6 +59,7 @@ from netvirt.dataplane.offload import kmap
 log = logging.getLogger(__name__)
 
 _CSTATE = struct.Struct("=QQQ")  # struct cstate: last_ns, packets, st
+_CID = struct.Struct("=Q")  # the cstates key
 _CVAL_TAIL = struct.Struct("=QII")  # struct cval after its fval: conn, reply, pad
 _KEY_HEAD = 16  # struct fkey: ifindex, layout, vni, tun_ports, then the covered bytes
 _FLAGS_AT = {1: (32, 34), 4: (56, 58)}  # layout id -> covered bytes zeroed in a conn key
@@ -140,6 +141,8 @@ class KernelConns:
         self.next_id = 1
         self._handing = False
         self._next_sweep = 0.0
+        self._kbuf = ctypes.create_string_buffer(_CID.size)
+        self._vbuf = ctypes.create_string_buffer(_CSTATE.size)
         self.counters = dict.fromkeys(
             ("handed_over", "folded", "released", "records_written", "record_conflicts",
              "refused"), 0
@@ -159,7 +162,10 @@ class KernelConns:
             self.why = "shared state store: connections stay in user space"
             return
         timeouts: Timeouts = conntrack.timeouts
-        names = {3: "established", 4: "fin_wait", 5: "close_wait", 6: "time_wait", 7: "closed"}
+        names = {
+            2: "syn_recv", 3: "established", 4: "fin_wait", 5: "close_wait", 6: "time_wait",
+            7: "closed",
+        }  # fmt: skip
         for state, name in names.items():
             ns = int(getattr(timeouts, name) * 1e9)
             self._update(self.timeouts_fd, struct.pack("=I", state), struct.pack("=Q", ns))
@@ -191,32 +197,41 @@ class KernelConns:
             self.half[group] = mine
             return False
         del self.half[group]
-        if not self._records_ready(deps):
+        state = self._records_ready(deps)
+        if state is None:
             self.counters["refused"] += 1
             return False
-        self._hand_over(deps, (other, mine) if mine.reply else (mine, other))
+        self._hand_over(deps, (other, mine) if mine.reply else (mine, other), state)
         return True
 
-    def _records_ready(self, deps: tuple[Hashable, ...]) -> bool:
-        """Every record is the one the slow path saw, ESTABLISHED with no FIN, live, and
-        without load-balancer counters (whose release the kernel does not do)."""
+    def _records_ready(self, deps: tuple[Hashable, ...]) -> CtState | None:
+        """The records' common state when every record is the one the slow path saw,
+        ESTABLISHED (or all SYN_RECV: the original direction's half is then the predicted
+        first ACK, ``handshake.py``) with no FIN, live, and without load-balancer counters
+        (whose release the kernel does not do); else None."""
         now = time.time()
+        states: set[CtState] = set()
         for dep in deps:
             entry = self._read(dep)
             if entry is None:
-                return False
+                return None
             record, _version = entry
-            if record.state is not CtState.ESTABLISHED or record.flags & (FIN_ORIG | FIN_REPLY):
-                return False
-            if record.expiry <= now or record.lb_counter:
-                return False
-        return True
+            if record.flags & (FIN_ORIG | FIN_REPLY) or record.expiry <= now:
+                return None
+            if record.lb_counter:
+                return None
+            states.add(record.state)
+        if len(states) != 1 or not states <= {CtState.ESTABLISHED, CtState.SYN_RECV}:
+            return None
+        return states.pop()
 
-    def _hand_over(self, deps: tuple[Hashable, ...], halves: tuple[_Half, _Half]) -> None:
+    def _hand_over(
+        self, deps: tuple[Hashable, ...], halves: tuple[_Half, _Half], ready: CtState
+    ) -> None:
         cid = self.next_id
         self.next_id += 1
         now_ns = time.monotonic_ns()
-        state = int(CtState.ESTABLISHED)
+        state = int(ready)
         # the exact entries of these records (user space and kernel) go first: from now on
         # every packet of the connection is the tracker's, or folds it back
         self._handing = True
@@ -360,27 +375,17 @@ class KernelConns:
                 store.allocate(pool, (member,), key, claim_ttl(timeouts, new))
 
     def _read(self, dep: Hashable) -> tuple[Any, int] | None:
-        """The primary record of (zone, orig, serial), if it is that connection's."""
-        zone, orig, serial = cast(tuple[int, Any, int], dep)
-        raw = self.conntrack.store.get(self.conntrack.key(zone, orig))
-        if raw is None:
-            return None
-        try:
-            entry, kind = decode(raw.value, raw.version)
-        except CodecError:
-            return None
-        if kind == MIRROR or entry.serial != serial:
-            return None
-        return entry, raw.version
+        return read_primary(self.conntrack, dep)
 
     # -- kernel map access ----------------------------------------------------------------
     def _cstate(self, cid: int) -> tuple[int, int] | None:
-        """(st, last_ns) of a connection in the kernel."""
-        kb = ctypes.create_string_buffer(struct.pack("=Q", cid), 8)
-        vb = ctypes.create_string_buffer(_CSTATE.size)
+        """(st, last_ns) of a connection in the kernel (one syscall; the buffers are
+        reused: the sweep reads every owned connection)."""
+        kb, vb = self._kbuf, self._vbuf
+        _CID.pack_into(kb, 0, cid)
         if self.lib.bpf_map_lookup_elem(self.cstates_fd, kb, vb) != 0:
             return None
-        last_ns, _packets, st = _CSTATE.unpack(vb.raw)
+        last_ns, _packets, st = _CSTATE.unpack_from(vb)
         return st, last_ns
 
     def _update(self, fd: int, key: bytes, value: bytes) -> None:
@@ -401,3 +406,20 @@ class KernelConns:
             "waiting_halves": len(self.half),
             **self.counters,
         }
+
+
+def read_primary(conntrack: Any, dep: Hashable) -> tuple[Any, int] | None:
+    """The primary record of ``dep`` = (zone, orig, serial) and its version, if the
+    store holds one that is that connection's (not a mirror, not a later connection
+    on the same tuple)."""
+    zone, orig, serial = cast(tuple[int, Any, int], dep)
+    raw = conntrack.store.get(conntrack.key(zone, orig))
+    if raw is None:
+        return None
+    try:
+        entry, kind = decode(raw.value, raw.version)
+    except CodecError:
+        return None
+    if kind == MIRROR or entry.serial != serial:
+        return None
+    return entry, raw.version

@@ -88,7 +88,8 @@ struct {
 } flows SEC(".maps");
 
 // per CPU: [0] frames forwarded, [1] bytes forwarded, [2] punted past deadline,
-// [3] forward misses (no entry at TC), [4] punted frames TC left to the datapath,
+// [3] forward misses (no entry at TC, a frame no `punt` saw), [4] frames `punt` gave the
+// datapath that TC left to it,
 // [5] frames of kernel connections forwarded, [6] frames of kernel connections given to
 // the datapath (the tracker refused them), [7] approved frames whose entry left meanwhile
 struct {
@@ -127,9 +128,13 @@ struct {
 	__type(value, struct pstat);
 } ports SEC(".maps");
 
-// per CPU: the frame `punt` just gave the datapath for revalidation. TC ingress runs
-// right after the packet sockets for the same frame on the same CPU (softirq), so
-// `forward` finds it here and leaves that frame to the datapath.
+// per CPU: the frame `punt` just gave the datapath (any frame it gives: a miss, a
+// revalidation, a connection's frame for the slow path) or approved for the kernel. TC
+// ingress runs right after the packet sockets for the same frame on the same CPU
+// (softirq), so `forward` finds it here and leaves a given frame to the datapath. Every
+// given frame must be recorded, not only revalidations: the datapath, woken by a missed
+// frame on another CPU, may install that flow's entry before `forward` runs for the
+// frame, and `forward` would then serve a frame the datapath serves too (a duplicate).
 struct punted {
 	__u32 ifindex;
 	__u32 len;
@@ -297,9 +302,10 @@ static __always_inline int encap_fits(struct __sk_buff *skb, struct fval *v, str
 // both directions' outcomes are known. One `conns` entry per direction, keyed like `flows`
 // without the TCP flags and data offset (`bulk_key`), names the connection's shared
 // `cstates` entry, whose TCP state the tracker below moves exactly as the user-space
-// conntrack does (nf/tcp.py tcp_step, from ESTABLISHED on). `punt` runs the tracker: a
+// conntrack does (nf/tcp.py tcp_step, from SYN_RECV on). `punt` runs the tracker: a
 // packet the state allows is approved (this CPU's `last_punt` slot) and `forward` serves
 // it; anything else goes to the datapath, which folds the kernel's state back first.
+#define ST_SYN_RECV 2
 #define ST_ESTABLISHED 3
 #define ST_FIN_WAIT 4
 #define ST_CLOSE_WAIT 5
@@ -343,20 +349,29 @@ struct {
 	__type(value, __u64);
 } ct_timeouts SEC(".maps");
 
-// nf/tcp.py tcp_step for the states a kernel connection can be in, with conntrack's rule
-// that a closed connection (TIME_WAIT, CLOSED) is judged but never rewritten: the next
-// `st`, or -1 for a packet the user-space conntrack would find invalid.
+// nf/tcp.py tcp_step for the states a kernel connection can be in (SYN_RECV: only its
+// step to ESTABLISHED), with conntrack's rule that a closed connection (TIME_WAIT,
+// CLOSED) is judged but never rewritten: the next `st`, or -1 for the datapath (a packet
+// the user-space conntrack would find invalid, or one the tracker leaves to it).
 static __always_inline long tcp_next(__u64 st, __u32 reply, __u32 flags)
 {
 	__u32 state = st & 0xFF, fins = (st >> 8) & 0xFF;
 	__u32 syn = flags & 0x02, fin = flags & 0x01, rst = flags & 0x04, ack = flags & 0x10;
 
-	if (state < ST_ESTABLISHED || state > ST_CLOSED)
+	if (state < ST_SYN_RECV || state > ST_CLOSED)
 		return -1;
 	if (syn && (fin || rst))
 		return -1;
 	if (!(flags & 0x17))
 		return -1;
+	if (state == ST_SYN_RECV) {
+		// handed over at the SYN-ACK (offload/handshake.py): only the original
+		// direction's first ACK, whose outcome the datapath predicted; a retransmitted
+		// SYN or SYN-ACK, an RST, a reply without SYN: the datapath's
+		if (reply || syn || rst || !ack)
+			return -1;
+		return fin ? (ST_FIN_WAIT | (fins | FIN_ORIG) << 8) : (ST_ESTABLISHED | fins << 8);
+	}
 	if (state == ST_TIME_WAIT || state == ST_CLOSED) {
 		if (rst)
 			return st;
@@ -437,17 +452,17 @@ static __always_inline int punt_frame(struct __sk_buff *skb)
 	k.ifindex = skb->ifindex;
 	int keyed = make_key(skb, 0, skb->len, &k);
 	if (!keyed)
-		return skb->len;
+		goto give;
 	if (k.layout == L_TCP4 || k.layout == L_TCP6) {
-		int served = conn_punt(skb, &k);
+		int served = conn_punt(skb, &k);  // records its own decision
 		if (served >= 0)
 			return served ? skb->len : 0;
 	}
 	if (keyed != 1)
-		return skb->len;
+		goto give;
 	struct fval *v = bpf_map_lookup_elem(&flows, &k);
 	if (!v || !encap_fits(skb, v, &k))
-		return skb->len;
+		goto give;
 	__u64 now = bpf_ktime_get_ns();
 	if (now > v->deadline_ns) {
 		// revalidation: this one frame goes to the datapath, which runs the slow path
@@ -455,17 +470,13 @@ static __always_inline int punt_frame(struct __sk_buff *skb)
 		// kernel meanwhile (no reordering behind the slow path), and if no new entry
 		// comes within RETRY_NS the next frame is punted again
 		v->deadline_ns = now + RETRY_NS;
-		__u32 zero = 0;
-		struct punted *p = bpf_map_lookup_elem(&last_punt, &zero);
-		if (p) {
-			p->ifindex = skb->ifindex;
-			p->len = skb->len;
-			p->approved = 0;
-		}
 		count(2, 1);
-		return skb->len;
+		goto give;
 	}
 	return 0;
+give:
+	mark_punted(skb, 0);
+	return skb->len;
 }
 
 SEC("socket")

@@ -223,13 +223,26 @@ class KernelOffload:
         ifindex = struct.unpack_from("=I", kernel_key)[0]
         return self.conns.offer(key, deps, entry.replies, kernel_key, value, ifindex)
 
-    def half_learned(self, key: Hashable, entry: Entry) -> None:
+    @property
+    def half_learned(self) -> Callable[[Hashable, Entry], bool] | None:
+        """:meth:`offer_half` while the kernel takes connections, else None (read once,
+        by ``FlowCache.attach``, after :meth:`bind`)."""
+        return self.offer_half if self.conns.enabled else None
+
+    def offer_half(self, key: Hashable, entry: Entry) -> bool:
         """One direction of a TCP connection decided by the slow path but not cached (a
-        SYN-ACK: ``batchwork.syn_ack_half``): offered to the kernel connections only."""
+        SYN-ACK: ``batchwork.syn_ack_half``; the predicted first ACK: ``handshake.py``):
+        offered to the kernel connections only. True when the kernel could serve it (it
+        waits for its other half, or completed the connection)."""
         found = self._kernel_entry(key, entry) if self.conns.enabled else None
-        if found is not None:
-            conns = tuple(conn for conn, _epoch in entry.deps)
-            self._handed_over(key, entry, conns, *found)
+        if found is None:
+            return False
+        conns = tuple(conn for conn, _epoch in entry.deps)
+        kernel_key, value = found
+        if value[_ENCAP_AT] or not isinstance(key, tuple):
+            return False
+        self._handed_over(key, entry, conns, kernel_key, value)
+        return True
 
     def bind(self, conntrack: Any, epochs: Any) -> None:
         """The flow cache's conntrack and epochs (``FlowCache.attach``)."""
