@@ -11,14 +11,22 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from netvirt.northbound.schema import SecurityGroup, SecurityGroupRule
+from netvirt.northbound.txmemo import remembered
 
 
 def ensure_default_security_group(session: Session, project_id: str) -> SecurityGroup:
-    existing = session.execute(
-        select(SecurityGroup).where(
-            SecurityGroup.project_id == project_id, SecurityGroup.is_default
-        )
-    ).scalar_one_or_none()
+    """The project's default group, created if missing (read once per transaction: a
+    bulk port create asks for it per port)."""
+    existing = remembered(
+        session,
+        ("default_sg", project_id),
+        (SecurityGroup,),
+        lambda: session.execute(
+            select(SecurityGroup).where(
+                SecurityGroup.project_id == project_id, SecurityGroup.is_default
+            )
+        ).scalar_one_or_none(),
+    )
     if existing is not None:
         return existing
     group = SecurityGroup(

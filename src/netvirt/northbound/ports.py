@@ -32,6 +32,7 @@ from netvirt.northbound.schema import (
     Subnet,
 )
 from netvirt.northbound.schema.base import standard_fields
+from netvirt.northbound.txmemo import remembered
 
 MAC_PREFIX = "fa:16:3e"
 EXTERNAL_GATEWAY_OWNER = "network:external_gateway"
@@ -112,12 +113,19 @@ def _mac_taken(session: Session, network_id: str, mac: str, exclude: str | None 
 
 
 def _network_subnets(session: Session, network_id: str) -> list[Subnet]:
-    return list(
-        session.execute(
-            select(Subnet)
-            .where(Subnet.network_id == network_id)
-            .order_by(Subnet.created_at, Subnet.id)
-        ).scalars()
+    """The network's subnets in creation order (read once per transaction: a bulk create
+    asks for them per port; callers must not modify the list)."""
+    return remembered(
+        session,
+        ("subnets", network_id),
+        (Subnet,),
+        lambda: list(
+            session.execute(
+                select(Subnet)
+                .where(Subnet.network_id == network_id)
+                .order_by(Subnet.created_at, Subnet.id)
+            ).scalars()
+        ),
     )
 
 
@@ -153,14 +161,19 @@ def resolve_fixed_ips(
         for candidate in subnets:
             if candidate.ip_version == 4 and got_v4:
                 continue
-            ip = (
-                ipam.eui64(candidate.cidr, mac)
-                if ipam.is_slaac(candidate)
-                else ipam.next_free(session, candidate)
-            )
-            if ip is None or _ip_taken(session, net.id, ip, port_id):
-                continue
-            chosen.append((candidate, ip))
+            # next_free's address is free by construction (it skips every allocation of
+            # the subnet, this transaction's included, and subnets of a network never
+            # overlap): only a SLAAC address, derived from the MAC, needs the check
+            if ipam.is_slaac(candidate):
+                slaac = ipam.eui64(candidate.cidr, mac)
+                if _ip_taken(session, net.id, slaac, port_id):
+                    continue
+                chosen.append((candidate, slaac))
+            else:
+                free = ipam.next_free(session, candidate)
+                if free is None:
+                    continue
+                chosen.append((candidate, free))
             got_v4 = got_v4 or candidate.ip_version == 4
         if any(s.ip_version == 4 for s in subnets) and not got_v4:
             raise Conflict(
