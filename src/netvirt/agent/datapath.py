@@ -268,6 +268,8 @@ class DatapathLoop(LoopProcess):
         if self.forwarder.health.active:
             self._guarded("health checks", self._health, now)
         self._guarded("gateway hellos", self.forwarder.gateway_tick, now)
+        if self.offload is not None:  # (kernel connections: reports, SNAT ports, the sweep)
+            self._guarded("kernel offload", self.offload.tick, now)
         self.periodic(now)
         if now >= self._next_sweep:
             self._guarded("state sweep", self._sweep, now)

@@ -93,6 +93,7 @@ from netvirt.agent.physical import (
     decapsulate,
     empty_state,
 )
+from netvirt.dataplane.actions import CtSnat
 from netvirt.dataplane.classifier import Classifier, Delta
 from netvirt.dataplane.drops import DropReason, ParseError
 from netvirt.dataplane.fastpath import Entry, FlowCache, Layout, Output, derive, flow_key, frame_key
@@ -498,6 +499,7 @@ class Forwarder:
             half, iface = cache.half_learned, miss.iface
             if half is not None and key is None and iface and not self._flag_rules:
                 found_half = syn_ack_half(iface, frame.data, seeded, verdict, wires, miss.now)
+                self._template_hook(cache)
                 self.handshakes.learned(half, found_half, iface, frame.data, seeded, verdict)
             return
         cached: list[Output] = []
@@ -509,6 +511,28 @@ class Forwarder:
             cached.append(Output(dest, rewrite))
         replies = () if self._flag_rules else tuple(reply_of(r) for r in verdict.ct)
         cache.insert(key, Entry(tuple(cached), tuple(verdict.drops), deps, miss.now, replies))
+
+    def _template_hook(self, cache: FlowCache) -> None:
+        """SYN templates (``offload/templates.py``): on while the kernel offload has them on."""
+        hook = getattr(cache.listener, "template_hook", None)
+        shakes = self.handshakes
+        if hook is None:
+            shakes.templated, shakes.memo.templates = None, False
+        elif shakes.templated is None:
+            snat_range = self._snat_range
+            shakes.templated = lambda key, entry, sport: hook(key, entry, sport, snat_range)
+            shakes.memo.templates = True
+
+    def _snat_range(self, ip: int) -> tuple[int, int] | None:
+        """The one masquerade port range installed rules give SNAT address ``ip`` (None:
+        none, or several)."""
+        found = {
+            act.port_range
+            for rule in self.installed.classifier.rules()
+            for act in rule.actions
+            if isinstance(act, CtSnat) and act.ip == ip and act.port_range is not None
+        }
+        return found.pop() if len(found) == 1 else None
 
     # -- packets from the underlay ----------------------------------------------------------------
 

@@ -196,6 +196,11 @@ class Verdict:
     ct: list[object] = field(default_factory=list)
     cacheable: bool = True
     wildcards: list[int] | None = None
+    # with segments: the union of every segment's read mask per field (``seg_reads``), and
+    # whether a stretch of the walk ran outside any segment (its reads then unknown); the
+    # SYN templates' proof that no table read the source port (``offload/templates.py``)
+    seg_reads: list[int] | None = None
+    unsegmented: bool = False
 
     def note(self, event: TraceEvent) -> None:
         if self.trace is not None:
@@ -420,6 +425,8 @@ class Pipeline(SegmentSteps):
                 return
             rec = ctx.rec
             wildcards = verdict.wildcards if rec is None else rec.wild
+            if rec is None:
+                verdict.unsegmented = True  # (a lookup no segment records)
             if wildcards is None:
                 rule = self.classifier.lookup(table, key)
             else:  # recording a megaflow or segment: the staged lookup, ORing what it read
@@ -437,6 +444,7 @@ class Pipeline(SegmentSteps):
                 reads = compiled[3] if rec is None else compiled[4]
                 if reads is None:
                     ctx.rec = None  # an action outside the whitelist
+                    verdict.unsegmented = True
                 else:
                     for index, mask in reads:
                         wildcards[index] |= mask
@@ -531,6 +539,7 @@ class Pipeline(SegmentSteps):
             if isinstance(act, A.Output):
                 if position < len(acts) - 1:
                     ctx.rec = None  # not a tail call: no segment (segments.py)
+                    ctx.verdict.unsegmented = True
                 yield from self._output(ctx, list(key), table)
             elif isinstance(act, A.Drop):
                 self._drop(ctx.verdict, act.reason, key[_METADATA], table)
@@ -660,6 +669,7 @@ class Pipeline(SegmentSteps):
             members = self.topology.groups.get((dp, out), ()) if out >= MULTICAST_BASE else (out,)
             if len(members) > 1:
                 ctx.rec = None  # not tail calls: no segment (segments.py)
+                ctx.verdict.unsegmented = True
             for member in members:
                 if member == key[_INPORT] and not key[_FLAGS] & FLAG_LOOPBACK:
                     continue

@@ -69,6 +69,7 @@ class SegmentSteps:
             self._drop(verdict, reason, key[_METADATA], None)
         if verdict.wildcards is not None:  # the walk's first segment: its megaflow
             verdict.wildcards = None if segment.ct else list(segment.wild)
+        union_reads(verdict, segment.wild)
         if segment.ct is None:
             return None
         table, act, rest = segment.ct
@@ -83,6 +84,18 @@ class SegmentSteps:
         frame it started in ended; cache it."""
         rec, verdict = cast(Recorder, ctx.rec), ctx.verdict
         ctx.rec = None
+        union_reads(verdict, rec.wild)
         segment = finish(rec, key, verdict.outputs, verdict.drops, ctx.steps, ctx.hops, ct)
         if segment is not None and ctx.seg is not None:
             ctx.seg.insert(rec.table, rec.start, segment)
+
+
+def union_reads(verdict: Verdict, wild: Sequence[int]) -> None:
+    """OR a segment's read mask into the walk's (``Verdict.seg_reads``)."""
+    have = verdict.seg_reads
+    if have is None:
+        verdict.seg_reads = list(wild)
+        return
+    for index, mask in enumerate(wild):
+        if mask:
+            have[index] |= mask

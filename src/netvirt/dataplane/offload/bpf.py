@@ -94,6 +94,7 @@ def _libbpf() -> ctypes.CDLL:
         ("bpf_map_update_elem", i, [i, vp, vp, ctypes.c_uint64]),
         ("bpf_map_delete_elem", i, [i, vp]),
         ("bpf_map_lookup_elem", i, [i, vp, vp]),
+        ("bpf_map_lookup_and_delete_elem", i, [i, vp, vp]),
         ("bpf_map_get_next_key", i, [i, vp, vp]),
         ("bpf_tc_hook_create", i, [vp]),
         ("bpf_tc_hook_destroy", i, [vp]),
@@ -149,6 +150,10 @@ class Loaded:
     cstates_fd: int = -1  # ... their TCP states
     timeouts_fd: int = -1  # ... conntrack's timeout per state
     punt_check_fd: int = -1  # ``punt`` as a TC program, for BPF_PROG_TEST_RUN (tests)
+    tpls_fd: int = -1  # SYN templates (``templates.py``)
+    snat_ports_fd: int = -1  # ... the SNAT ports the kernel may give (a queue)
+    made_fd: int = -1  # ... the connections it made (a queue the datapath drains)
+    next_conn_fd: int = -1  # ... the next id of one
 
     def close(self) -> None:
         if self.obj:
@@ -192,6 +197,10 @@ def load(path: Path | None = None) -> Loaded:
         ("conns_fd", b"conns"),
         ("cstates_fd", b"cstates"),
         ("timeouts_fd", b"ct_timeouts"),
+        ("tpls_fd", b"tpls"),
+        ("snat_ports_fd", b"snat_ports"),
+        ("made_fd", b"made"),
+        ("next_conn_fd", b"next_conn"),
     ):
         handle = lib.bpf_object__find_map_by_name(obj, map_name)
         setattr(found, field, lib.bpf_map__fd(handle) if handle else -1)

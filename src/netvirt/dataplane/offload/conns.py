@@ -37,7 +37,7 @@ import ctypes
 import logging
 import struct
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 _CSTATE = struct.Struct("=QQQ")  # struct cstate: last_ns, packets, st
 _CID = struct.Struct("=Q")  # the cstates key
-_CVAL_TAIL = struct.Struct("=QII")  # struct cval after its fval: conn, reply, pad
+_CVAL_TAIL = struct.Struct("=QIHBB")  # struct cval after its fval: conn, reply, port, port_at, pad
 _KEY_HEAD = 16  # struct fkey: ifindex, layout, vni, tun_ports, then the covered bytes
 _FLAGS_AT = {1: (32, 34), 4: (56, 58)}  # layout id -> covered bytes zeroed in a conn key
 SWEEP_EVERY = 0.2  # seconds between sweeps of the kernel connections
@@ -141,11 +141,16 @@ class KernelConns:
         self.next_id = 1
         self._handing = False
         self._next_sweep = 0.0
+        # SYN templates (``templates.py``): drains the kernel's reports of connections it
+        # made, so that a frame of one finds it owned (None: templates off)
+        self.drain: Callable[[], int] | None = None
+        self.last_handed: tuple[_Half, _Half, tuple[Hashable, ...]] | None = None
+        self.held: dict[int, tuple[tuple[bytes, ...], float]] = {}  # (``drop_made``)
         self._kbuf = ctypes.create_string_buffer(_CID.size)
         self._vbuf = ctypes.create_string_buffer(_CSTATE.size)
         self.counters = dict.fromkeys(
             ("handed_over", "folded", "released", "records_written", "record_conflicts",
-             "refused"), 0
+             "refused", "made", "made_dropped"), 0
         )  # fmt: skip
 
     # -- setup ----------------------------------------------------------------------------
@@ -163,8 +168,8 @@ class KernelConns:
             return
         timeouts: Timeouts = conntrack.timeouts
         names = {
-            2: "syn_recv", 3: "established", 4: "fin_wait", 5: "close_wait", 6: "time_wait",
-            7: "closed",
+            1: "syn_sent", 2: "syn_recv", 3: "established", 4: "fin_wait", 5: "close_wait",
+            6: "time_wait", 7: "closed",
         }  # fmt: skip
         for state, name in names.items():
             ns = int(getattr(timeouts, name) * 1e9)
@@ -242,22 +247,80 @@ class KernelConns:
             self._handing = False
         self._update(self.cstates_fd, struct.pack("=Q", cid), _CSTATE.pack(now_ns, 0, state))
         for half in halves:
-            self.conns.put(half.key, half.value + _CVAL_TAIL.pack(cid, int(half.reply), 0))
+            self.conns.put(half.key, half.value + _CVAL_TAIL.pack(cid, int(half.reply), 0, 0, 0))
         self.conns.commit_now()
         keys = (halves[0].key, halves[1].key)
         tuples = (halves[0].tuple, halves[1].tuple)
         ifindexes = (halves[0].ifindex, halves[1].ifindex)
-        self.owned[cid] = KernelConn(keys, tuples, ifindexes, deps, state, now_ns)
-        for tup in tuples:
-            self.by_tuple[tup] = cid
-        for dep in deps:
-            self.by_dep[dep] = cid
+        self._own(cid, KernelConn(keys, tuples, ifindexes, deps, state, now_ns))
+        self.last_handed = (halves[0], halves[1], deps)
         self.counters["handed_over"] += 1
+
+    def _own(self, cid: int, kc: KernelConn) -> None:
+        self.owned[cid] = kc
+        for tup in kc.tuples:
+            self.by_tuple[tup] = cid
+        for dep in kc.deps:
+            self.by_dep[dep] = cid
+
+    def adopt_made(
+        self, cid: int, keys: tuple[bytes, bytes], ifindexes: tuple[int, int],
+        deps: tuple[Hashable, ...], made_ns: int,
+    ) -> bool:  # fmt: skip
+        """A connection the kernel made from a SYN template (``templates.py``), its records
+        written in SYN_SENT: the kernel's from now on, as a handed-over one is (fold-back,
+        sweep, release). False (and the kernel's entries removed) when its tuple or
+        records are another kernel connection's."""
+        tuples = tuple(covered_tuple(key[_KEY_HEAD:]) for key in keys)
+        if (
+            None in tuples
+            or any(t in self.by_tuple for t in tuples)
+            or any(d in self.by_dep for d in deps)
+        ):
+            self.drop_made(cid, keys)
+            return False
+        both = cast(tuple[bytes, bytes], tuples)
+        for key in keys:  # (written by the kernel: known here so that release deletes them)
+            self.conns.live[key] = b""
+        self._own(cid, KernelConn(keys, both, ifindexes, deps, int(CtState.SYN_SENT), made_ns))
+        self.counters["made"] += 1
+        return True
+
+    def drop_made(self, cid: int, keys: tuple[bytes, ...], hold: float = 0.0) -> None:
+        """Undo a connection the kernel made that user space cannot take. ``hold`` > 0: its
+        entries stay that long with a state the tracker serves nothing in (0), so that
+        the client's next packets of it — a retransmitted SYN — take the slow path, which
+        answers them from the records that are there (a SYN on a SYN_SENT record is a
+        retransmission of that connection, sent with its SNAT port): left out, the kernel
+        would make the retransmission a connection again. Else the entries go now."""
+        self.counters["made_dropped"] += 1
+        if hold > 0 and keys:
+            now_ns = time.monotonic_ns()
+            self._update(self.cstates_fd, struct.pack("=Q", cid), _CSTATE.pack(now_ns, 0, 0))
+            for key in keys:
+                self.conns.live[key] = b""
+            self.held[cid] = (keys, time.monotonic() + hold)
+            return
+        self._forget_made(cid, keys)
+
+    def _forget_made(self, cid: int, keys: tuple[bytes, ...]) -> None:
+        for key in keys:
+            self.conns.live.pop(key, None)
+            self._delete(self.conns.fd, key)
+        self._delete(self.cstates_fd, struct.pack("=Q", cid))
+
+    def _expire_held(self, now: float, every: bool = False) -> None:
+        for cid, (keys, until) in list(self.held.items()):
+            if every or now >= until:
+                del self.held[cid]
+                self._forget_made(cid, keys)
 
     # -- fold-back ------------------------------------------------------------------------
     def fold_frame(self, data: bytes) -> None:
         """A frame is about to take the slow path: if its connection is the kernel's, fold
         the kernel's state back and take the connection back first."""
+        if self.drain is not None:
+            self.drain()  # a connection the kernel made: its records first
         if not self.by_tuple:
             return
         tup = frame_tuple(data)
@@ -307,6 +370,7 @@ class KernelConns:
 
     def release_all(self) -> None:
         self.release_many(list(self.owned))
+        self._expire_held(0.0, every=True)
 
     def port_closed(self, ifindex: int) -> None:
         self.release_many([cid for cid, kc in self.owned.items() if ifindex in kc.ifindexes])
@@ -316,9 +380,13 @@ class KernelConns:
         :data:`LINGER` and expired ones are taken back; changed ones are folded back when
         their state moved or their records are due a refresh."""
         now = time.monotonic() if now is None else now
-        if now < self._next_sweep or not self.owned:
+        if self.drain is not None:
+            self.drain()
+        if now < self._next_sweep or not (self.owned or self.held):
             return
         self._next_sweep = now + SWEEP_EVERY
+        if self.held:
+            self._expire_held(now)
         now_ns = time.monotonic_ns()
         timeouts: Timeouts = self.conntrack.timeouts
         done: list[int] = []

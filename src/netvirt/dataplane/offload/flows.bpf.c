@@ -91,10 +91,14 @@ struct {
 // [3] forward misses (no entry at TC, a frame no `punt` saw), [4] frames `punt` gave the
 // datapath that TC left to it,
 // [5] frames of kernel connections forwarded, [6] frames of kernel connections given to
-// the datapath (the tracker refused them), [7] approved frames whose entry left meanwhile
+// the datapath (the tracker refused them), [7] approved frames whose entry left meanwhile,
+// SYN templates (offload/templates.py): [8] connections the kernel made from a SYN,
+// [9] SYNs of a template given to the datapath for want of a free SNAT port, [10] SYNs of
+// a template given to it because an entry of the connection was there already or its
+// report did not fit
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 8);
+	__uint(max_entries, 12);
 	__type(key, __u32);
 	__type(value, __u64);
 } stats SEC(".maps");
@@ -305,6 +309,7 @@ static __always_inline int encap_fits(struct __sk_buff *skb, struct fval *v, str
 // conntrack does (nf/tcp.py tcp_step, from SYN_RECV on). `punt` runs the tracker: a
 // packet the state allows is approved (this CPU's `last_punt` slot) and `forward` serves
 // it; anything else goes to the datapath, which folds the kernel's state back first.
+#define ST_SYN_SENT 1
 #define ST_SYN_RECV 2
 #define ST_ESTABLISHED 3
 #define ST_FIN_WAIT 4
@@ -318,7 +323,9 @@ struct cval {
 	struct fval f;    // the direction's rewrite and output (deadline unused)
 	__u64 conn;       // the `cstates` key
 	__u32 reply;      // 1: this direction is the connection's reply direction
-	__u32 pad;
+	__u16 port;       // a connection made from a SYN template: this port (network order)
+	__u8 port_at;     // ... written at this frame offset after `f` (0: none; IPv4 TCP only)
+	__u8 pad;
 };
 
 struct cstate {
@@ -349,8 +356,8 @@ struct {
 	__type(value, __u64);
 } ct_timeouts SEC(".maps");
 
-// nf/tcp.py tcp_step for the states a kernel connection can be in (SYN_RECV: only its
-// step to ESTABLISHED), with conntrack's rule that a closed connection (TIME_WAIT,
+// nf/tcp.py tcp_step for the states a kernel connection can be in (SYN_SENT: only the
+// SYN's retransmission and the SYN-ACK; SYN_RECV: only its step to ESTABLISHED), with conntrack's rule that a closed connection (TIME_WAIT,
 // CLOSED) is judged but never rewritten: the next `st`, or -1 for the datapath (a packet
 // the user-space conntrack would find invalid, or one the tracker leaves to it).
 static __always_inline long tcp_next(__u64 st, __u32 reply, __u32 flags)
@@ -358,12 +365,22 @@ static __always_inline long tcp_next(__u64 st, __u32 reply, __u32 flags)
 	__u32 state = st & 0xFF, fins = (st >> 8) & 0xFF;
 	__u32 syn = flags & 0x02, fin = flags & 0x01, rst = flags & 0x04, ack = flags & 0x10;
 
-	if (state < ST_SYN_RECV || state > ST_CLOSED)
+	if (state < ST_SYN_SENT || state > ST_CLOSED)
 		return -1;
 	if (syn && (fin || rst))
 		return -1;
 	if (!(flags & 0x17))
 		return -1;
+	if (state == ST_SYN_SENT) {
+		// made from a SYN template: the original direction's retransmitted SYN (same
+		// state) and the reply direction's SYN-ACK (-> SYN_RECV), whose outcome the
+		// template holds; anything else (an RST, a reply SYN without ACK): the datapath's
+		if (rst)
+			return -1;
+		if (!reply)
+			return (syn && !ack) ? (long)st : -1;
+		return (syn && ack) ? (long)(ST_SYN_RECV | fins << 8) : -1;
+	}
 	if (state == ST_SYN_RECV) {
 		// handed over at the SYN-ACK (offload/handshake.py): only the original
 		// direction's first ACK, whose outcome the datapath predicted; a retransmitted
@@ -443,6 +460,133 @@ give:
 	return 1;
 }
 
+// SYN templates (offload/templates.py): the connections of one client port to one server
+// port through stateful ACL + masquerade SNAT differ, in what the pipeline reads, only
+// in the client's source port and the SNAT port conntrack picks. The datapath learns
+// one connection's outcomes (both directions, the SYN's equal to the later packets') once
+// it has proved that no installed rule reads the source port, and puts them here, keyed
+// by the SYN's `conns` key with the source port zeroed. A SYN with no kernel connection
+// whose template is here is then made a kernel connection without the datapath: a port
+// from `snat_ports` (claimed by the datapath in the SNAT pool for the kernel), both
+// `conns` entries (the reply key names that port) and the `cstates` entry in SYN_SENT,
+// and a report in `made` from which the datapath writes the user-space records behind.
+struct tpl {
+	struct fval orig;   // the original direction's rewrite and output (its port patched)
+	struct fval reply;  // the reply direction's
+	struct fkey rkey;   // the reply direction's `conns` key, destination port zeroed
+	__u32 id;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct fkey);
+	__type(value, struct tpl);
+} tpls SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, 65536);
+	__uint(key_size, 0);
+	__uint(value_size, sizeof(__u16));  // a port, network order
+} snat_ports SEC(".maps");
+
+struct made {
+	__u64 conn;   // the `cstates` key
+	__u64 ns;     // when (bpf_ktime_get_ns)
+	__u32 tpl;    // the template's id
+	__u16 sport;  // the client's source port (network order)
+	__u16 port;   // the SNAT port (network order)
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, 65536);
+	__uint(key_size, 0);
+	__uint(value_size, sizeof(struct made));
+} made SEC(".maps");
+
+// [0]: the next id of a connection the kernel makes (the datapath sets the range)
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} next_conn SEC(".maps");
+
+// per CPU: where a connection's `conns` value is put together (too big for the stack)
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cval);
+} scratch SEC(".maps");
+
+// Make a kernel connection of the IPv4 TCP SYN keyed `k` from its template: 0 made (the
+// tracker then approves the SYN as any SYN_SENT connection's), -1 not (the datapath's).
+static __always_inline int syn_make(struct fkey *k)
+{
+	struct fkey t = *k;
+	t.bytes[28] = 0;  // the source port
+	t.bytes[29] = 0;
+	t.bytes[32] = 0;  // the data offset and flags
+	t.bytes[33] = 0;
+	struct tpl *tp = bpf_map_lookup_elem(&tpls, &t);
+	if (!tp)
+		return -1;
+	__u32 zero = 0;
+	__u64 *next = bpf_map_lookup_elem(&next_conn, &zero);
+	struct cval *cv = bpf_map_lookup_elem(&scratch, &zero);
+	if (!next || !cv || !*next)
+		return -1;
+	__u16 port;
+	if (bpf_map_pop_elem(&snat_ports, &port)) {
+		count(9, 1);
+		return -1;
+	}
+	__u16 sport;
+	COPY(&sport, &k->bytes[28], 2);
+	__u64 id = __sync_fetch_and_add(next, 1);
+	__u64 now = bpf_ktime_get_ns();
+	struct cstate s = {.last_ns = now, .packets = 0, .st = ST_SYN_SENT};
+	struct fkey okey = t;
+	COPY(&okey.bytes[28], &sport, 2);
+	struct fkey rkey = tp->rkey;
+	COPY(&rkey.bytes[30], &port, 2);
+	struct made m = {.conn = id, .ns = now, .tpl = tp->id, .sport = sport, .port = port};
+	if (bpf_map_update_elem(&cstates, &id, &s, BPF_NOEXIST))
+		goto back;
+	COPY(&cv->f, &tp->orig, sizeof(struct fval));
+	cv->conn = id;
+	cv->reply = 0;
+	cv->port = port;
+	cv->port_at = 34;  // the source port
+	cv->pad = 0;
+	if (bpf_map_update_elem(&conns, &okey, cv, BPF_NOEXIST))
+		goto state;
+	COPY(&cv->f, &tp->reply, sizeof(struct fval));
+	cv->reply = 1;
+	cv->port = sport;
+	cv->port_at = 36;  // the destination port
+	if (bpf_map_update_elem(&conns, &rkey, cv, BPF_NOEXIST))
+		goto orig;
+	if (bpf_map_push_elem(&made, &m, 0))
+		goto both;
+	count(8, 1);
+	return 0;
+both:
+	bpf_map_delete_elem(&conns, &rkey);
+orig:
+	bpf_map_delete_elem(&conns, &okey);
+state:
+	bpf_map_delete_elem(&cstates, &id);
+back:
+	bpf_map_push_elem(&snat_ports, &port, 0);
+	count(10, 1);
+	return -1;
+}
+
 // `punt`'s decision for the frame at skb->data (its Ethernet header): skb->len when the
 // datapath gets the frame, 0 when the kernel serves it.
 static __always_inline int punt_frame(struct __sk_buff *skb)
@@ -455,6 +599,9 @@ static __always_inline int punt_frame(struct __sk_buff *skb)
 		goto give;
 	if (k.layout == L_TCP4 || k.layout == L_TCP6) {
 		int served = conn_punt(skb, &k);  // records its own decision
+		if (served < 0 && keyed == 2 && k.layout == L_TCP4 && (k.bytes[33] & 0x17) == 0x02 &&
+		    syn_make(&k) == 0)
+			served = conn_punt(skb, &k);  // SYN_SENT: the tracker approves this SYN
 		if (served >= 0)
 			return served ? skb->len : 0;
 	}
@@ -541,6 +688,25 @@ static __always_inline int rewrite(struct __sk_buff *skb, struct fval *v)
 		if (bpf_skb_store_bytes(skb, 24, c, 2, 0) < 0)
 			return TC_ACT_SHOT;
 	}
+	return 0;
+}
+
+// A kernel-made connection's own port (`struct cval`), written after the template's
+// rewrite at `at` (34: the TCP source port, 36: the destination port; IPv4 without
+// options, as make_key requires), the TCP checksum updated from the port it replaces.
+static __always_inline int set_port(struct __sk_buff *skb, __u32 at, __u16 port)
+{
+	__u16 old;
+	if (at != 34 && at != 36)
+		return TC_ACT_SHOT;
+	if (bpf_skb_load_bytes(skb, at, &old, 2) < 0)
+		return TC_ACT_SHOT;
+	if (old == port)
+		return 0;
+	if (bpf_skb_store_bytes(skb, at, &port, 2, 0) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_l4_csum_replace(skb, 50, old, port, 2) < 0)
+		return TC_ACT_SHOT;
 	return 0;
 }
 
@@ -637,6 +803,8 @@ int forward(struct __sk_buff *skb)
 			if (!approved)
 				return TC_ACT_OK;
 			if (rewrite(skb, &cv->f))
+				return TC_ACT_SHOT;
+			if (cv->port_at && set_port(skb, cv->port_at, cv->port))
 				return TC_ACT_SHOT;
 			account(&cv->f, k.ifindex, skb->len);
 			count(5, 1);

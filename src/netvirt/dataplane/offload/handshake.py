@@ -35,7 +35,17 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from netvirt.dataplane.fastpath import TCP4, TCP6, Entry, Output, derive, frame_key
-from netvirt.dataplane.fields import CT_DNAT, CT_EST, CT_INV, CT_SNAT, CT_TRK
+from netvirt.dataplane.fields import (
+    BY_NAME,
+    CT_DNAT,
+    CT_EST,
+    CT_INV,
+    CT_NEW,
+    CT_REL,
+    CT_RPL,
+    CT_SNAT,
+    CT_TRK,
+)
 from netvirt.dataplane.nf.codec import (
     FIN_ORIG,
     FIN_REPLY,
@@ -62,11 +72,43 @@ Group = frozenset[Hashable]  # a connection's conntrack records: (zone, orig, se
 
 @dataclass(frozen=True, slots=True)
 class Syn:
-    """A connection's opening SYN as it entered the host."""
+    """A connection's opening SYN as it entered the host (and, for SYN templates, what
+    its walk did: ``templates.py``)."""
 
     iface: str
     data: bytes
     seeded: bool
+    out: bytes = b""  # the frame it was sent on as
+    out_at: tuple[int, int] | None = None  # ... to (datapath, port)
+    fresh: bool = False  # every conntrack call found no record (+new) and created one or none
+    sport_unread: bool = False  # segments prove no table or action read its source port
+
+
+def port_unread(verdict: Verdict, name: str) -> bool:
+    """Whether ``verdict``'s walk provably read nothing of the field ``name`` (every
+    stretch of it ran as a segment, none of whose masks has a bit of it)."""
+    if verdict.unsegmented or verdict.seg_reads is None:
+        return False
+    return not verdict.seg_reads[BY_NAME[name].index]
+
+
+def fresh_walk(verdict: Verdict) -> bool:
+    """Every conntrack call of the walk found no connection: +new, with a record created
+    now (SYN_SENT) or none (a lookup without commit), nothing related or invalid."""
+    if not verdict.ct:
+        return False
+    for result in verdict.ct:
+        if result is None or getattr(result, "drop", None) is not None:
+            return False
+        if getattr(result, "unavailable", False):
+            return False
+        bits = getattr(result, "state", 0)
+        if not bits & CT_NEW or bits & (CT_EST | CT_INV | CT_REL | CT_RPL):
+            return False
+        entry = getattr(result, "entry", None)
+        if entry is not None and (entry.state is not CtState.SYN_SENT or entry.version == 0):
+            return False
+    return True
 
 
 def flags_at(data: bytes) -> int | None:
@@ -94,6 +136,7 @@ class SynMemo:
     def __init__(self, limit: int = SYN_LIMIT) -> None:
         self.syns: dict[Group, Syn] = {}
         self.limit = limit
+        self.templates = False  # SYN templates on: keep what the SYN's walk did
 
     def note(self, iface: str, data: bytes, seeded: bool, verdict: Verdict) -> None:
         """Remember a SYN the slow path sent on (only a plain SYN, original direction)."""
@@ -110,7 +153,14 @@ class SynMemo:
             # the oldest first (insertion order): a SYN whose SYN-ACK never came (end
             # of a run, a dead server) ages out instead of the whole memo being wiped
             del self.syns[next(iter(self.syns))]
-        self.syns[group] = Syn(iface, data, seeded)
+        one = verdict.outputs[0] if len(verdict.outputs) == 1 else None
+        if one is None or not self.templates:
+            self.syns[group] = Syn(iface, data, seeded)
+            return
+        self.syns[group] = Syn(
+            iface, data, seeded, one.frame, (one.datapath, one.port), fresh_walk(verdict),
+            port_unread(verdict, "tp.src"),
+        )  # fmt: skip
 
     def take(self, group: Group) -> Syn | None:
         return self.syns.pop(group, None)
@@ -243,10 +293,11 @@ class _WhatIf(FlowKeyConntrack):
 def ack_half(
     syn: Syn, reply: Entry, pipeline: Pipeline, conntrack: Conntrack,
     where: tuple[int, int], iface_of: Callable[[tuple[int, int]], str | None],
-    now: float,
+    now: float, seen: list[Verdict] | None = None,
 ) -> tuple[Hashable, Entry] | None:  # fmt: skip
     """The original direction's half of a connection whose SYN-ACK gave ``reply`` (its
-    reply direction's half): the predicted ACK's exact-cache key and entry, or None."""
+    reply direction's half): the predicted ACK's exact-cache key and entry, or None
+    (``seen``: the predicted ACK's verdict is appended to it)."""
     ack = ack_of(syn.data, syn.seeded)
     framed = frame_key(ack) if ack is not None else None
     if ack is None or framed is None or framed[0] is None:
@@ -258,6 +309,8 @@ def ack_half(
     verdict = predict(pipeline, conntrack, (ack, where[0], where[1], None, now), group)
     if verdict is None:
         return None
+    if seen is not None:
+        seen.append(verdict)
     emit = verdict.outputs[0]
     iface = iface_of((emit.datapath, emit.port))
     rewrite = derive(ack, emit.frame, layout, syn.seeded) if iface is not None else None
@@ -277,6 +330,10 @@ class Handshakes:
         self.world = world
         self.memo = SynMemo()
         self.counters = {"predicted": 0, "refused": 0, "errors": 0}
+        # SYN templates (``templates.py``): given (the ACK's key, the SYN's entry, the
+        # source port) of a handed-over connection that may be one; None: off
+        self.templated: Callable[[Hashable, Entry, int], object] | None = None
+        self.template_refused: dict[str, int] = {}
 
     def learned(
         self, half: Callable[[Hashable, Entry], bool], found: tuple[Hashable, Entry] | None,
@@ -299,17 +356,68 @@ class Handshakes:
         pipeline, conntrack, physical = self.world()
         where = physical.local_ports.get(syn.iface)
         ack = None
+        seen: list[Verdict] = []
         try:
             if where is not None:
-                ack = ack_half(syn, reply, pipeline, conntrack, where, physical.local.get, now)
+                ack = ack_half(
+                    syn, reply, pipeline, conntrack, where, physical.local.get, now, seen
+                )
         except Exception:  # a bug: no prediction (the real ACK completes the hand-over)
             self.counters["errors"] += 1
             if self.counters["errors"] == 1:
                 log.exception("predicting a connection's first ACK failed")
             return
         self.counters["predicted" if ack is not None else "refused"] += 1
-        if ack is not None:
-            half(*ack)
+        if ack is None or not half(*ack):
+            return
+        templated = self.templated
+        if templated is not None and self.memo.templates:
+            why = template_refusal(syn, verdict, seen[0] if seen else None)
+            if why is not None:
+                self.template_refused[why] = self.template_refused.get(why, 0) + 1
+                return
+            syn_entry = syn_half(syn, ack[1], physical.local.get)
+            if syn_entry is None:
+                self.template_refused["SYN outcome not replayable"] = (
+                    self.template_refused.get("SYN outcome not replayable", 0) + 1
+                )
+                return
+            templated(ack[0], syn_entry, int.from_bytes(syn.data[34:36], "big"))
 
     def stats(self) -> dict[str, Any]:
-        return {**self.counters, "syns_waiting": len(self.memo.syns)}
+        found: dict[str, Any] = {**self.counters, "syns_waiting": len(self.memo.syns)}
+        if self.template_refused:
+            found["template_refused"] = dict(self.template_refused)
+        return found
+
+
+def template_refusal(syn: Syn, syn_ack: Verdict, ack: Verdict | None) -> str | None:
+    """Why the connection of ``syn`` cannot be a SYN template (None: it can): IPv4 TCP
+    only; the SYN's walk made a fresh connection and read nothing of its source port;
+    the SYN-ACK's read nothing of its destination port (the SNAT port, then the client's
+    port); the predicted ACK's nothing of its source port."""
+    if flags_at(syn.data) != 47:
+        return "not IPv4 TCP"
+    if not syn.fresh:
+        return "SYN not a fresh connection"
+    if not syn.sport_unread:
+        return "SYN walk may read the source port"
+    if not port_unread(syn_ack, "tp.dst"):
+        return "SYN-ACK walk may read the destination port"
+    if ack is None or not port_unread(ack, "tp.src"):
+        return "ACK walk may read the source port"
+    return None
+
+
+def syn_half(
+    syn: Syn, ack: Entry, iface_of: Callable[[tuple[int, int]], str | None]
+) -> Entry | None:
+    """The SYN's outcome as an entry of the same shape as the predicted ACK's ``ack``
+    (its rewrite derived from the SYN's frames), or None."""
+    if syn.out_at is None:
+        return None
+    iface = iface_of(syn.out_at)
+    rewrite = derive(syn.data, syn.out, TCP4, syn.seeded) if iface is not None else None
+    if iface is None or rewrite is None:
+        return None
+    return Entry((Output(iface, rewrite),), (), ack.deps, ack.born, ack.replies)

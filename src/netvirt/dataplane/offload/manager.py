@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from netvirt.dataplane.fastpath import ICMP4, ICMP6, TCP4, TCP6, UDP4, UDP6, Entry, Layout
-from netvirt.dataplane.offload import bpf, conns, kmap, tunnel
+from netvirt.dataplane.offload import bpf, conns, kmap, templates, tunnel
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,8 @@ class KernelOffload:
             raise bpf.OffloadUnavailable(f"flow value of {size} bytes, {VALUE_SIZE} expected")
         self.flows = kmap.BatchedMap(self.loaded.lib, self.loaded.flows_fd)
         self.conns = conns.KernelConns(self.loaded)  # TCP connections the kernel tracks
+        self.templates = templates.SynTemplates(self.loaded, self.conns)  # ... made from SYNs
+        self.syn_templates = templates.enabled_by_env()  # (off by default: templates.py)
         self.ifindex: dict[str, int] = {}
         self.socks: dict[str, socket.socket] = {}
         # cache key -> (kernel key, the connections it depends on, its local output port)
@@ -247,6 +249,40 @@ class KernelOffload:
     def bind(self, conntrack: Any, epochs: Any) -> None:
         """The flow cache's conntrack and epochs (``FlowCache.attach``)."""
         self.conns.bind(conntrack, epochs)
+        if self.syn_templates:
+            self.templates.enable(True)
+            if self.templates.enabled:
+                self.conns.drain = self.templates.drain
+
+    @property
+    def template_hook(self) -> Callable[..., object] | None:
+        """:meth:`offer_template` while SYN templates are on, else None."""
+        return self.offer_template if self.templates.enabled else None
+
+    def offer_template(
+        self, ack_key: Hashable, syn_entry: Entry, sport: int,
+        snat_range: Callable[[int], tuple[int, int] | None],
+    ) -> bool:  # fmt: skip
+        """A connection just handed over at its SYN-ACK (``handshake.py``) whose walks
+        read none of its varying ports: a SYN template when the SYN's outcome is exactly
+        the predicted ACK's (the kernel serves both with one value) and its records have
+        a shape the kernel's connections can repeat (``templates.py``)."""
+        handed = self.conns.last_handed
+        self.conns.last_handed = None
+        tpl = self.templates
+        found = self._kernel_entry(ack_key, syn_entry)
+        if handed is None or found is None:
+            tpl.refuse("SYN outcome not offloadable")
+            return False
+        orig, reply, deps = handed
+        kernel_key, value = found
+        if set(deps) != {dep for dep, _epoch in syn_entry.deps}:
+            tpl.refuse("not the connection just handed over")
+            return False
+        if conns.conn_key(kernel_key) != orig.key or value[24:] != orig.value[24:]:
+            tpl.refuse("SYN outcome differs from the ACK's")
+            return False
+        return tpl.learn(orig.key, orig.value, reply.key, reply.value, deps, sport, snat_range)
 
     def fold_frame(self, data: bytes) -> None:
         """Before the slow path takes a frame: its connection back from the kernel."""
@@ -399,6 +435,7 @@ class KernelOffload:
         self.keys.clear()
         self.by_conn.clear()
         self.flows.clear()
+        self.templates.flush()  # (before the release: no SYN makes a connection meanwhile)
         self.conns.release_all()
 
     def conn_changed(self, conn: Hashable) -> None:
@@ -420,11 +457,17 @@ class KernelOffload:
         self.flows.commit()
         self.conns.tick()
 
+    def tick(self, _now: float) -> None:
+        """The datapath loop's, every iteration (also when no frame woke it: the kernel may
+        be serving everything): the kernel connections' sweep, made-connection reports
+        and SNAT ports (each at its own pace)."""
+        self.conns.tick()
+
     # -- status ----------------------------------------------------------------------------
     def stats(self) -> dict[str, object]:
         self.conns.tick()  # (an idle datapath folds closed connections back here)
         fd = self.loaded.stats_fd
-        per = [self._percpu_sum(fd, struct.pack("=I", i), 1)[0] for i in range(8)]
+        per = [self._percpu_sum(fd, struct.pack("=I", i), 1)[0] for i in range(11)]
         ports: dict[str, dict[str, int]] = {}
         for iface, ifindex in self.ifindex.items():
             row = self._percpu_sum(self.loaded.ports_fd, struct.pack("=I", ifindex), 4)
@@ -445,6 +488,8 @@ class KernelOffload:
             "punted_left_to_datapath": per[4],
             "conns": self.conns.stats()
             | {"forwarded_packets": per[5], "to_datapath": per[6], "lost": per[7]},
+            "syn_templates": self.templates.stats()
+            | {"kernel_made": per[8], "no_port": per[9], "not_made": per[10]},
             "ports": ports,
             "tunnel": self._tunnel_stats(),
         }
@@ -463,7 +508,11 @@ class KernelOffload:
         return found
 
     def close(self) -> None:
+        self.templates.flush()
         self.conns.release_all()  # the records get the kernel's state before it goes
+        self.templates.drain()  # (connections made since: their records, then released)
+        self.conns.release_all()
+        self.templates.release_block()
         for iface in list(self.ifindex):
             sock = self.socks.get(iface)
             if sock is not None:

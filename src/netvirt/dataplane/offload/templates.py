@@ -1,0 +1,479 @@
+"""SYN templates: a new TCP connection through stateful ACL + masquerade SNAT made by the
+kernel from its SYN alone (docs/conn-rate.md, step 2; docs/offload.md, "SYN templates").
+
+Why: with the hand-over at the SYN-ACK (``handshake.py``) a connection still costs the
+datapath two slow-path walks (SYN, SYN-ACK), the ACK's prediction and the hand-over:
+~2 ms of Python against OVN's ≤ 200 µs budget per connection. The connections a
+client opens to one server port differ, in everything the pipeline reads, only in
+the client's source port — provided no installed rule reads that port (a match on
+``tp.src`` or an action reading it: :func:`reads_source_port`) — and in the SNAT port
+conntrack claims for them. So once one such connection has been handed over at its
+SYN-ACK with all three outcomes known from the real pipeline (the SYN's, equal to the
+predicted ACK's; the SYN-ACK's), those outcomes are every later connection's of the
+same *template* (the SYN's ``conns`` key with the source port zeroed), with the two
+ports patched in. The kernel (``flows.bpf.c``: ``tpls``, ``snat_ports``, ``made``,
+``syn_make``) then makes such a connection itself: a SNAT port from a block the
+datapath claimed in the pool, both ``conns`` entries and the ``cstates`` entry in
+SYN_SENT, and a report from which the datapath writes the user-space conntrack records
+behind (:meth:`SynTemplates.drain`), and registers the connection in
+:class:`~netvirt.dataplane.offload.conns.KernelConns` like a handed-over one.
+
+Off by default (``NETVIRT_SYN_TEMPLATES=1`` turns it on): see docs/conn-rate.md,
+"Session 10", for what is built and measured. Refused (counted by reason): IPv6, a
+rule reading the source port, a SYN outcome that differs from the ACK's, records
+other than plain conntrack (no NAT) and masquerade SNAT, load-balancer counters.
+
+Thread-safety: none (the datapath loop's).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import struct
+import time
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any, cast
+
+from netvirt.dataplane.nf.codec import (
+    MIRROR,
+    SNAT_POOL,
+    CodecError,
+    CtEntry,
+    CtState,
+    decode,
+    encode,
+)
+from netvirt.dataplane.nf.nat import snat_pool
+from netvirt.dataplane.nf.tcp import CLOSING
+from netvirt.dataplane.offload.conns import read_primary
+
+log = logging.getLogger(__name__)
+
+ENV = "NETVIRT_SYN_TEMPLATES"
+_KEY_HEAD = 16  # struct fkey before its covered bytes
+_SPORT = _KEY_HEAD + 28  # TCP4 covered bytes: the source port
+_DPORT = _KEY_HEAD + 30  # ... the destination port
+_FLAGS = _KEY_HEAD + 32  # ... the data offset and flags
+FVAL = 176  # sizeof(struct fval)
+FKEY = 76  # sizeof(struct fkey)
+_TPL = struct.Struct(f"={FVAL}s{FVAL}s{FKEY}sI8x")  # struct tpl: id, pad, tail (440 bytes)
+_MADE = struct.Struct("=QQIHH")  # struct made: conn, ns, tpl, sport, port (ports big-endian)
+_U64 = struct.Struct("=Q")
+FIRST_KERNEL_ID = 1 << 62  # kernel-made connection ids (user space counts from 1)
+BLOCK = 2048  # SNAT ports the kernel may hold unused (refilled below 3/4, at each tick:
+# the datapath loop runs at least every 0.1 s, so this is 0.1 s of ~15k conn/s)
+BLOCK_TTL = 3600.0  # a block port's claim in the pool (renewed while the datapath runs)
+TPL_LIMIT = 1024  # the kernel map's size
+HOLD = 30.0  # an undone connection's entries send its packets to the datapath this long
+
+
+def enabled_by_env() -> bool:
+    return os.environ.get(ENV, "") not in ("", "0")
+
+
+def template_key(conn_key: bytes) -> bytes | None:
+    """The template key of an IPv4 TCP ``conns`` key: its source port zeroed."""
+    if int.from_bytes(conn_key[4:8], "little") != 1:
+        return None
+    return conn_key[:_SPORT] + b"\0\0" + conn_key[_SPORT + 2 :]
+
+
+def reply_template_key(conn_key: bytes) -> bytes:
+    """The reply direction's ``conns`` key with its destination port (the SNAT port) zeroed."""
+    return conn_key[:_DPORT] + b"\0\0" + conn_key[_DPORT + 2 :]
+
+
+def pack_template(orig: bytes, reply: bytes, rkey: bytes, tid: int) -> bytes:
+    """``struct tpl``: both directions' ``fval`` and the reply key."""
+    return _TPL.pack(orig[:FVAL], reply[:FVAL], reply_template_key(rkey), tid)
+
+
+def reads_source_port(match_fields: Iterable[str], reads: Iterable[tuple[int, int]] | None) -> bool:
+    """Whether a rule may read the TCP/UDP source port: it matches on it, or its actions
+    read it (``segments.segment_reads``; None: outside the whitelist, so maybe)."""
+    from netvirt.dataplane.fields import BY_NAME
+
+    if "tp.src" in match_fields:
+        return True
+    if reads is None:
+        return True
+    index = BY_NAME["tp.src"].index
+    return any(field == index and mask for field, mask in reads)
+
+
+@dataclass(frozen=True)
+class Template:
+    """One learned template: its id, kernel key and the records of its learning
+    connection (one per zone, the shape every made connection's records take)."""
+
+    tid: int
+    key: bytes  # the original direction's ``conns`` key, source port zeroed
+    rkey: bytes  # the reply direction's, destination port zeroed
+    records: tuple[CtEntry, ...]
+    sport: int  # the learning connection's client source port
+    pool: str  # the SNAT pool its records claim from
+
+
+@dataclass(frozen=True)
+class Made:
+    """A connection the kernel made (its report)."""
+
+    conn: int
+    ns: int
+    tid: int
+    sport: int
+    port: int
+
+
+def made_records(t: Template, sport: int, port: int, now: float, ttl: float) -> list[CtEntry]:
+    """The conntrack records a connection made from ``t`` with client source port
+    ``sport`` and SNAT port ``port`` has, as conntrack's ``_claim`` creates them: the
+    learning connection's tuples with the ports substituted, SYN_SENT, created now."""
+    out: list[CtEntry] = []
+    for rec in t.records:
+        orig = rec.orig._replace(sport=sport)
+        if rec.flags & SNAT_POOL:
+            reply = rec.reply._replace(dport=port)
+        else:
+            reply = rec.reply._replace(dport=sport)
+        out.append(
+            replace(
+                rec, orig=orig, reply=reply, state=CtState.SYN_SENT, created=now, last_seen=now,
+                expiry=now + ttl, serial=0, version=0,
+            )
+        )  # fmt: skip
+    return out
+
+
+def template_records(records: Iterable[CtEntry], sport: int) -> tuple[CtEntry, ...] | str:
+    """The learning connection's records if every one has the shape :func:`made_records`
+    can repeat (else the refusal's reason): TCP over IPv4 from ``sport``, no load-balancer
+    counter, and either no NAT at all or masquerade SNAT (source translated, pool flag)."""
+    out = []
+    for rec in records:
+        o, r = rec.orig, rec.reply
+        if o.proto != 6 or o.ip_version != 4 or o.sport != sport:
+            return "not IPv4 TCP from the SYN's port"
+        if rec.lb_counter or rec.dnat:
+            return "load balancing or DNAT"
+        if rec.flags & SNAT_POOL:
+            same = (r.proto, r.ip_version, r.src, r.sport) == (
+                o.proto,
+                o.ip_version,
+                o.dst,
+                o.dport,
+            )
+            if not same or not rec.snat:
+                return "SNAT shape"
+        elif r != o.reversed():
+            return "NAT without a pool"
+        out.append(rec)
+    if not out:
+        return "no records"
+    return tuple(out)
+
+
+class SynTemplates:
+    """The datapath's side: templates into the kernel, the SNAT port block, reports
+    drained into records and kernel-owned connections (see the module docstring)."""
+
+    def __init__(self, loaded: Any, kconns: Any) -> None:
+        self.lib = loaded.lib
+        self.fds = (loaded.tpls_fd, loaded.snat_ports_fd, loaded.made_fd, loaded.next_conn_fd)
+        self.kconns = kconns  # conns.KernelConns
+        self.available = min(self.fds) >= 0
+        self.enabled = False
+        self.why = "off (NETVIRT_SYN_TEMPLATES=1 turns it on)"
+        self.templates: dict[bytes, Template] = {}
+        self.by_id: dict[int, Template] = {}
+        self.next_tid = 1
+        self.owner = f"kblock:{os.getpid()}"
+        self.block: dict[str, set[int]] = {}  # pool -> ports given to the kernel, not used
+        self.pool_of: dict[str, tuple[int, int, tuple[int, int]]] = {}  # pool -> ip, proto, range
+        self._cursor: dict[str, int] = {}  # pool -> where the next claims are looked for
+        self._mbuf = ctypes.create_string_buffer(_MADE.size)
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("learned", "made", "records_written", "record_conflicts", "ports_claimed",
+             "flushes"), 0
+        )  # fmt: skip
+        self.refused: dict[str, int] = {}
+        self.conflicts: dict[str, int] = {}  # why a made connection's records were refused
+
+    def enable(self, on: bool) -> None:
+        if not self.available:
+            self.why = "the loaded program has no template maps"
+            return
+        if on and not self.kconns.enabled:
+            self.why = f"kernel connections off: {self.kconns.why}"
+            return
+        self.enabled = on
+        self.why = "" if on else "off"
+        if on:
+            self._update(self.fds[3], struct.pack("=I", 0), _U64.pack(FIRST_KERNEL_ID))
+
+    def refuse(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+
+    def conflict(self, reason: str) -> None:
+        self.conflicts[reason] = self.conflicts.get(reason, 0) + 1
+
+    # -- learning -------------------------------------------------------------------------
+    def learn(
+        self, orig_key: bytes, orig_value: bytes, reply_key: bytes, reply_value: bytes,
+        deps: tuple[Hashable, ...], sport: int,
+        snat_range: Callable[[int], tuple[int, int] | None],
+    ) -> bool:  # fmt: skip
+        """A connection handed over at its SYN-ACK whose SYN's outcome equals its ACK's
+        (the caller checked, with no rule reading the source port): its template."""
+        if not self.enabled:
+            return False
+        tkey = template_key(orig_key)
+        if tkey is None:
+            self.refuse("not IPv4 TCP")
+            return False
+        if tkey in self.templates:
+            return False
+        if len(self.templates) >= TPL_LIMIT:
+            self.refuse("template map full")
+            return False
+        found = [read_primary(self.kconns.conntrack, dep) for dep in deps]
+        if any(f is None for f in found):
+            self.refuse("records gone")
+            return False
+        records = template_records((cast(tuple[CtEntry, int], f)[0] for f in found), sport)
+        if isinstance(records, str):
+            self.refuse(records)
+            return False
+        prefix = self.kconns.conntrack.prefix
+        snats = {(snat_pool(prefix, r)[0], r.nat_src[0]) for r in records if r.flags & SNAT_POOL}
+        if len(snats) > 1:
+            self.refuse("two SNAT pools")
+            return False
+        pool = ""
+        if snats:
+            pool, ip = snats.pop()
+            port_range = snat_range(ip)
+            if port_range is None:
+                self.refuse("SNAT port range unknown")
+                return False
+            if any(p != pool for p in self.pool_of):
+                self.refuse("a second SNAT pool")  # (one port queue in the kernel)
+                return False
+            self.pool_of[pool] = (ip, 6, port_range)
+        tid = self.next_tid
+        self.next_tid += 1
+        t = Template(tid, tkey, reply_template_key(reply_key), records, sport, pool)
+        self._update(self.fds[0], tkey, pack_template(orig_value, reply_value, reply_key, tid))
+        self.templates[tkey] = t
+        self.by_id[tid] = t
+        self.counters["learned"] += 1
+        self.refill()
+        return True
+
+    def flush(self) -> None:
+        """Every exact-cache flush (rules, topology, MAC bindings): templates go."""
+        if not self.templates:
+            return
+        for tkey in self.templates:
+            self._delete(self.fds[0], tkey)
+        self.templates.clear()
+        self.counters["flushes"] += 1  # (by_id stays: reports of made connections may wait)
+
+    # -- the SNAT port block --------------------------------------------------------------
+    def refill(self) -> None:
+        """Keep :data:`BLOCK` ports claimed for the kernel in the queue."""
+        store = self.kconns.conntrack.store
+        for pool, (_ip, _proto, (lo, hi)) in self.pool_of.items():
+            held = self.block.setdefault(pool, set())
+            if len(held) > BLOCK * 3 // 4:
+                continue
+            span = hi - lo + 1
+            cursor = self._cursor.get(pool, 0)
+            tries = 0
+            while len(held) < BLOCK and tries < span:
+                window = [lo + (cursor + i) % span for i in range(64)]
+                cursor = (cursor + 64) % span
+                tries += 64
+                free = tuple(str(p) for p in window if p not in held)
+                while free:  # each allocate takes the first free one of the window
+                    got = store.allocate(pool, free, self.owner, BLOCK_TTL)
+                    if not isinstance(got, str) or int(got) in held:
+                        break
+                    held.add(int(got))
+                    self._push(self.fds[1], int(got).to_bytes(2, "big"))
+                    self.counters["ports_claimed"] += 1
+                    free = tuple(p for p in free if p != got)
+                    if len(held) >= BLOCK:
+                        break
+            self._cursor[pool] = cursor
+
+    # -- reports --------------------------------------------------------------------------
+    def drain(self) -> int:
+        """The kernel's reports: records written, connections registered as the kernel's."""
+        if not self.enabled:
+            return 0
+        n = 0
+        buf = self._mbuf
+        while self.lib.bpf_map_lookup_and_delete_elem(self.fds[2], None, buf) == 0:
+            conn, ns, tid, sport, port = _MADE.unpack(buf.raw)
+            self._record(Made(conn, ns, tid, int.from_bytes(sport.to_bytes(2, "little"), "big"),
+                              int.from_bytes(port.to_bytes(2, "little"), "big")))  # fmt: skip
+            n += 1
+        if n:
+            self.refill()  # (a no-op while the kernel holds more than half a block)
+        return n
+
+    def _record(self, m: Made) -> None:
+        self.counters["made"] += 1
+        t = self.by_id.get(m.tid)
+        ct = self.kconns.conntrack
+        if t is None:  # (cannot happen: ids are never reused, templates kept by id)
+            self.counters["record_conflicts"] += 1
+            self.kconns.drop_made(m.conn, ())
+            return
+        keys = (
+            t.key[:_SPORT] + m.sport.to_bytes(2, "big") + t.key[_SPORT + 2 :],
+            t.rkey[:_DPORT] + m.port.to_bytes(2, "big") + t.rkey[_DPORT + 2 :],
+        )
+        ifindexes = (int.from_bytes(keys[0][:4], "little"), int.from_bytes(keys[1][:4], "little"))
+        if t.pool:
+            self.block.get(t.pool, set()).discard(m.port)
+        now = time.time() - (time.monotonic_ns() - m.ns) / 1e9
+        ttl = ct.timeouts.of(t.records[0].orig, CtState.SYN_SENT)
+        records = made_records(t, m.sport, m.port, now, ttl)
+        store = ct.store
+        deps: list[Hashable] = []
+        for i, rec in enumerate(records):
+            written = self._write(rec, now, ttl)
+            if written is None:
+                break
+            records[i] = rec = written
+            if rec.flags & SNAT_POOL:  # the claim moves from the block to the connection
+                pool, member = snat_pool(ct.prefix, rec)
+                store.release(pool, member, self.owner)
+                store.allocate(pool, (member,), ct.key(rec.zone, rec.orig), ttl)
+            deps.append((rec.zone, rec.orig, rec.serial))
+        else:
+            self.counters["records_written"] += len(records)
+            self.kconns.adopt_made(m.conn, keys, ifindexes, tuple(deps), m.ns)
+            return
+        # a record of the tuple is there already (an older connection): the kernel's is
+        # undone, its SYN's retransmission takes the slow path
+        self.counters["record_conflicts"] += 1
+        for rec in records[: len(deps)]:
+            store.delete(ct.key(rec.zone, rec.orig))
+            mirror = ct.key(rec.zone, rec.reply)
+            if mirror != ct.key(rec.zone, rec.orig):
+                store.delete(mirror)
+            if rec.flags & SNAT_POOL:
+                pool, member = snat_pool(ct.prefix, rec)
+                store.release(pool, member, ct.key(rec.zone, rec.orig))
+        if t.pool:
+            store.release(t.pool, str(m.port), self.owner)
+        self.kconns.drop_made(m.conn, keys, HOLD)
+
+    def _write(self, rec: CtEntry, now: float, ttl: float) -> CtEntry | None:
+        """Create ``rec`` and its mirror as conntrack's ``_claim`` does for a SYN: over no
+        record, or over one the SYN replaces (expired, or a closed TCP connection: its
+        version becomes the serial); a mirror over none or over a dead connection's.
+        None when the tuple is a live connection's (the kernel's is then undone)."""
+        ct = self.kconns.conntrack
+        store = ct.store
+        key = ct.key(rec.zone, rec.orig)
+        version = 0
+        old = store.get(key)
+        entry = rec
+        if old is not None:
+            try:
+                entry, kind = decode(old.value, old.version)
+            except CodecError:
+                return None
+            closed = entry.state in CLOSING
+            if kind == MIRROR:
+                self.conflict("a mirror at the primary's key")
+                return None
+            if not (entry.expiry <= now or closed):
+                self.conflict(f"a live record ({entry.state.name})")
+                return None
+            version = old.version
+            rec = replace(rec, serial=version)
+        if not store.compare_and_set(key, version, encode(rec), ttl).ok:
+            self.conflict("the record changed meanwhile")
+            return None
+        mirror = ct.key(rec.zone, rec.reply)
+        if mirror == key:
+            return rec
+        if store.compare_and_set(mirror, 0, encode(rec, MIRROR), ttl).ok:
+            return rec
+        if self._dead_mirror(mirror, now) and store.put(mirror, encode(rec, MIRROR), ttl):
+            return rec
+        self.conflict("the reply tuple is a live connection's")
+        if old is not None:  # the record it replaced comes back
+            store.put(key, old.value, max(entry.expiry - now, 1.0))
+        else:
+            store.delete(key)
+        return None
+
+    def _dead_mirror(self, mirror: str, now: float) -> bool:
+        """The mirror at ``mirror`` is of a connection that is over (its primary gone,
+        expired, closed or another connection's): a new one may take it over."""
+        ct = self.kconns.conntrack
+        raw = ct.store.get(mirror)
+        if raw is None:
+            return True
+        try:
+            entry, kind = decode(raw.value, raw.version)
+        except CodecError:
+            return False
+        if kind != MIRROR:
+            return False
+        primary = ct.store.get(ct.key(entry.zone, entry.orig))
+        if primary is None:
+            return True
+        try:
+            current, pkind = decode(primary.value, primary.version)
+        except CodecError:
+            return False
+        if pkind == MIRROR or current.serial != entry.serial:
+            return True
+        return current.expiry <= now or current.state in CLOSING
+
+    def release_block(self) -> None:
+        """At exit: the unused ports go back to the pool."""
+        store = self.kconns.conntrack.store if self.kconns.conntrack is not None else None
+        if store is None:
+            return
+        for pool, held in self.block.items():
+            for port in held:
+                store.release(pool, str(port), self.owner)
+            held.clear()
+
+    # -- map access -----------------------------------------------------------------------
+    def _update(self, fd: int, key: bytes, value: bytes) -> None:
+        kb = ctypes.create_string_buffer(key, len(key))
+        vb = ctypes.create_string_buffer(value, len(value))
+        if self.lib.bpf_map_update_elem(fd, kb, vb, 0) != 0:
+            log.warning("offload: a template map write failed")
+
+    def _push(self, fd: int, value: bytes) -> None:
+        vb = ctypes.create_string_buffer(value, len(value))
+        if self.lib.bpf_map_update_elem(fd, None, vb, 0) != 0:
+            log.warning("offload: the SNAT port queue refused a port")
+
+    def _delete(self, fd: int, key: bytes) -> None:
+        kb = ctypes.create_string_buffer(key, len(key))
+        self.lib.bpf_map_delete_elem(fd, kb)
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "enabled": self.enabled,
+            "why_not": self.why,
+            "templates": len(self.templates),
+            "block_ports": sum(len(h) for h in self.block.values()),
+            **self.counters,
+            "refused": dict(self.refused),
+            "conflicts": dict(self.conflicts),
+        }

@@ -1,0 +1,412 @@
+"""Connections the kernel makes from a SYN template (root: BPF_PROG_TEST_RUN).
+
+A template is learned the way the datapath learns it (``offload/templates.py``): one
+connection's two directions through a router with masquerade SNAT, derived from the
+frames that connection's slow path produced. Then, for generated client source ports
+and SNAT ports, the kernel must make the connection from the SYN alone and leave every
+frame of its handshake with exactly the bytes a router translating to that SNAT port
+produces (scapy computes the expected frames from scratch, checksums included), report
+the connection, and move its TCP state as ``nf/tcp.py`` does from SYN_SENT on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from netvirt.dataplane.fastpath import TCP4, derive, frame_key
+from netvirt.dataplane.nf.codec import CtState
+from netvirt.dataplane.nf.tcp import tcp_step
+from netvirt.dataplane.offload import bpf
+from netvirt.dataplane.offload.conns import conn_key
+from netvirt.dataplane.offload.manager import pack_key, pack_value
+from netvirt.dataplane.offload.templates import (
+    FIRST_KERNEL_ID,
+    pack_template,
+    template_key,
+)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
+
+TC_ACT_OK, TC_ACT_REDIRECT = 0, 7
+LO = 1
+CLIENT, SERVER, SNAT = "10.248.0.1", "10.248.1.2", "10.248.2.1"
+C_MAC, RIN_MAC, ROUT_MAC, S_MAC = (
+    "02:00:00:f8:00:01", "02:00:00:f8:00:fe", "02:00:00:f8:02:fe", "02:00:00:f8:01:02",
+)  # fmt: skip
+LEARN_SPORT = 40000
+DPORT = 80
+TID = 5
+
+
+def _client(sport: int, flags: str, seq: int = 1000, ack: int = 0) -> bytes:
+    """What the client sends (to the router's inside MAC)."""
+    ip = IP(src=CLIENT, dst=SERVER, ttl=64)
+    return bytes(
+        Ether(src=C_MAC, dst=RIN_MAC)
+        / ip
+        / TCP(sport=sport, dport=DPORT, flags=flags, seq=seq, ack=ack)
+    )
+
+
+def _client_out(port: int, flags: str, seq: int = 1000, ack: int = 0) -> bytes:
+    """What a router translating the client to SNAT:``port`` sends on."""
+    ip = IP(src=SNAT, dst=SERVER, ttl=63)
+    return bytes(
+        Ether(src=ROUT_MAC, dst=S_MAC)
+        / ip
+        / TCP(sport=port, dport=DPORT, flags=flags, seq=seq, ack=ack)
+    )
+
+
+def _server(port: int, flags: str, seq: int = 5000, ack: int = 1001) -> bytes:
+    ip = IP(src=SERVER, dst=SNAT, ttl=64)
+    return bytes(
+        Ether(src=S_MAC, dst=ROUT_MAC)
+        / ip
+        / TCP(sport=DPORT, dport=port, flags=flags, seq=seq, ack=ack)
+    )
+
+
+def _server_out(sport: int, flags: str, seq: int = 5000, ack: int = 1001) -> bytes:
+    ip = IP(src=SERVER, dst=CLIENT, ttl=63)
+    return bytes(
+        Ether(src=RIN_MAC, dst=C_MAC)
+        / ip
+        / TCP(sport=DPORT, dport=sport, flags=flags, seq=seq, ack=ack)
+    )
+
+
+def _ckey(frame: bytes) -> bytes:
+    """The ``conns`` key of ``frame``'s direction (the exact key of it as an ACK, flags zeroed)."""
+    frame = frame[:47] + b"\x10" + frame[48:]
+    found = frame_key(frame)
+    assert found is not None
+    assert found[0] is not None
+    key = conn_key(pack_key(LO, TCP4.name, found[0]))
+    assert key is not None
+    return key
+
+
+def _value(frame: bytes, out: bytes) -> bytes:
+    rewrite = derive(frame, out, TCP4, False)
+    assert rewrite is not None
+    value = pack_value(LO, rewrite, 0, TCP4)
+    assert value is not None
+    return value
+
+
+def _map(loaded: bpf.Loaded, fd: int, key: bytes | None, value: bytes | None) -> int:
+    kb = ctypes.create_string_buffer(key, len(key)) if key is not None else None
+    if value is None:
+        return int(loaded.lib.bpf_map_delete_elem(fd, kb))
+    vb = ctypes.create_string_buffer(value, len(value))
+    return int(loaded.lib.bpf_map_update_elem(fd, kb, vb, 0))
+
+
+def _pop(loaded: bpf.Loaded, fd: int, size: int) -> bytes | None:
+    vb = ctypes.create_string_buffer(size)
+    if loaded.lib.bpf_map_lookup_and_delete_elem(fd, None, vb) != 0:
+        return None
+    return vb.raw
+
+
+def _drain(loaded: bpf.Loaded) -> None:
+    while _pop(loaded, loaded.snat_ports_fd, 2) is not None:
+        pass
+    while _pop(loaded, loaded.made_fd, 24) is not None:
+        pass
+
+
+def _stat(loaded: bpf.Loaded, which: int) -> int:
+    ncpu = os.cpu_count() or 1
+    kb = ctypes.create_string_buffer(struct.pack("=I", which), 4)
+    vb = ctypes.create_string_buffer(8 * 512)
+    assert loaded.lib.bpf_map_lookup_elem(loaded.stats_fd, kb, vb) == 0
+    return sum(struct.unpack_from(f"={ncpu}Q", vb.raw))
+
+
+@pytest.fixture(scope="module")
+def loaded() -> Iterator[bpf.Loaded]:
+    found = bpf.load()
+    assert min(found.tpls_fd, found.snat_ports_fd, found.made_fd, found.next_conn_fd) >= 0
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})  # `punt` and `forward` share a per-CPU slot
+    for state in range(1, 8):  # conntrack's timeouts (a minute is plenty for a test)
+        _map(found, found.timeouts_fd, struct.pack("=I", state), struct.pack("=Q", 60 * 10**9))
+    _map(found, found.next_conn_fd, struct.pack("=I", 0), struct.pack("=Q", FIRST_KERNEL_ID))
+    yield found
+    os.sched_setaffinity(0, cpus)
+    found.close()
+
+
+@pytest.fixture
+def template(loaded: bpf.Loaded) -> Iterator[bytes]:
+    """A template learned from a connection from LEARN_SPORT kept as the SNAT port (conntrack
+    tries the source port first; a port change is one patch more than a value holds)."""
+    syn = _client(LEARN_SPORT, "S")
+    syn_ack = _server(LEARN_SPORT, "SA")
+    orig = _value(syn, _client_out(LEARN_SPORT, "S"))
+    reply = _value(syn_ack, _server_out(LEARN_SPORT, "SA"))
+    tkey = template_key(_ckey(syn))
+    assert tkey is not None
+    assert _map(loaded, loaded.tpls_fd, tkey, pack_template(orig, reply, _ckey(syn_ack), TID)) == 0
+    _drain(loaded)
+    yield tkey
+    _map(loaded, loaded.tpls_fd, tkey, None)
+    _drain(loaded)
+
+
+def _run(loaded: bpf.Loaded, frame: bytes) -> tuple[int, int, bytes]:
+    verdict = bpf.run_once(loaded.punt_check_fd, loaded.lib, frame, LO)[0]
+    code, out = bpf.run_once(loaded.forward_fd, loaded.lib, frame, LO)
+    return verdict, code, out[: len(frame)]
+
+
+def _forget(loaded: bpf.Loaded, sport: int, port: int, conn: int | None) -> None:
+    _map(loaded, loaded.conns_fd, _ckey(_client(sport, "A")), None)
+    _map(loaded, loaded.conns_fd, _ckey(_server(port, "A")), None)
+    if conn is not None:
+        _map(loaded, loaded.cstates_fd, struct.pack("=Q", conn), None)
+
+
+def _state(loaded: bpf.Loaded, conn: int) -> int:
+    kb = ctypes.create_string_buffer(struct.pack("=Q", conn), 8)
+    vb = ctypes.create_string_buffer(24)
+    assert loaded.lib.bpf_map_lookup_elem(loaded.cstates_fd, kb, vb) == 0
+    return int(struct.unpack("=QQQ", vb.raw)[2])
+
+
+def _made(loaded: bpf.Loaded) -> tuple[int, int, int, int]:
+    raw = _pop(loaded, loaded.made_fd, 24)
+    assert raw is not None
+    conn, _ns, tid, sport, port = struct.unpack("=QQIHH", raw)
+    return (
+        conn,
+        tid,
+        int.from_bytes(struct.pack("=H", sport), "big"),
+        int.from_bytes(struct.pack("=H", port), "big"),
+    )
+
+
+ports = st.integers(1024, 65535)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ports, ports)
+def test_a_syn_of_a_template_is_made_and_served_byte_for_byte(
+    loaded: bpf.Loaded, template: bytes, sport: int, port: int
+) -> None:
+    assert _map(loaded, loaded.snat_ports_fd, None, port.to_bytes(2, "big")) == 0
+    conn = None
+    try:
+        verdict, code, out = _run(loaded, _client(sport, "S"))
+        assert verdict == 0
+        assert code == TC_ACT_REDIRECT
+        assert out == _client_out(port, "S")
+        conn, tid, got_sport, got_port = _made(loaded)
+        assert (tid, got_sport, got_port) == (TID, sport, port)
+        assert _state(loaded, conn) == CtState.SYN_SENT
+        # a retransmitted SYN: the same connection, served again
+        assert _run(loaded, _client(sport, "S")) == (0, TC_ACT_REDIRECT, _client_out(port, "S"))
+        assert _pop(loaded, loaded.made_fd, 24) is None
+        # the server's SYN-ACK to the SNAT port: back to the client's port
+        verdict, code, out = _run(loaded, _server(port, "SA"))
+        assert (verdict, code) == (0, TC_ACT_REDIRECT)
+        assert out == _server_out(sport, "SA")
+        assert _state(loaded, conn) == CtState.SYN_RECV
+        # the client's first ACK (the tracker from SYN_RECV on, as before)
+        verdict, code, out = _run(loaded, _client(sport, "A", seq=1001, ack=5001))
+        assert (verdict, code) == (0, TC_ACT_REDIRECT)
+        assert out == _client_out(port, "A", seq=1001, ack=5001)
+        assert _state(loaded, conn) == CtState.ESTABLISHED
+        verdict, code, out = _run(loaded, _server(port, "PA", seq=5001, ack=1001))
+        assert out == _server_out(sport, "PA", seq=5001, ack=1001)
+    finally:
+        _forget(loaded, sport, port, conn)
+
+
+def test_without_a_free_port_the_syn_goes_to_the_datapath(
+    loaded: bpf.Loaded, template: bytes
+) -> None:
+    before = _stat(loaded, 9)
+    syn = _client(41000, "S")
+    verdict, code, _out = _run(loaded, syn)
+    assert verdict == len(syn)
+    assert code == TC_ACT_OK
+    assert _stat(loaded, 9) == before + 1
+    assert _pop(loaded, loaded.made_fd, 24) is None
+
+
+def test_a_taken_reply_key_leaves_the_syn_to_the_datapath_and_the_port_free(
+    loaded: bpf.Loaded, template: bytes
+) -> None:
+    """The SNAT port's reply tuple is another kernel connection's: nothing is made."""
+    blocker = _ckey(_server(50000, "A"))
+    value = bytes(176) + struct.pack("=QIHBB", 12345, 1, 0, 0, 0)
+    assert _map(loaded, loaded.conns_fd, blocker, value) == 0
+    try:
+        assert _map(loaded, loaded.snat_ports_fd, None, (50000).to_bytes(2, "big")) == 0
+        before = _stat(loaded, 10)
+        syn = _client(41001, "S")
+        verdict, code, _out = _run(loaded, syn)
+        assert (verdict, code) == (len(syn), TC_ACT_OK)
+        assert _stat(loaded, 10) == before + 1
+        assert _pop(loaded, loaded.made_fd, 24) is None
+        assert _pop(loaded, loaded.snat_ports_fd, 2) == (50000).to_bytes(2, "big")  # back
+        assert _map(loaded, loaded.conns_fd, _ckey(_client(41001, "A")), None) != 0  # none
+    finally:
+        _map(loaded, loaded.conns_fd, blocker, None)
+
+
+def test_other_syns_are_not_templated(loaded: bpf.Loaded, template: bytes) -> None:
+    """Another server port, a SYN-ACK or a SYN with ACK from the client: no template."""
+    assert _map(loaded, loaded.snat_ports_fd, None, (50001).to_bytes(2, "big")) == 0
+    for frame in (
+        bytes(
+            Ether(src=C_MAC, dst=RIN_MAC)
+            / IP(src=CLIENT, dst=SERVER)
+            / TCP(sport=41002, dport=81, flags="S")
+        ),
+        _client(41002, "SA"),
+        _client(41002, "SF"),
+    ):
+        verdict, code, _out = _run(loaded, frame)
+        assert (verdict, code) == (len(frame), TC_ACT_OK)
+    assert _pop(loaded, loaded.made_fd, 24) is None
+    assert _pop(loaded, loaded.snat_ports_fd, 2) == (50001).to_bytes(2, "big")
+
+
+FLAGS = {"S": 0x02, "SA": 0x12, "A": 0x10, "PA": 0x18, "FA": 0x11, "R": 0x04, "RA": 0x14,
+         "F": 0x01, "": 0x00, "SR": 0x06, "SF": 0x03, "U": 0x20}  # fmt: skip
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from(sorted(FLAGS))), max_size=8))
+def test_from_syn_sent_the_tracker_steps_as_conntrack(
+    loaded: bpf.Loaded, template: bytes, sequence: list[tuple[bool, str]]
+) -> None:
+    """Every packet the kernel serves moves its state exactly as ``tcp_step`` does; the
+    handshake's own steps (SYN retransmitted, SYN-ACK, first ACK) are served."""
+    sport, port = 42000, 52000
+    assert _map(loaded, loaded.snat_ports_fd, None, port.to_bytes(2, "big")) == 0
+    conn = None
+    try:
+        assert _run(loaded, _client(sport, "S"))[0] == 0
+        conn = _made(loaded)[0]
+        state, fins = CtState.SYN_SENT, 0
+        for reply, name in sequence:
+            flags = FLAGS[name]
+            frame = _server(port, name) if reply else _client(sport, name)
+            verdict, code, _out = _run(loaded, frame)
+            want = tcp_step(state, fins, reply, flags)
+            handshake = (state, reply, flags) in (
+                (CtState.SYN_SENT, False, 0x02), (CtState.SYN_SENT, True, 0x12),
+                (CtState.SYN_RECV, False, 0x10),
+            )  # fmt: skip
+            if verdict != 0:
+                assert code == TC_ACT_OK
+                assert not handshake, (state, name, reply)
+                break
+            assert want is not None, (state, name, reply)
+            assert code == TC_ACT_REDIRECT
+            state, fins = want
+            st_now = _state(loaded, conn)
+            if state not in (CtState.TIME_WAIT, CtState.CLOSED) or st_now & 0xFF == state:
+                assert st_now == int(state) | fins << 8, (st_now, state, fins)
+    finally:
+        _forget(loaded, sport, port, conn)
+
+
+def test_a_made_connection_taken_by_user_space_leaves_the_kernel_on_release(
+    loaded: bpf.Loaded, template: bytes
+) -> None:
+    """``KernelConns.adopt_made`` then ``release``: both ``conns`` entries and the state
+    leave the kernel (entries the kernel wrote itself: the batched map must know them)."""
+    import time
+
+    from netvirt.dataplane.nf.conntrack import Conntrack
+    from netvirt.dataplane.offload.conns import KernelConns
+    from netvirt.state.memory import MemoryStore
+
+    class _Epochs:
+        def bump(self, conn: object) -> None:
+            pass
+
+    sport, port = 43000, 53000
+    assert _map(loaded, loaded.snat_ports_fd, None, port.to_bytes(2, "big")) == 0
+    kernel = KernelConns(loaded)
+    kernel.bind(Conntrack(MemoryStore(clock=time.time)), _Epochs())
+    conn = None
+    try:
+        assert _run(loaded, _client(sport, "S"))[0] == 0
+        conn = _made(loaded)[0]
+        keys = (_ckey(_client(sport, "A")), _ckey(_server(port, "A")))
+        assert kernel.adopt_made(conn, keys, (LO, LO), (), 0)
+        assert kernel.owned
+        kernel.release(conn)
+        for key in keys:  # gone from the kernel map
+            assert _map(loaded, loaded.conns_fd, key, None) != 0
+        kb = ctypes.create_string_buffer(struct.pack("=Q", conn), 8)
+        assert (
+            loaded.lib.bpf_map_lookup_elem(loaded.cstates_fd, kb, ctypes.create_string_buffer(24))
+            != 0
+        )
+    finally:
+        kernel.release_all()
+        _forget(loaded, sport, port, conn)
+
+
+def test_an_undone_connection_sends_its_retransmitted_syn_to_the_datapath(
+    loaded: bpf.Loaded, template: bytes
+) -> None:
+    """User space could not take a made connection (its tuple had a live record): held,
+    the SYN's retransmission takes the slow path instead of being made again; then gone."""
+    import time
+
+    from netvirt.dataplane.nf.conntrack import Conntrack
+    from netvirt.dataplane.offload.conns import KernelConns
+    from netvirt.state.memory import MemoryStore
+
+    class _Epochs:
+        def bump(self, conn: object) -> None:
+            pass
+
+    sport, port = 44000, 54000
+    for p in (port, port + 1):
+        assert _map(loaded, loaded.snat_ports_fd, None, p.to_bytes(2, "big")) == 0
+    kernel = KernelConns(loaded)
+    kernel.bind(Conntrack(MemoryStore(clock=time.time)), _Epochs())
+    conn = None
+    try:
+        syn = _client(sport, "S")
+        assert _run(loaded, syn)[0] == 0
+        conn = _made(loaded)[0]
+        keys = (_ckey(_client(sport, "A")), _ckey(_server(port, "A")))
+        kernel.drop_made(conn, keys, hold=30.0)
+        verdict, code, _out = _run(loaded, syn)
+        assert (verdict, code) == (len(syn), TC_ACT_OK)  # the datapath's
+        assert _pop(loaded, loaded.made_fd, 24) is None  # nothing made
+        kernel._expire_held(time.monotonic() + 31)
+        assert kernel.held == {}
+        for key in keys:
+            assert _map(loaded, loaded.conns_fd, key, None) != 0
+        assert _run(loaded, syn)[0] == 0  # a template's SYN again
+        conn2 = _made(loaded)[0]
+        _forget(loaded, sport, port + 1, conn2)
+    finally:
+        kernel.release_all()
+        _forget(loaded, sport, port, conn)
+        _drain(loaded)

@@ -1,0 +1,104 @@
+"""SYN templates in a real lab (root): with ``NETVIRT_SYN_TEMPLATES=1`` the kernel makes
+the connections of a connrate client through a security group and SNAT from their SYN
+alone (after one connection per server port taught it the template), every connection
+completes, and the user-space conntrack records of the kernel's connections are written
+and handed back like those of handed-over ones.
+
+The lab of tests/system/test_offload_conns.py (the ``sg`` shape of bench/run.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from system.labrun import LabRun
+from system.test_offload_conns import CONNRATE, SERVER, TOPOLOGY, settled, status
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabRun]:
+    root = tmp_path_factory.mktemp("synk")
+    run = LabRun(f"nvk{os.getpid() % 1000}t", root / "labs")
+    path = root / "synk.yaml"
+    path.write_text(yaml.safe_dump(dict(TOPOLOGY, name=run.name)))
+    connrate: subprocess.Popen[bytes] | None = None
+    saved = os.environ.get("NETVIRT_SYN_TEMPLATES")
+    os.environ["NETVIRT_SYN_TEMPLATES"] = "1"  # (the lab's datapath inherits it)
+    try:
+        run.ok("up", str(path), "--name", run.name, timeout=150)
+        ext = run.state().node_netns("ext")
+        assert ext is not None
+        argv = ["ip", "netns", "exec", ext, sys.executable]
+        rate = [str(CONNRATE), "server", "--port", "5301", "--ports", "4"]
+        connrate = subprocess.Popen([*argv, *rate])
+        time.sleep(0.5)
+        yield run
+    finally:
+        if saved is None:
+            os.environ.pop("NETVIRT_SYN_TEMPLATES", None)
+        else:
+            os.environ["NETVIRT_SYN_TEMPLATES"] = saved
+        if connrate is not None:
+            connrate.kill()
+            connrate.wait()
+        down = run("down", timeout=60)
+        assert down.returncode == 0, down.stderr
+        assert run.leftovers() == []
+
+
+def test_the_kernel_makes_connections_from_their_syn(lab: LabRun) -> None:
+    found = status(lab)
+    tpl = found["offload"]["syn_templates"]
+    assert tpl["enabled"], tpl
+    client = [sys.executable, str(CONNRATE), "client", "--host", SERVER, "--port", "5301"]
+    client += ["--ports", "4", "--duration", "3", "--concurrency", "4"]
+    done = lab.sh("ka", *client, timeout=30)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["errors"] == 0, result
+    connections = result["connections"]
+    assert connections >= 100, result
+    after = settled(lab)
+    tpl, conns = after["offload"]["syn_templates"], after["offload"]["conns"]
+    assert tpl["templates"] == 4, (tpl, after["counters"]["handshakes"])  # one per server port
+    made = tpl["kernel_made"]
+    assert made >= connections * 0.95, json.dumps(tpl)  # (the first per template: slow path)
+    assert tpl["made"] == made, tpl  # every report drained
+    assert tpl["record_conflicts"] == 0, tpl
+    assert tpl["records_written"] == 2 * made, tpl  # two zones: the VM's, the router's SNAT
+    assert conns["made"] == made, conns  # the kernel's like handed-over ones
+    assert conns["owned"] == 0, conns  # all closed, all given back (records folded)
+    assert conns["lost"] == 0, conns
+    assert conns["record_conflicts"] == 0, conns
+    assert tpl["no_port"] <= connections * 0.05, tpl  # (a burst may empty the block)
+
+
+def test_a_second_run_reuses_the_ports_and_still_completes(lab: LabRun) -> None:
+    """Client ports come round again (their connections' records closed or gone), the
+    block refills: every connection completes again."""
+    before = status(lab)["offload"]["syn_templates"]
+    client = [sys.executable, str(CONNRATE), "client", "--host", SERVER, "--port", "5301"]
+    client += ["--ports", "4", "--duration", "3", "--concurrency", "8"]
+    done = lab.sh("ka", *client, timeout=30)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["errors"] == 0, result
+    after = settled(lab)["offload"]["syn_templates"]
+    assert after["kernel_made"] - before["kernel_made"] >= result["connections"] * 0.9, after
+    assert after["record_conflicts"] == 0, after
+
+
+def test_status_file_has_the_counters(lab: LabRun) -> None:
+    found = json.loads(Path(lab.state().hosts["hv1"].datapath_status_file).read_text())
+    assert "syn_templates" in found["offload"]
