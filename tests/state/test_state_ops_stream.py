@@ -20,7 +20,18 @@ from hypothesis import strategies as st
 from netvirt.state import MemoryStore
 from netvirt.state.cluster import RedisClusterStore
 from netvirt.state.redis import RedisStore
-from netvirt.state.store import CasResult, Entry, StateStore
+from netvirt.state.store import (
+    AllocateOp,
+    CasOp,
+    CasResult,
+    DeleteOp,
+    Entry,
+    ExpireOp,
+    GetOp,
+    PutOp,
+    ReleaseOp,
+    StateStore,
+)
 from state.state_support import RedisClusterServers
 
 KEYS = ("a", "b", "c:d")
@@ -141,14 +152,17 @@ def test_the_cluster_answers_as_the_memory_store(
 
 
 def test_an_allocation_window_is_one_argument(fresh_redis: tuple[RedisStore, redis.Redis]) -> None:
-    """A window of plain members travels as one argument; a member with a comma as many."""
+    """A window of plain members travels as one comma-joined string (``W``); a member with
+    a comma or an empty one makes it the long form (``A``, each member length-prefixed)."""
     from netvirt.state import redis_ops
-    from netvirt.state.store import AllocateOp
 
     plain = AllocateOp("pool", tuple(str(p) for p in range(32)), "me", 5.0)
     odd = AllocateOp("pool", ("1", "2,3"), "me", 5.0)
-    assert len(redis_ops.command("sha", "P:", [plain])) == 4 + 5
-    assert len(redis_ops.command("sha", "P:", [odd])) == 4 + 5 + 2
+    empty = AllocateOp("pool", ("1", ""), "me", 5.0)
+    assert redis_ops.stream([plain]).endswith(b"me4:pool:" + ",".join(plain.candidates).encode())
+    assert redis_ops.stream([plain])[:1] == b"W"
+    assert redis_ops.stream([odd])[:1] == b"A"
+    assert redis_ops.stream([empty])[:1] == b"A"
     store, _ = fresh_redis
     assert store.allocate("pool", ["1", "2,3"], "me") == "1"
     assert store.allocate("pool", ["1", "2,3"], "you") == "2,3"
@@ -173,3 +187,44 @@ def test_a_long_run_of_reads_in_a_writing_batch(
     assert all(reads[i].result().value == b"%d" % i for i in found)  # type: ignore[union-attr]
     assert alone.result() is not None
     assert alone.result().value == b"7"  # type: ignore[union-attr]
+
+
+_ANY_OP = st.one_of(
+    st.builds(GetOp, _key),
+    st.builds(PutOp, _key, _value, _ttl),
+    st.builds(CasOp, _key, st.integers(0, 1 << 52), _value, _ttl),
+    st.builds(DeleteOp, _key),
+    st.builds(ExpireOp, _key, st.sampled_from((0.001, 30.0, 7200.0))),
+    st.builds(AllocateOp, _pool, _window.map(tuple), _owner, _ttl),
+    st.builds(ReleaseOp, _pool, st.sampled_from(MEMBERS), _owner),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=st.lists(_ANY_OP, min_size=1, max_size=10), prefix=st.sampled_from(("P:", "netvirt:")))
+def test_the_framer_sends_exactly_the_grouped_command(ops: list[Any], prefix: str) -> None:
+    """The asynchronous path's pre-framed RESP (``Framer``) is byte for byte the packed
+    ``command(..., grouped=True)`` (reads only: the MGET)."""
+    import hiredis
+
+    from netvirt.state import redis_ops
+
+    framed = redis_ops.Framer("f" * 40, prefix).frame(ops)
+    command = redis_ops.command("f" * 40, prefix, ops, grouped=True)
+    assert framed == hiredis.pack_command(tuple(command))
+
+
+def test_a_malformed_stream_is_an_error_not_a_crash(
+    fresh_redis: tuple[RedisStore, redis.Redis],
+) -> None:
+    """A truncated operation or an unknown kind is refused by the script before it runs
+    anything (a clear error reply; the store raises StateStoreError)."""
+    from netvirt.state import redis_ops
+
+    _, raw = fresh_redis
+    sha = raw.script_load(redis_ops.SCRIPT)
+    good = redis_ops.stream([PutOp("a", b"v", None), PutOp("b", b"w", None)])
+    for bad, why in ((good[:-1], "truncated"), (b"Z\x00\x00\x00\x00", "unknown operation")):
+        with pytest.raises(redis.ResponseError, match=why):
+            raw.evalsha(sha, 0, "P:", bad, "")
+    assert raw.dbsize() == 0  # nothing of either ran

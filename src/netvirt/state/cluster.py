@@ -63,10 +63,9 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from netvirt.state import cluster_ops
 from netvirt.state.cluster_nodes import ClusterConfig, Node, SlotMap, Topology
-from netvirt.state.cluster_ops import SCRIPT, SHA, Layout, NodeStream, is_write, op_slot
-from netvirt.state.slots import slot_of
+from netvirt.state.cluster_ops import SCRIPT, SHA, Layout, NodeStream
+from netvirt.state.slots import SLOTS, crc16, slot_of
 from netvirt.state.stats import StoreStats
 from netvirt.state.store import (
     AllocateOp,
@@ -226,11 +225,17 @@ class RedisClusterStore:
         streams: dict[Node, NodeStream] = {}
         results: list[object] = [None] * len(ops)
         hint = self._seen
+        node_of = slot_map.node_of
         for position, op in enumerate(ops):
-            if isinstance(op, AllocateOp) and not op.candidates:
-                continue  # nothing to claim: None, without asking anyone
-            slot = op_slot(op)
-            node = slot_map.node_of(slot)
+            kind = type(op)
+            if kind is AllocateOp or kind is ReleaseOp:
+                if kind is AllocateOp and not op.candidates:  # type: ignore[union-attr]
+                    continue  # nothing to claim: None, without asking anyone
+                name = op.pool_key  # type: ignore[union-attr]
+            else:
+                name = op.key  # type: ignore[union-attr]
+            slot = crc16(name.encode()) % SLOTS  # slots.slot_of, inlined
+            node = node_of(slot)
             if node is None:
                 self._topology.stale(now=True)
                 self._stats.failure("unavailable")
@@ -238,26 +243,39 @@ class RedisClusterStore:
             stream = streams.get(node)
             if stream is None:
                 stream = streams[node] = NodeStream()
-            if is_write(op):
-                stream.add(position, op, slot, hint)
+            stream.positions.append(position)
+            stream.ops.append(op)
+            stream.slots.append(slot)
+            if kind is CasOp or kind is PutOp:  # a write takes a version: its hint
+                stream.hints.append(hint)
                 hint += 1
             else:
-                stream.add(position, op, slot, 0)
+                stream.hints.append(0)
         return streams, results
 
     def _observe(self, ops: Sequence[Op], results: Sequence[object]) -> None:
-        """Advance the Lamport clock and count get hits and misses."""
-        seen = cluster_ops.versions_in(results)
-        if seen > self._seen:
-            with self._lock:
-                self._seen = max(self._seen, seen)
-        hits = misses = 0
+        """Advance the Lamport clock to the highest version among the results and count
+        get hits and misses, in one pass over exact types."""
+        seen = hits = misses = 0
         for op, result in zip(ops, results, strict=True):
-            if isinstance(op, GetOp):
+            kind = type(result)
+            if kind is CasResult:
+                entry = result.entry  # type: ignore[attr-defined]
+                if entry is not None and entry.version > seen:
+                    seen = entry.version
+            elif kind is int:
+                if result > seen:  # type: ignore[operator]
+                    seen = result  # type: ignore[assignment]
+            elif type(op) is GetOp:
                 if result is None:
                     misses += 1
                 else:
                     hits += 1
+                    if result.version > seen:  # type: ignore[attr-defined]
+                        seen = result.version  # type: ignore[attr-defined]
+        if seen > self._seen:
+            with self._lock:
+                self._seen = max(self._seen, seen)
         self._stats.lookups(hits, misses)
 
     # -- talking to nodes ------------------------------------------------------------------

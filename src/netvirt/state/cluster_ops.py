@@ -40,31 +40,38 @@ single client therefore sees exactly what one counter would give it —
 versions growing across keys in the order of its writes — except that a
 compare-and-set that fails inside a batch leaves a gap in the numbering.
 
-ARGV stream, one entry per run of operations (``px`` 0 = no TTL):
+ARGV: one binary stream of the node's operations, in batch order (session 10;
+until then ~5 ARGV entries per operation, which redis-py packed in Python at
+~6 µs per operation, more than the rest of the client's work). Per operation a
+kind byte, a 4-byte big-endian body length, then the body; integers are
+big-endian (``Q`` 8 bytes, ``I`` 4), ``px`` 0 = no TTL, keys are whole Redis
+keys (``P{t}d:<key>``), the last string of a body takes what its length leaves:
 
 ====  =====================================================  ==========================
-op    arguments                                              reply element(s)
+op    body                                                   reply element
 ====  =====================================================  ==========================
-G     n, key * n                                             blob or nil, per key
-P     n, px, (key, hint, value) * n                          version, per key
-C     key, hint, expected, px, value                         {1, version} / {0, blob}
+G     key                                                    blob or nil
+P     Q hint, Q px, I len(key), key, value                   version
+C     Q hint, Q expected, Q px, I len(key), key, value       {1, version} / {0, blob}
 D     key                                                    0/1
-E     key, px                                                0/1
-A     n, owner, px, member key * n                           1-based index, 0 = none
-W     owner, px, member key head, "m1,m2,..."                the same (no member has a comma)
-R     member key, owner                                      0/1
+E     Q px, key                                              0/1
+W     Q px, I len(owner), I len(head), owner, member key     1-based index, 0 = none
+      head, "m1,m2,..."  (no member empty or with a comma)
+A     Q px, I len(owner), I n, owner, (I len, member key)*n  the same
+R     I len(member key), member key, owner                   0/1
 ====  =====================================================  ==========================
 """
 
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from netvirt.state.redis_ops import pool_head, px, unpack, window_arg
-from netvirt.state.slots import slot_of, slot_tags
+from netvirt.state.redis_ops import pool_head, px, px_cached, unpack, window_arg
+from netvirt.state.slots import SLOTS, slot_of, slot_tags
 from netvirt.state.store import (
     AllocateOp,
     CasOp,
@@ -81,8 +88,9 @@ from netvirt.state.store import (
 SCRIPT = """#!lua flags=allow-cross-slot-keys
 local out = {}
 local clock = 0
-local i = 1
-local n = #ARGV
+local s = ARGV[1]
+local n = #s
+local sub, byte, get = string.sub, string.byte, struct.unpack
 
 local function new_version(key, hint)
   local ck = string.match(key, '^[^}]*}') .. 'v'
@@ -106,90 +114,84 @@ local function version_of(blob)
   return v
 end
 
-while i <= n do
-  local op = ARGV[i]
-  if op == 'G' then
-    local count = tonumber(ARGV[i + 1])
-    for j = 1, count do
-      out[#out + 1] = redis.call('GET', ARGV[i + 1 + j])
+local function claim(px, owner, keys, curs)
+  local mine, free = 0, 0
+  for j = 1, #keys do
+    if curs[j] == owner then
+      mine = j
+      break
     end
-    i = i + 2 + count
-  elseif op == 'P' then
-    local count, px = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-    for j = 0, count - 1 do
-      local at = i + 3 + 3 * j
-      local key = ARGV[at]
-      local v = new_version(key, tonumber(ARGV[at + 1]))
-      store(key, struct.pack('>I8', v) .. ARGV[at + 2], px)
-      out[#out + 1] = v
-    end
-    i = i + 3 + 3 * count
-  elseif op == 'C' then
-    local key = ARGV[i + 1]
+    if not curs[j] and free == 0 then free = j end
+  end
+  if mine > 0 then
+    local key = keys[mine]
+    if px > 0 then redis.call('PEXPIRE', key, px) else redis.call('PERSIST', key) end
+    return mine
+  end
+  if free > 0 then store(keys[free], owner, px) end
+  return free
+end
+
+local pos = 1
+while pos <= n do
+  local op = byte(s, pos)
+  local size = get('>I4', s, pos + 1)
+  local p, last = pos + 5, pos + 4 + size  -- the body's first and last byte
+  if last > n then return redis.error_reply('netvirt: truncated operation') end
+  pos = last + 1
+  if op == 71 then  -- G
+    out[#out + 1] = redis.call('GET', sub(s, p, last))
+  elseif op == 67 then  -- C
+    local hint, expected, px, klen, at = get('>I8I8I8I4', s, p)
+    local key = sub(s, at, at + klen - 1)
     local cur = redis.call('GET', key)
-    if version_of(cur) ~= tonumber(ARGV[i + 3]) then
+    if version_of(cur) ~= expected then
       out[#out + 1] = {0, cur}
     else
-      local v = new_version(key, tonumber(ARGV[i + 2]))
-      store(key, struct.pack('>I8', v) .. ARGV[i + 5], tonumber(ARGV[i + 4]))
+      local v = new_version(key, hint)
+      store(key, struct.pack('>I8', v) .. sub(s, at + klen, last), px)
       out[#out + 1] = {1, v}
     end
-    i = i + 6
-  elseif op == 'D' then
-    out[#out + 1] = redis.call('DEL', ARGV[i + 1])
-    i = i + 2
-  elseif op == 'E' then
-    out[#out + 1] = redis.call('PEXPIRE', ARGV[i + 1], ARGV[i + 2])
-    i = i + 3
-  elseif op == 'A' then
-    local count, owner, px = tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
-    local mine, free = 0, 0
-    for j = 1, count do
-      local cur = redis.call('GET', ARGV[i + 3 + j])
-      if cur == owner then
-        mine = j
-        break
-      end
-      if not cur and free == 0 then free = j end
-    end
-    if mine > 0 then
-      local key = ARGV[i + 3 + mine]
-      if px > 0 then redis.call('PEXPIRE', key, px) else redis.call('PERSIST', key) end
-      out[#out + 1] = mine
-    else
-      if free > 0 then store(ARGV[i + 3 + free], owner, px) end
-      out[#out + 1] = free
-    end
-    i = i + 4 + count
-  elseif op == 'W' then
-    local owner, px, head = ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
+  elseif op == 80 then  -- P
+    local hint, px, klen, at = get('>I8I8I4', s, p)
+    local key = sub(s, at, at + klen - 1)
+    local v = new_version(key, hint)
+    store(key, struct.pack('>I8', v) .. sub(s, at + klen, last), px)
+    out[#out + 1] = v
+  elseif op == 68 then  -- D
+    out[#out + 1] = redis.call('DEL', sub(s, p, last))
+  elseif op == 69 then  -- E
+    local px, at = get('>I8', s, p)
+    out[#out + 1] = redis.call('PEXPIRE', sub(s, at, last), px)
+  elseif op == 87 then  -- W
+    local px, olen, hlen, at = get('>I8I4I4', s, p)
+    local owner = sub(s, at, at + olen - 1)
+    local head = sub(s, at + olen, at + olen + hlen - 1)
     local keys = {}
-    for member in string.gmatch(ARGV[i + 4], '[^,]+') do keys[#keys + 1] = head .. member end
-    local curs = redis.call('MGET', unpack(keys))
-    local mine, free = 0, 0
-    for j = 1, #keys do
-      if curs[j] == owner then
-        mine = j
-        break
-      end
-      if not curs[j] and free == 0 then free = j end
+    for member in string.gmatch(sub(s, at + olen + hlen, last), '[^,]+') do
+      keys[#keys + 1] = head .. member
     end
-    if mine > 0 then
-      local key = keys[mine]
-      if px > 0 then redis.call('PEXPIRE', key, px) else redis.call('PERSIST', key) end
-      out[#out + 1] = mine
-    else
-      if free > 0 then store(keys[free], owner, px) end
-      out[#out + 1] = free
+    out[#out + 1] = claim(px, owner, keys, redis.call('MGET', unpack(keys)))
+  elseif op == 65 then  -- A
+    local px, olen, count, at = get('>I8I4I4', s, p)
+    local owner = sub(s, at, at + olen - 1)
+    at = at + olen
+    local keys, curs = {}, {}
+    for j = 1, count do
+      local klen = get('>I4', s, at)
+      keys[j] = sub(s, at + 4, at + 3 + klen)
+      curs[j] = redis.call('GET', keys[j])
+      at = at + 4 + klen
     end
-    i = i + 5
-  elseif op == 'R' then
-    if redis.call('GET', ARGV[i + 1]) == ARGV[i + 2] then
-      out[#out + 1] = redis.call('DEL', ARGV[i + 1])
+    out[#out + 1] = claim(px, owner, keys, curs)
+  elseif op == 82 then  -- R
+    local klen, at = get('>I4', s, p)
+    local key = sub(s, at, at + klen - 1)
+    if redis.call('GET', key) == sub(s, at + klen, last) then
+      out[#out + 1] = redis.call('DEL', key)
     else
       out[#out + 1] = 0
     end
-    i = i + 3
   else
     return redis.error_reply('netvirt: unknown operation ' .. tostring(op))
   end
@@ -199,18 +201,6 @@ return out
 SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 
 
-def is_write(op: Op) -> bool:
-    """Operations that take a version (and therefore a hint)."""
-    return isinstance(op, (PutOp, CasOp))  # a tuple: cheaper than building a union per call
-
-
-def op_slot(op: Op) -> int:
-    """The slot an operation runs in: its key's, or its pool's."""
-    if isinstance(op, (AllocateOp, ReleaseOp)):
-        return slot_of(op.pool_key)
-    return slot_of(op.key)
-
-
 class Layout:
     """Redis key names of one store prefix (see the module docstring)."""
 
@@ -218,10 +208,20 @@ class Layout:
         if "{" in prefix or "}" in prefix:
             raise ValueError(f"a cluster key prefix may not contain braces: {prefix!r}")
         self.prefix = prefix
+        self._heads: list[bytes | None] = [None] * SLOTS
 
     def at(self, slot: int) -> str:
         """The beginning of every key of ``slot``: the prefix and the slot's hash tag."""
         return f"{self.prefix}{{{slot_tags()[slot]}}}"
+
+    def heads(self) -> list[bytes | None]:
+        """:meth:`head` of every slot so far (None: not yet asked), indexed by slot."""
+        return self._heads
+
+    def head(self, slot: int) -> bytes:
+        """:meth:`at` encoded, remembered (at most 16384 short strings per store)."""
+        head = self._heads[slot] = self.at(slot).encode()
+        return head
 
     def data_key(self, key: str) -> str:
         return f"{self.at(slot_of(key))}d:{key}"
@@ -250,15 +250,36 @@ class NodeStream:
         self.hints.append(hint)
 
     def argv(self, layout: Layout) -> list[Any]:
-        """The script's ARGV: runs of gets and of same-TTL puts become one entry each."""
-        out: list[Any] = []
-        index, ops = 0, self.ops
-        while index < len(ops):
-            end = _run_end(ops, index)
-            heads = [layout.at(slot) for slot in self.slots[index:end]]
-            _encode(out, ops[index:end], heads, self.hints[index:end])
-            index = end
-        return out
+        """The script's ARGV: the node's operations as one binary stream (module docstring)."""
+        return [self.stream(layout)]
+
+    def stream(self, layout: Layout) -> bytes:
+        parts: list[bytes] = []
+        extend = parts.extend
+        heads = layout.heads()
+        for op, slot, hint in zip(self.ops, self.slots, self.hints, strict=True):
+            head = heads[slot]
+            if head is None:
+                head = layout.head(slot)
+            kind = type(op)
+            if kind is CasOp:
+                key = head + b"d:" + op.key.encode()  # type: ignore[union-attr]
+                value = op.value  # type: ignore[union-attr]
+                ms = px_cached(op.ttl)  # type: ignore[union-attr]
+                size = 28 + len(key) + len(value)
+                expected = op.expected_version  # type: ignore[union-attr]
+                extend((_CAS(_C, size, hint, expected, ms, len(key)), key, value))
+            elif kind is PutOp:
+                key = head + b"d:" + op.key.encode()  # type: ignore[union-attr]
+                value = op.value  # type: ignore[union-attr]
+                ms = px_cached(op.ttl)  # type: ignore[union-attr]
+                extend((_PUT(_P, 20 + len(key) + len(value), hint, ms, len(key)), key, value))
+            elif kind is GetOp:
+                key = head + b"d:" + op.key.encode()  # type: ignore[union-attr]
+                extend((_HEAD(_G, len(key)), key))
+            else:
+                _encode_other(parts, op, head)
+        return b"".join(parts)
 
     def decode(self, reply: Sequence[Any]) -> list[object]:
         """One result per operation, from the script's reply array."""
@@ -267,48 +288,44 @@ class NodeStream:
         return [_decode(op, raw) for op, raw in zip(self.ops, reply, strict=True)]
 
 
-def _run_end(ops: Sequence[Op], start: int) -> int:
-    first, end = ops[start], start + 1
-    if isinstance(first, GetOp):
-        while end < len(ops) and isinstance(ops[end], GetOp):
-            end += 1
-    elif isinstance(first, PutOp):
-        while end < len(ops) and _same_put_run(first, ops[end]):
-            end += 1
-    return end
+_HEAD = struct.Struct(">BI").pack  # kind, body length
+_PUT = struct.Struct(">BIQQI").pack  # kind, body length, hint, px, len(key)
+_CAS = struct.Struct(">BIQQQI").pack  # kind, body length, hint, expected, px, len(key)
+_EXPIRE = struct.Struct(">BIQ").pack  # kind, body length, px
+_WINDOW = struct.Struct(">BIQII").pack  # kind, body length, px, len(owner), len(head)
+_ALLOCATE = struct.Struct(">BIQII").pack  # kind, body length, px, len(owner), n
+_RELEASE = struct.Struct(">BII").pack  # kind, body length, len(member key)
+_LENGTH = struct.Struct(">I").pack
+_G, _P, _C, _D, _E, _W, _A, _R = b"GPCDEWAR"
 
 
-def _same_put_run(first: PutOp, op: Op) -> bool:
-    return isinstance(op, PutOp) and op.ttl == first.ttl
-
-
-def _encode(out: list[Any], run: Sequence[Op], heads: Sequence[str], hints: Sequence[int]) -> None:
-    """Append one run; ``heads`` are the ops' key beginnings (``Layout.at`` of their slot)."""
-    op, head = run[0], heads[0]
+def _encode_other(parts: list[bytes], op: Op, head: bytes) -> None:
+    """The rarer operations; ``head`` is the op's key beginning (``Layout.head``)."""
     match op:
-        case GetOp():
-            gets = cast(Sequence[GetOp], run)
-            out += ["G", len(run), *(f"{h}d:{o.key}" for o, h in zip(gets, heads, strict=True))]
-        case PutOp(ttl=ttl):
-            out += ["P", len(run), px(ttl)]
-            for o, h, hint in zip(run, heads, hints, strict=True):
-                assert isinstance(o, PutOp)
-                out += [f"{h}d:{o.key}", hint, o.value]
-        case CasOp(key, expected, value, ttl):
-            out += ["C", f"{head}d:{key}", hints[0], expected, px(ttl), value]
         case DeleteOp(key):
-            out += ["D", f"{head}d:{key}"]
+            data = head + b"d:" + key.encode()
+            parts += (_HEAD(_D, len(data)), data)
         case ExpireOp(key, ttl):
-            out += ["E", f"{head}d:{key}", px(ttl)]
+            data = head + b"d:" + key.encode()
+            parts += (_EXPIRE(_E, 8 + len(data), px(ttl)), data)
         case AllocateOp(pool_key, candidates, owner, ttl):
-            pool = f"{head}p:{pool_head(pool_key)}"
+            pool = head + b"p:" + pool_head(pool_key).encode()
+            who = owner.encode()
             joined = window_arg(candidates)
-            if joined is not None:
-                out += ["W", owner, px(ttl), pool, joined]  # the window as one argument
-            else:
-                out += ["A", len(candidates), owner, px(ttl), *(pool + m for m in candidates)]
+            if joined is not None:  # the window as one string
+                window = joined.encode()
+                size = 16 + len(who) + len(pool) + len(window)
+                parts += (_WINDOW(_W, size, px(ttl), len(who), len(pool)), who, pool, window)
+                return
+            keys = [pool + m.encode() for m in candidates]
+            size = 16 + len(who) + sum(4 + len(k) for k in keys)
+            parts += (_ALLOCATE(_A, size, px(ttl), len(who), len(keys)), who)
+            for k in keys:
+                parts += (_LENGTH(len(k)), k)
         case ReleaseOp(pool_key, member, owner):
-            out += ["R", f"{head}p:{pool_head(pool_key)}{member}", owner]
+            data = head + b"p:" + pool_head(pool_key).encode() + member.encode()
+            who = owner.encode()
+            parts += (_RELEASE(_R, 4 + len(data) + len(who), len(data)), data, who)
         case _:
             raise TypeError(f"unknown operation {op!r}")
 
@@ -328,16 +345,3 @@ def _decode(op: Op, raw: Any) -> object:
         index = int(raw)
         return op.candidates[index - 1] if index else None  # type: ignore[union-attr]
     return bool(raw)
-
-
-def versions_in(results: Sequence[object]) -> int:
-    """The highest version among results (0 if none): what a client has now seen."""
-    seen = 0
-    for result in results:
-        if isinstance(result, Entry):
-            seen = max(seen, result.version)
-        elif isinstance(result, CasResult) and result.entry is not None:
-            seen = max(seen, result.entry.version)
-        elif isinstance(result, int) and not isinstance(result, bool):
-            seen = max(seen, result)
-    return seen

@@ -50,7 +50,7 @@ from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from netvirt.state import redis_ops
-from netvirt.state.jobs import Reply, Ticket, grouped, ungrouped
+from netvirt.state.jobs import Reply, Ticket
 from netvirt.state.redis_async import Address, Arg, RedisPipe, is_noscript, reply_error
 from netvirt.state.stats import StoreStats
 from netvirt.state.store import (
@@ -127,6 +127,7 @@ class RedisStore:
         self._scripts_loaded = False
         self._stats = StoreStats("redis")
         self._async: RedisPipe | None = None  # the datapath's non-blocking connection
+        self._framer = redis_ops.Framer(_SHAS["ops"], prefix)  # its round trips' RESP
 
     @classmethod
     def from_url(
@@ -301,9 +302,7 @@ class RedisStore:
         began = time.thread_time()
         stats = self._stats
         stats.call(len(ops))
-        order = grouped(ops)
-        ordered = [ops[i] for i in order]
-        command = redis_ops.command(_SHAS["ops"], self._prefix, ordered)
+        buffer = self._framer.frame(ops)  # the script orders by kind (redis_ops.py)
         started = time.perf_counter()
 
         def finish(raw: list[object]) -> Reply:
@@ -312,7 +311,7 @@ class RedisStore:
             error = reply_error(reply)
             if error is None:
                 try:
-                    results, hits, misses = redis_ops.results(ordered, reply)
+                    results, hits, misses = redis_ops.results(ops, reply)
                 except StateStoreError as exc:
                     error = exc
             if error is not None:
@@ -322,9 +321,9 @@ class RedisStore:
                     self._pipe().send(self._script_loads(), None, None)
                 return error
             stats.lookups(hits, misses)
-            return ungrouped(order, results)
+            return results
 
-        self._pipe().send([command], ticket, finish)
+        self._pipe().send_packed(buffer, 1, ticket, finish)
         stats.client(time.thread_time() - began)
         return ticket
 

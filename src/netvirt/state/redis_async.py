@@ -128,6 +128,22 @@ class RedisPipe:
         if not self._corked:
             self.on_writable()
 
+    def send_packed(
+        self, buffer: bytes, count: int, ticket: Ticket | None, finish: Finish | None
+    ) -> None:
+        """:meth:`send` of ``count`` commands already in RESP (``redis_ops.Framer``)."""
+        if self._sock is None:
+            try:
+                self._connect()
+            except StateStoreUnavailable as exc:
+                if ticket is not None:
+                    ticket.complete(exc)
+                return
+        self._queue.append(_InFlight(ticket, count, finish, self.clock()))
+        self._out += buffer
+        if not self._corked:
+            self.on_writable()
+
     def _connect(self) -> None:
         address = self.address
         try:
