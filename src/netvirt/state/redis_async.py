@@ -116,17 +116,7 @@ class RedisPipe:
     ) -> None:
         """Queue and send ``commands``; ``finish(replies)`` completes ``ticket`` later.
         A connection that cannot be made fails the ticket at once."""
-        if self._sock is None:
-            try:
-                self._connect()
-            except StateStoreUnavailable as exc:
-                if ticket is not None:
-                    ticket.complete(exc)
-                return
-        self._queue.append(_InFlight(ticket, len(commands), finish, self.clock()))
-        self._out += pack(commands)
-        if not self._corked:
-            self.on_writable()
+        self.send_packed(pack(commands), len(commands), ticket, finish)
 
     def send_packed(
         self, buffer: bytes, count: int, ticket: Ticket | None, finish: Finish | None
