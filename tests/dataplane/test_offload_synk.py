@@ -12,7 +12,9 @@ checks the kernel against the same model's frames).
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
+import struct
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
@@ -171,7 +173,8 @@ def test_a_made_connection_is_what_the_slow_path_makes(
     spec = _segmented(world)
     if other_port:
         snat_ip = int(ipaddress.ip_address(gateway_ip(world)))
-        pool = pool_key(spec.ct.prefix, 4, snat_ip, 6)
+        dest = CtTuple(4, 6, snat_ip, int(ipaddress.ip_address("203.0.113.50")), sport, 80)
+        pool = pool_key(spec.ct.prefix, snat_ip, dest)  # (pools are per destination)
         spec.ct.store.allocate(pool, (str(sport),), "someone else", 600.0)
     syn_frame, s_first, s_second = _handshake(spec, "snat", sport, 80, [])
     want = _records(spec, s_first)
@@ -235,6 +238,13 @@ class _Lib:
     def bpf_map_delete_elem(self, fd: int, key: Any) -> int:
         return 0 if self.maps.get(fd, {}).pop(key.raw, None) is not None else -1
 
+    def bpf_map_lookup_elem(self, fd: int, key: Any, value: Any) -> int:
+        found = self.maps.get(fd, {}).get(key.raw)
+        if found is None:
+            return -1
+        ctypes.memmove(value, found, len(found))  # (a template's head stays 0: no kernel)
+        return 0
+
     def bpf_map_lookup_and_delete_elem(self, fd: int, key: Any, value: Any) -> int:
         return -1
 
@@ -242,7 +252,7 @@ class _Lib:
 def test_templates_die_with_a_flush_and_are_refused_when_off(world: World) -> None:  # noqa: F811
     run = _segmented(world)
     lib = _Lib()
-    loaded = SimpleNamespace(lib=lib, tpls_fd=1, snat_ports_fd=2, made_fd=3, next_conn_fd=4)
+    loaded = SimpleNamespace(lib=lib, tpls_fd=1, tpl_ports_fd=2, made_fd=3, next_conn_fd=4)
     kconns = SimpleNamespace(enabled=True, why="", conntrack=run.ct)
     tpl = SynTemplates(loaded, kconns)
     syn, first, _second, _ack = _learn(run, 40000)
@@ -255,17 +265,27 @@ def test_templates_die_with_a_flush_and_are_refused_when_off(world: World) -> No
     assert tpl.learn(*args)
     assert len(lib.maps[1]) == 1
     assert tpl.templates
-    assert len(lib.queues[2]) == BLOCK  # the SNAT port block, claimed in the pool
-    ports = {int.from_bytes(p, "big") for p in lib.queues[2]}
+    # the template's own SNAT port supply, claimed in its destination's pool, posted at
+    # sequence numbers 0.. of its id
+    assert sorted(lib.maps[2]) == sorted(struct.pack("=II", 1, i) for i in range(BLOCK))
+    ports = {int.from_bytes(p, "big") for p in lib.maps[2].values()}
     assert len(ports) == BLOCK
+    snat_ip = int(ipaddress.ip_address(gateway_ip(world)))
+    dest = CtTuple(4, 6, snat_ip, int(ipaddress.ip_address("203.0.113.50")), 1, 80)
+    pool = pool_key(run.ct.prefix, snat_ip, dest)
+    assert tpl.by_id[1].pool == pool
+    assert all(run.ct.store.allocate(pool, (str(p),), "x", 1.0) is None for p in ports)
+    tpl.refill()  # (nothing taken: nothing claimed)
+    assert len(lib.maps[2]) == BLOCK
     assert not tpl.learn(*args)  # learned once
     tpl.flush()
     assert lib.maps[1] == {}
+    assert lib.maps[2] == {}  # the untaken ports left the kernel ...
     assert not tpl.templates
-    tpl.release_block()
-    snat_ip = int(ipaddress.ip_address(gateway_ip(world)))
-    pool = pool_key(run.ct.prefix, 4, snat_ip, 6)
-    assert run.ct.store.allocate(pool, tuple(str(p) for p in ports), "x", 1.0) is not None
+    assert tpl.counters["ports_returned"] == BLOCK
+    assert not tpl.supply
+    # ... and the pool: every one is free again
+    assert all(run.ct.store.allocate(pool, (str(p),), "x", 1.0) == str(p) for p in ports)
     # records gone: refused, counted
     tpl2 = SynTemplates(loaded, SimpleNamespace(enabled=True, why="", conntrack=_Run(world).ct))
     tpl2.enable(True)
@@ -275,7 +295,7 @@ def test_templates_die_with_a_flush_and_are_refused_when_off(world: World) -> No
 
 def test_ipv6_and_other_layouts_are_refused() -> None:
     lib = _Lib()
-    loaded = SimpleNamespace(lib=lib, tpls_fd=1, snat_ports_fd=2, made_fd=3, next_conn_fd=4)
+    loaded = SimpleNamespace(lib=lib, tpls_fd=1, tpl_ports_fd=2, made_fd=3, next_conn_fd=4)
     tpl = SynTemplates(loaded, SimpleNamespace(enabled=True, why="", conntrack=None))
     tpl.enable(True)
     key6 = (1).to_bytes(4, "little") + (4).to_bytes(4, "little") + bytes(68)
@@ -313,7 +333,7 @@ def _learned(world: World) -> tuple[_Run, SynTemplates, _KConns, int]:  # noqa: 
     run = _segmented(world)
     kconns = _KConns(run.ct)
     lib = _Lib()
-    loaded = SimpleNamespace(lib=lib, tpls_fd=1, snat_ports_fd=2, made_fd=3, next_conn_fd=4)
+    loaded = SimpleNamespace(lib=lib, tpls_fd=1, tpl_ports_fd=2, made_fd=3, next_conn_fd=4)
     tpl = SynTemplates(loaded, kconns)
     tpl.enable(True)
     _syn, first, _second, _ack = _learn(run, 40000)
@@ -332,7 +352,7 @@ def test_a_report_writes_the_records_and_moves_the_claim(world: World) -> None: 
     from netvirt.dataplane.offload.templates import Made
 
     run, tpl, kconns, tid = _learned(world)
-    port = next(iter(tpl.block[next(iter(tpl.block))]))
+    port = next(iter(tpl.supply[tid].posted))
     tpl._record(Made(7, 0, tid, 41000, port))
     assert kconns.dropped == []
     ((cid, keys, _ifx, deps, _ns),) = kconns.adopted
@@ -348,11 +368,11 @@ def test_a_report_writes_the_records_and_moves_the_claim(world: World) -> None: 
         assert mirror is not None
         if found.flags & SNAT_POOL:
             assert found.reply.dport == port
-            pool, member = next((p, m) for p in tpl.pool_of for m in (str(port),))
+            pool, member = tpl.by_id[tid].pool, str(port)
             # the connection's record holds the claim now, not the block
-            assert not run.ct.store.release(pool, member, tpl.owner)
+            assert not run.ct.store.release(pool, member, tpl.supply[tid].owner)
             assert run.ct.store.release(pool, member, run.ct.key(zone, found.orig))
-    assert port not in tpl.block[next(iter(tpl.block))]
+    assert port not in tpl.supply[tid].posted
 
 
 def test_a_report_over_a_closed_connection_replaces_it(world: World) -> None:  # noqa: F811
@@ -360,7 +380,7 @@ def test_a_report_over_a_closed_connection_replaces_it(world: World) -> None:  #
 
     run, tpl, kconns, tid = _learned(world)
     t = tpl.by_id[tid]
-    port = next(iter(tpl.block[next(iter(tpl.block))]))
+    port = next(iter(tpl.supply[tid].posted))
     # the same client port's previous connection, closed (an RST), still in the store
     (old,) = [r for r in made_records(t, 41001, port, 1.0, 600.0) if not r.flags & SNAT_POOL]
     closed = replace(old, state=CtState.CLOSED, expiry=1e12)
@@ -382,7 +402,7 @@ def test_a_report_over_a_live_connection_is_undone(world: World) -> None:  # noq
 
     run, tpl, kconns, tid = _learned(world)
     t = tpl.by_id[tid]
-    port = next(iter(tpl.block[next(iter(tpl.block))]))
+    port = next(iter(tpl.supply[tid].posted))
     (old,) = [r for r in made_records(t, 41002, port, 1.0, 600.0) if not r.flags & SNAT_POOL]
     live = replace(old, state=CtState.ESTABLISHED, expiry=1e12)
     from netvirt.dataplane.nf.codec import encode
@@ -398,3 +418,35 @@ def test_a_report_over_a_live_connection_is_undone(world: World) -> None:  # noq
     for rec in made_records(t, 41002, port, 1.0, 600.0):  # nothing of the made one is left
         if rec.flags & SNAT_POOL:
             assert _primary(run, rec.zone, rec.orig) is None
+
+
+def test_two_templates_sharing_a_destination_pool_never_post_the_same_port() -> None:
+    """Two clients to one server: two templates, one SNAT pool (pools are per
+    destination). Each supply claims as its own owner, so ``allocate`` (which gives an
+    owner its own ports back) never hands one supply's port to the other; a supply
+    counts its taken-but-unreported ports until the report comes (backpressure)."""
+    from netvirt.dataplane.offload.templates import Supply
+    from netvirt.state.memory import MemoryStore
+
+    store = MemoryStore()
+    ct = SimpleNamespace(store=store, prefix="ct:")
+    lib = _Lib()
+    loaded = SimpleNamespace(lib=lib, tpls_fd=1, tpl_ports_fd=2, made_fd=3, next_conn_fd=4)
+    tpl = SynTemplates(loaded, SimpleNamespace(enabled=True, why="", conntrack=ct))
+    pool = "ct:snat:4:ac180402:6:8080800:80"
+    for tid in (1, 2):
+        tpl.supply[tid] = Supply(tid, bytes([tid]), pool, (2000, 3999), owner=f"{tpl.owner}:{tid}")
+    tpl.refill()
+    one, two = set(tpl.supply[1].posted), set(tpl.supply[2].posted)
+    assert (len(one), len(two)) == (BLOCK, 2000 - BLOCK)  # (the range's 2,000, shared)
+    assert not one & two
+    posted = {int.from_bytes(v, "big") for v in lib.maps[2].values()}
+    assert posted == one | two
+    tpl.refill()  # nothing reported: nothing more claimed
+    assert tpl.counters["ports_claimed"] == 2000
+    for port in sorted(one)[:600]:  # the kernel took 600, reported (and undone here)
+        tpl.supply[1].posted.pop(port)
+        store.release(pool, str(port), tpl.supply[1].owner)
+    tpl.refill()
+    assert len(tpl.supply[1].posted) == BLOCK  # refilled from the ports given back
+    assert not set(tpl.supply[1].posted) & set(tpl.supply[2].posted)

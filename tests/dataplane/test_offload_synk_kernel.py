@@ -119,11 +119,50 @@ def _pop(loaded: bpf.Loaded, fd: int, size: int) -> bytes | None:
     return vb.raw
 
 
+def _supply_keys(loaded: bpf.Loaded) -> list[bytes]:
+    keys, prev = [], None
+    kb = ctypes.create_string_buffer(8)
+    while loaded.lib.bpf_map_get_next_key(loaded.tpl_ports_fd, prev, kb) == 0:
+        keys.append(kb.raw)
+        prev = ctypes.create_string_buffer(kb.raw, 8)
+    return keys
+
+
 def _drain(loaded: bpf.Loaded) -> None:
-    while _pop(loaded, loaded.snat_ports_fd, 2) is not None:
-        pass
+    for key in _supply_keys(loaded):
+        _map(loaded, loaded.tpl_ports_fd, key, None)
     while _pop(loaded, loaded.made_fd, 24) is not None:
         pass
+
+
+def _head(loaded: bpf.Loaded) -> int:
+    """The kernel's next supply sequence number of the test template (``struct tpl``)."""
+    kb = ctypes.create_string_buffer(TKEY[0], len(TKEY[0]))
+    vb = ctypes.create_string_buffer(440)
+    assert loaded.lib.bpf_map_lookup_elem(loaded.tpls_fd, kb, vb) == 0
+    return int(struct.unpack_from("=I", vb.raw, 2 * 176 + 76 + 4)[0])
+
+
+def _give(loaded: bpf.Loaded, port: int, after: int = 0) -> int:
+    """Post ``port`` in the template's supply ``after`` places past the kernel's head."""
+    seq = _head(loaded) + after
+    assert (
+        _map(loaded, loaded.tpl_ports_fd, struct.pack("=II", TID, seq), port.to_bytes(2, "big"))
+        == 0
+    )
+    return seq
+
+
+def _next_port(loaded: bpf.Loaded) -> int | None:
+    """The port at the template's head (the next one the kernel takes), if any."""
+    kb = ctypes.create_string_buffer(struct.pack("=II", TID, _head(loaded)), 8)
+    vb = ctypes.create_string_buffer(2)
+    if loaded.lib.bpf_map_lookup_elem(loaded.tpl_ports_fd, kb, vb) != 0:
+        return None
+    return int.from_bytes(vb.raw, "big")
+
+
+TKEY: list[bytes] = [b""]
 
 
 def _stat(loaded: bpf.Loaded, which: int) -> int:
@@ -137,7 +176,7 @@ def _stat(loaded: bpf.Loaded, which: int) -> int:
 @pytest.fixture(scope="module")
 def loaded() -> Iterator[bpf.Loaded]:
     found = bpf.load()
-    assert min(found.tpls_fd, found.snat_ports_fd, found.made_fd, found.next_conn_fd) >= 0
+    assert min(found.tpls_fd, found.tpl_ports_fd, found.made_fd, found.next_conn_fd) >= 0
     cpus = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(cpus)})  # `punt` and `forward` share a per-CPU slot
     for state in range(1, 8):  # conntrack's timeouts (a minute is plenty for a test)
@@ -160,6 +199,7 @@ def template(loaded: bpf.Loaded) -> Iterator[bytes]:
     assert tkey is not None
     assert _map(loaded, loaded.tpls_fd, tkey, pack_template(orig, reply, _ckey(syn_ack), TID)) == 0
     _drain(loaded)
+    TKEY[0] = tkey
     yield tkey
     _map(loaded, loaded.tpls_fd, tkey, None)
     _drain(loaded)
@@ -207,7 +247,7 @@ ports = st.integers(1024, 65535)
 def test_a_syn_of_a_template_is_made_and_served_byte_for_byte(
     loaded: bpf.Loaded, template: bytes, sport: int, port: int
 ) -> None:
-    assert _map(loaded, loaded.snat_ports_fd, None, port.to_bytes(2, "big")) == 0
+    _give(loaded, port)
     conn = None
     try:
         verdict, code, out = _run(loaded, _client(sport, "S"))
@@ -256,14 +296,14 @@ def test_a_taken_reply_key_leaves_the_syn_to_the_datapath_and_the_port_free(
     value = bytes(176) + struct.pack("=QIHBB", 12345, 1, 0, 0, 0)
     assert _map(loaded, loaded.conns_fd, blocker, value) == 0
     try:
-        assert _map(loaded, loaded.snat_ports_fd, None, (50000).to_bytes(2, "big")) == 0
+        _give(loaded, 50000)
         before = _stat(loaded, 10)
         syn = _client(41001, "S")
         verdict, code, _out = _run(loaded, syn)
         assert (verdict, code) == (len(syn), TC_ACT_OK)
         assert _stat(loaded, 10) == before + 1
         assert _pop(loaded, loaded.made_fd, 24) is None
-        assert _pop(loaded, loaded.snat_ports_fd, 2) == (50000).to_bytes(2, "big")  # back
+        assert _next_port(loaded) == 50000  # back, still the next one
         assert _map(loaded, loaded.conns_fd, _ckey(_client(41001, "A")), None) != 0  # none
     finally:
         _map(loaded, loaded.conns_fd, blocker, None)
@@ -271,7 +311,7 @@ def test_a_taken_reply_key_leaves_the_syn_to_the_datapath_and_the_port_free(
 
 def test_other_syns_are_not_templated(loaded: bpf.Loaded, template: bytes) -> None:
     """Another server port, a SYN-ACK or a SYN with ACK from the client: no template."""
-    assert _map(loaded, loaded.snat_ports_fd, None, (50001).to_bytes(2, "big")) == 0
+    _give(loaded, 50001)
     for frame in (
         bytes(
             Ether(src=C_MAC, dst=RIN_MAC)
@@ -284,7 +324,7 @@ def test_other_syns_are_not_templated(loaded: bpf.Loaded, template: bytes) -> No
         verdict, code, _out = _run(loaded, frame)
         assert (verdict, code) == (len(frame), TC_ACT_OK)
     assert _pop(loaded, loaded.made_fd, 24) is None
-    assert _pop(loaded, loaded.snat_ports_fd, 2) == (50001).to_bytes(2, "big")
+    assert _next_port(loaded) == 50001
 
 
 FLAGS = {"S": 0x02, "SA": 0x12, "A": 0x10, "PA": 0x18, "FA": 0x11, "R": 0x04, "RA": 0x14,
@@ -301,7 +341,7 @@ def test_from_syn_sent_the_tracker_steps_as_conntrack(
     """Every packet the kernel serves moves its state exactly as ``tcp_step`` does; the
     handshake's own steps (SYN retransmitted, SYN-ACK, first ACK) are served."""
     sport, port = 42000, 52000
-    assert _map(loaded, loaded.snat_ports_fd, None, port.to_bytes(2, "big")) == 0
+    _give(loaded, port)
     conn = None
     try:
         assert _run(loaded, _client(sport, "S"))[0] == 0
@@ -346,7 +386,7 @@ def test_a_made_connection_taken_by_user_space_leaves_the_kernel_on_release(
             pass
 
     sport, port = 43000, 53000
-    assert _map(loaded, loaded.snat_ports_fd, None, port.to_bytes(2, "big")) == 0
+    _give(loaded, port)
     kernel = KernelConns(loaded)
     kernel.bind(Conntrack(MemoryStore(clock=time.time)), _Epochs())
     conn = None
@@ -385,8 +425,8 @@ def test_an_undone_connection_sends_its_retransmitted_syn_to_the_datapath(
             pass
 
     sport, port = 44000, 54000
-    for p in (port, port + 1):
-        assert _map(loaded, loaded.snat_ports_fd, None, p.to_bytes(2, "big")) == 0
+    for i, p in enumerate((port, port + 1)):
+        _give(loaded, p, i)
     kernel = KernelConns(loaded)
     kernel.bind(Conntrack(MemoryStore(clock=time.time)), _Epochs())
     conn = None
@@ -409,4 +449,99 @@ def test_an_undone_connection_sends_its_retransmitted_syn_to_the_datapath(
     finally:
         kernel.release_all()
         _forget(loaded, sport, port, conn)
+        _drain(loaded)
+
+
+def _syn_to(dport: int, sport: int, flags: str = "S") -> bytes:
+    return bytes(
+        Ether(src=C_MAC, dst=RIN_MAC)
+        / IP(src=CLIENT, dst=SERVER, ttl=64)
+        / TCP(sport=sport, dport=dport, flags=flags, seq=1000)
+    )
+
+
+def _reply_from(dport: int, port: int, flags: str = "A") -> bytes:
+    return bytes(
+        Ether(src=S_MAC, dst=ROUT_MAC)
+        / IP(src=SERVER, dst=SNAT, ttl=64)
+        / TCP(sport=dport, dport=port, flags=flags, seq=5000, ack=1001)
+    )
+
+
+def _supply_of(loaded: bpf.Loaded, tid: int) -> dict[int, int]:
+    """seq -> port of one template's posted, untaken ports."""
+    out = {}
+    for key in _supply_keys(loaded):
+        t, seq = struct.unpack("=II", key)
+        if t == tid:
+            vb = ctypes.create_string_buffer(2)
+            kb = ctypes.create_string_buffer(key, 8)
+            assert loaded.lib.bpf_map_lookup_elem(loaded.tpl_ports_fd, kb, vb) == 0
+            out[seq] = int.from_bytes(vb.raw, "big")
+    return out
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.integers(0, 5),
+    st.integers(0, 5),
+    st.lists(st.booleans(), min_size=1, max_size=12),
+)
+def test_each_template_takes_only_its_own_supply_in_order(
+    loaded: bpf.Loaded, template: bytes, n80: int, n81: int, picks: list[bool]
+) -> None:
+    """Two templates (server ports 80 and 81: two SNAT pools since pools are per
+    destination) with their own supplies, the same port numbers in both (legal: different
+    destinations): a SYN takes the next port of its own template's supply, in posting
+    order, never the other's; with its supply empty it goes to the datapath (no_port)."""
+    tid2, dport2 = TID + 1, 81
+    syn_out = Ether(src=ROUT_MAC, dst=S_MAC) / IP(src=SNAT, dst=SERVER, ttl=63)
+    syn_out /= TCP(sport=LEARN_SPORT, dport=dport2, flags="S", seq=1000)
+    sa_out = Ether(src=RIN_MAC, dst=C_MAC) / IP(src=SERVER, dst=CLIENT, ttl=63)
+    sa_out /= TCP(sport=dport2, dport=LEARN_SPORT, flags="SA", seq=5000, ack=1001)
+    orig = _value(_syn_to(dport2, LEARN_SPORT), bytes(syn_out))
+    reply = _value(_reply_from(dport2, LEARN_SPORT, "SA"), bytes(sa_out))
+    tkey2 = template_key(_ckey(_syn_to(dport2, LEARN_SPORT)))
+    assert tkey2 is not None
+    rkey2 = _ckey(_reply_from(dport2, LEARN_SPORT, "SA"))
+    assert _map(loaded, loaded.tpls_fd, tkey2, pack_template(orig, reply, rkey2, tid2)) == 0
+    made: list[tuple[int, int, int, int]] = []  # (dport, sport, port, conn)
+    try:
+        head = _head(loaded)
+        want = {DPORT: [50000 + i for i in range(n80)], dport2: [50000 + i for i in range(n81)]}
+        for i, port in enumerate(want[DPORT]):
+            _give(loaded, port, i)
+        for i, port in enumerate(want[dport2]):  # (tid2's head starts at 0)
+            assert _map(loaded, loaded.tpl_ports_fd, struct.pack("=II", tid2, i),
+                        port.to_bytes(2, "big")) == 0  # fmt: skip
+        for n, to81 in enumerate(picks):
+            dport = dport2 if to81 else DPORT
+            sport = 45000 + n
+            syn = _syn_to(dport, sport)
+            before = _stat(loaded, 9)
+            verdict, code, out = _run(loaded, syn)
+            if not want[dport]:
+                assert (verdict, code) == (len(syn), TC_ACT_OK)
+                assert _stat(loaded, 9) == before + 1
+                assert _pop(loaded, loaded.made_fd, 24) is None
+                continue
+            port = want[dport].pop(0)
+            assert (verdict, code) == (0, TC_ACT_REDIRECT)
+            assert IP(out[14:])[TCP].sport == port
+            assert IP(out[14:])[TCP].dport == dport
+            conn, tid, got_sport, got_port = _made(loaded)
+            assert (tid, got_sport, got_port) == (tid2 if to81 else TID, sport, port)
+            made.append((dport, sport, port, conn))
+        # what is left is exactly what was not taken, still in order
+        assert _head(loaded) == head + (n80 - len(want[DPORT]))
+        assert sorted(_supply_of(loaded, TID).values()) == want[DPORT]
+        assert sorted(_supply_of(loaded, tid2).values()) == want[dport2]
+    finally:
+        for dport, sport, port, conn in made:
+            _map(loaded, loaded.conns_fd, _ckey(_syn_to(dport, sport, "A")), None)
+            _map(loaded, loaded.conns_fd, _ckey(_reply_from(dport, port)), None)
+            _map(loaded, loaded.cstates_fd, struct.pack("=Q", conn), None)
+        _map(loaded, loaded.tpls_fd, tkey2, None)
         _drain(loaded)

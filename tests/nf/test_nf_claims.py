@@ -106,7 +106,7 @@ def test_nf_a_masqueraded_syn_claims_its_port_with_the_lookup() -> None:
 def test_nf_an_unused_early_claim_is_released_after_the_batch() -> None:
     clock, store, ct = setup()
     window = port_window(T, 1024, 65535, DEFAULT_WINDOW, 0)
-    pool = pool_key("ct:", 4, EXT, 6)
+    pool = pool_key("ct:", EXT, T)
     for port in window:  # the first window is taken: the connection gets a later port
         assert store.allocate(pool, [str(port)], f"other:{port}", 60) == str(port)
     created = ct.process(ZONE, T, SYN, clock.now, nat=MASQ)

@@ -52,7 +52,7 @@ def test_nf_masquerade_prefers_the_source_port(env: NfEnv) -> None:
     second = ct.process(ZONE, udp(FIXED + 1, 40000), 0, env.now, nat=MASQ)
     assert second.tuple.src == EXT
     assert second.tuple.sport != 40000
-    pool = pool_key("ct:", 4, EXT, 17)
+    pool = pool_key("ct:", EXT, udp(FIXED, 40000))
     assert env.store.release(pool, "40000", "someone else") is False  # claimed by the conn
 
 

@@ -181,7 +181,8 @@ def test_short_connections_through_sg_and_snat_complete_and_stay_in_the_kernel(
     assert connections >= 100, result
     after = settled(lab)
     conns = after["offload"]["conns"]
-    handed = conns["handed_over"] - before["handed_over"]
+    made = conns.get("made", 0) - before.get("made", 0)  # (SYN templates on: the kernel's)
+    handed = conns["handed_over"] - before["handed_over"] + made
     # every connection whose two directions were learned is the kernel's after its data
     assert handed >= connections * 0.9, conns
     assert conns["owned"] == 0, conns  # all closed, all given back
@@ -190,7 +191,7 @@ def test_short_connections_through_sg_and_snat_complete_and_stay_in_the_kernel(
     assert conns["lost"] == 0, conns
     # handed over at the SYN-ACK, the client's first ACK predicted (offload/handshake.py)
     shakes = after["counters"]["handshakes"]
-    assert shakes["predicted"] - before_shakes["predicted"] >= connections * 0.9, shakes
+    assert shakes["predicted"] - before_shakes["predicted"] + made >= connections * 0.9, shakes
     # the first ACK, the data, ACK, FIN, ACK, FIN, ACK: at least four of them in the kernel
     assert conns["forwarded_packets"] - before["forwarded_packets"] >= 4 * handed, conns
     port = after["counters"]["ports"]["vm-ka"]
@@ -210,6 +211,7 @@ def test_an_rst_and_a_half_close_are_tracked_in_the_kernel(lab: LabRun) -> None:
     assert result["rst"] is True
     assert result["half_close"] == [200000] * 5, result
     after = settled(lab)["offload"]["conns"]
-    assert after["handed_over"] - before["handed_over"] >= 10, after
+    made = after.get("made", 0) - before.get("made", 0)  # (SYN templates on: the kernel's)
+    assert after["handed_over"] - before["handed_over"] + made >= 10, after
     assert after["owned"] == 0, after
     assert after["record_conflicts"] == 0, after

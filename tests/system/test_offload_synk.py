@@ -72,6 +72,7 @@ def test_the_kernel_makes_connections_from_their_syn(lab: LabRun) -> None:
     after = settled(lab)
     tpl, conns = after["offload"]["syn_templates"], after["offload"]["conns"]
     assert tpl["templates"] == 4, (tpl, after["counters"]["handshakes"])  # one per server port
+    assert tpl["supplies"] == 4, tpl  # each its own SNAT ports (a pool per destination)
     made = tpl["kernel_made"]
     assert made >= connections * 0.95, json.dumps(tpl)  # (the first per template: slow path)
     assert tpl["made"] == made, tpl  # every report drained

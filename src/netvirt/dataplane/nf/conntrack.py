@@ -343,11 +343,13 @@ class Conntrack:
         snat = nat.snat if nat is not None else None
         if snat is None or snat.port_range is None or forced is not None or req.related:
             return None
+        if nat is not None and (nat.dnat is not None or nat.lb is not None):
+            return None  # (the pool is the destination's after DNAT, not known yet)
         if t.proto != IPPROTO_TCP or not tcp_opens(req.tcp_flags):
             return None
         lo, hi = snat.port_range
         window = port_window(t, lo, hi, self.snat_window, 0)
-        pool = pool_key(self.prefix, t.ip_version, snat.ip, t.proto)
+        pool = pool_key(self.prefix, snat.ip, t)
         ttl = self.timeouts.of(t, CtState.SYN_SENT)
         return AllocateOp(pool, tuple(str(p) for p in window), key, ttl)
 
@@ -629,7 +631,7 @@ class Conntrack:
                     port = early.pop()
                 else:
                     port = yield from self._allocate(
-                        key, t, snat.ip, snat.port_range, ttl, excluded
+                        key, t, nat_tuple(t, dnat, None), snat.ip, snat.port_range, ttl, excluded
                     )
                 if port is None:
                     yield from self._undo(key if owned else None, None)
@@ -678,12 +680,13 @@ class Conntrack:
         self,
         owner: str,
         t: CtTuple,
+        dest: CtTuple,
         ip: int,
         port_range: tuple[int, int],
         ttl: float,
         excluded: set[int],
     ) -> Task[int | None]:
-        pool = pool_key(self.prefix, t.ip_version, ip, t.proto)
+        pool = pool_key(self.prefix, ip, dest)  # dest: ``t`` after DNAT (nat.py: pools)
         lo, hi = port_range
         for attempt in range(self.snat_windows):
             window = port_window(t, lo, hi, self.snat_window, attempt)

@@ -16,8 +16,24 @@ Because the reply tuple is also a store key (the entry's mirror, see
 created with compare-and-set "create only", which is what finally guarantees
 that replies are unambiguous.
 
+Per-destination pools keep that guarantee: the reply tuple is (protocol,
+destination after DNAT, external address, destination port after DNAT,
+external port), so two connections whose pools differ differ in the reply
+tuple's source already, and within one pool the port claim keeps them apart;
+the mirror's create-only write still backs both (a claim that expired under a
+live connection, or a pool key computed differently by an older agent).
+
 Masquerade (SNAT with a port range) claims the external source port from a
-pool per (external address, protocol) with ``StateStore.allocate``, owned by
+pool per (external address, protocol, destination address, destination port) —
+the destination after DNAT, i.e. the reply tuple's source — for protocols with
+real ports (TCP, UDP, SCTP, UDP-Lite), as Linux and OVN keep NAT tuples unique
+per destination: an external port is then reused toward every other
+destination, so one busy server no longer exhausts the 64k ports for all of
+them (with claims held through TIME_WAIT, one pool per address ran dry at
+~540 conn/s sustained). ICMP echo keeps one pool per (external address,
+protocol): its "destination port" is the constant ``ECHO_PORT`` (``codec.py``),
+so a per-destination key would only split by address, for traffic that never
+needs it. Claims go through ``StateStore.allocate``, owned by
 the connection's primary key, with the entry's TTL (renewed with the entry's
 writes when they change how long it lives: ``tcp.claim_due``; a claim that
 ends before its record only lets the pool offer the port again, and the
@@ -143,15 +159,21 @@ def translate_related(entry: CtEntry, reply: bool, outer: CtTuple) -> tuple[CtTu
     return outer._replace(src=src, dst=dst), quoted
 
 
-def pool_key(prefix: str, ip_version: int, ip: int, proto: int) -> str:
-    """The SNAT port pool of one external address and protocol."""
-    return f"{prefix}snat:{ip_version}:{ip:x}:{proto}"
+def pool_key(prefix: str, ip: int, dest: CtTuple) -> str:
+    """The SNAT port pool of external address ``ip`` for ``dest``, the original tuple
+    after DNAT (before SNAT): one per destination address and port for protocols with
+    ports, one per (address, protocol) otherwise (ICMP echo: see the module doc)."""
+    head = f"{prefix}snat:{dest.ip_version}:{ip:x}:{dest.proto}"
+    if dest.proto in PORT_PROTOCOLS:
+        return f"{head}:{dest.dst:x}:{dest.dport}"
+    return head
 
 
 def snat_pool(prefix: str, entry: CtEntry) -> tuple[str, str]:
-    """(pool, member) of an entry's claimed SNAT port."""
+    """(pool, member) of an entry's claimed SNAT port (its destination after DNAT is
+    the reply tuple's source)."""
     ip, port = entry.nat_src
-    return pool_key(prefix, entry.orig.ip_version, ip, entry.orig.proto), str(port)
+    return pool_key(prefix, ip, entry.reply.reversed()), str(port)
 
 
 def port_window(orig: CtTuple, lo: int, hi: int, size: int, attempt: int) -> list[int]:

@@ -151,7 +151,7 @@ class Loaded:
     timeouts_fd: int = -1  # ... conntrack's timeout per state
     punt_check_fd: int = -1  # ``punt`` as a TC program, for BPF_PROG_TEST_RUN (tests)
     tpls_fd: int = -1  # SYN templates (``templates.py``)
-    snat_ports_fd: int = -1  # ... the SNAT ports the kernel may give (a queue)
+    tpl_ports_fd: int = -1  # ... each template's SNAT port supply (a hash: tid, seq)
     made_fd: int = -1  # ... the connections it made (a queue the datapath drains)
     next_conn_fd: int = -1  # ... the next id of one
 
@@ -198,7 +198,7 @@ def load(path: Path | None = None) -> Loaded:
         ("cstates_fd", b"cstates"),
         ("timeouts_fd", b"ct_timeouts"),
         ("tpls_fd", b"tpls"),
-        ("snat_ports_fd", b"snat_ports"),
+        ("tpl_ports_fd", b"tpl_ports"),
         ("made_fd", b"made"),
         ("next_conn_fd", b"next_conn"),
     ):

@@ -93,7 +93,8 @@ struct {
 // [5] frames of kernel connections forwarded, [6] frames of kernel connections given to
 // the datapath (the tracker refused them), [7] approved frames whose entry left meanwhile,
 // SYN templates (offload/templates.py): [8] connections the kernel made from a SYN,
-// [9] SYNs of a template given to the datapath for want of a free SNAT port, [10] SYNs of
+// [9] SYNs of a template given to the datapath for want of a free SNAT port (its supply
+// empty, or another CPU taking the same port at that instant), [10] SYNs of
 // a template given to it because an entry of the connection was there already or its
 // report did not fit
 struct {
@@ -467,7 +468,8 @@ give:
 // it has proved that no installed rule reads the source port, and puts them here, keyed
 // by the SYN's `conns` key with the source port zeroed. A SYN with no kernel connection
 // whose template is here is then made a kernel connection without the datapath: a port
-// from `snat_ports` (claimed by the datapath in the SNAT pool for the kernel), both
+// from the template's own supply in `tpl_ports` (claimed by the datapath for the kernel in
+// the SNAT pool of the template's destination: pools are per destination, nf/nat.py), both
 // `conns` entries (the reply key names that port) and the `cstates` entry in SYN_SENT,
 // and a report in `made` from which the datapath writes the user-space records behind.
 struct tpl {
@@ -475,7 +477,7 @@ struct tpl {
 	struct fval reply;  // the reply direction's
 	struct fkey rkey;   // the reply direction's `conns` key, destination port zeroed
 	__u32 id;
-	__u32 pad;
+	__u32 head;  // the sequence number of the next port of its supply (user space writes 0)
 };
 
 struct {
@@ -485,12 +487,23 @@ struct {
 	__type(value, struct tpl);
 } tpls SEC(".maps");
 
+// A template's port supply: a ring kept in a hash. The datapath writes port number `seq`
+// of template `tpl` at (tpl, seq), seq counting up from 0 (its tail); the kernel takes the
+// one at the template's `head` (deleting it: of CPUs racing for it one wins, the others
+// give their SYN to the datapath), and moves `head` on only once the connection is made,
+// so a port it could not use goes back to where it was, still the next one: no gaps, and
+// every port posted is either reported in `made` or still here.
+struct tport {
+	__u32 tpl;  // the template's id (never reused: a flushed template's ports are not taken)
+	__u32 seq;
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_QUEUE);
-	__uint(max_entries, 65536);
-	__uint(key_size, 0);
-	__uint(value_size, sizeof(__u16));  // a port, network order
-} snat_ports SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);  // the datapath keeps at most 3/4 of it posted (templates.py)
+	__type(key, struct tport);
+	__type(value, __u16);  // a port, network order
+} tpl_ports SEC(".maps");
 
 struct made {
 	__u64 conn;   // the `cstates` key
@@ -540,8 +553,14 @@ static __always_inline int syn_make(struct fkey *k)
 	struct cval *cv = bpf_map_lookup_elem(&scratch, &zero);
 	if (!next || !cv || !*next)
 		return -1;
-	__u16 port;
-	if (bpf_map_pop_elem(&snat_ports, &port)) {
+	struct tport pk = {.tpl = tp->id, .seq = *(volatile __u32 *)&tp->head};
+	__u16 *pp = bpf_map_lookup_elem(&tpl_ports, &pk);
+	if (!pp) {
+		count(9, 1);
+		return -1;
+	}
+	__u16 port = *pp;
+	if (bpf_map_delete_elem(&tpl_ports, &pk)) {  // another CPU's now
 		count(9, 1);
 		return -1;
 	}
@@ -573,6 +592,7 @@ static __always_inline int syn_make(struct fkey *k)
 		goto orig;
 	if (bpf_map_push_elem(&made, &m, 0))
 		goto both;
+	__sync_fetch_and_add(&tp->head, 1);
 	count(8, 1);
 	return 0;
 both:
@@ -582,7 +602,7 @@ orig:
 state:
 	bpf_map_delete_elem(&cstates, &id);
 back:
-	bpf_map_push_elem(&snat_ports, &port, 0);
+	bpf_map_update_elem(&tpl_ports, &pk, &port, BPF_NOEXIST);  // still the next one
 	count(10, 1);
 	return -1;
 }

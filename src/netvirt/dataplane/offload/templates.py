@@ -11,16 +11,18 @@ conntrack claims for them. So once one such connection has been handed over at i
 SYN-ACK with all three outcomes known from the real pipeline (the SYN's, equal to the
 predicted ACK's; the SYN-ACK's), those outcomes are every later connection's of the
 same *template* (the SYN's ``conns`` key with the source port zeroed), with the two
-ports patched in. The kernel (``flows.bpf.c``: ``tpls``, ``snat_ports``, ``made``,
-``syn_make``) then makes such a connection itself: a SNAT port from a block the
-datapath claimed in the pool, both ``conns`` entries and the ``cstates`` entry in
-SYN_SENT, and a report from which the datapath writes the user-space conntrack records
-behind (:meth:`SynTemplates.drain`), and registers the connection in
+ports patched in. The kernel (``flows.bpf.c``: ``tpls``, ``tpl_ports``, ``made``,
+``syn_make``) then makes such a connection itself: a SNAT port from the template's own
+supply, which the datapath claimed in the SNAT pool of the template's destination
+(pools are per destination address and port, ``nf/nat.py``; a template has exactly one
+destination, so its ports are claimed there and nowhere else), both ``conns`` entries
+and the ``cstates`` entry in SYN_SENT, and a report from which the datapath writes the
+user-space conntrack records behind (:meth:`SynTemplates.drain`), and registers the connection in
 :class:`~netvirt.dataplane.offload.conns.KernelConns` like a handed-over one.
 
-Off by default (``NETVIRT_SYN_TEMPLATES=1`` turns it on): see docs/conn-rate.md,
-"Session 10", for what is built and measured. Refused (counted by reason): IPv6, a
-rule reading the source port, a SYN outcome that differs from the ACK's, records
+Off by default (:data:`DEFAULT_ON`; ``NETVIRT_SYN_TEMPLATES=1``/``0`` overrides): see
+docs/conn-rate.md, "Session 10", for what is built and measured. Refused (counted by
+reason): IPv6, a rule reading the source port, a SYN outcome that differs from the ACK's, records
 other than plain conntrack (no NAT) and masquerade SNAT, load-balancer counters.
 
 Thread-safety: none (the datapath loop's).
@@ -34,7 +36,7 @@ import os
 import struct
 import time
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from netvirt.dataplane.nf.codec import (
@@ -59,19 +61,30 @@ _DPORT = _KEY_HEAD + 30  # ... the destination port
 _FLAGS = _KEY_HEAD + 32  # ... the data offset and flags
 FVAL = 176  # sizeof(struct fval)
 FKEY = 76  # sizeof(struct fkey)
-_TPL = struct.Struct(f"={FVAL}s{FVAL}s{FKEY}sI8x")  # struct tpl: id, pad, tail (440 bytes)
+_TPL = struct.Struct(f"={FVAL}s{FVAL}s{FKEY}sII4x")  # struct tpl: id, head, tail (440 bytes)
+_TPORT = struct.Struct("=II")  # struct tport: template id, sequence number
 _MADE = struct.Struct("=QQIHH")  # struct made: conn, ns, tpl, sport, port (ports big-endian)
 _U64 = struct.Struct("=Q")
 FIRST_KERNEL_ID = 1 << 62  # kernel-made connection ids (user space counts from 1)
-BLOCK = 2048  # SNAT ports the kernel may hold unused (refilled below 3/4, at each tick:
-# the datapath loop runs at least every 0.1 s, so this is 0.1 s of ~15k conn/s)
+BLOCK = 1024  # SNAT ports a template's supply holds at most, untaken or taken but not yet
+# reported (refilled below 3/4 at each report drain; the first fill is at learning, so a
+# run's start has the whole supply)
+SUPPLY_LIMIT = 4096  # the same for all templates together (each gets its share, at least
+# 64): it bounds the reports a drain may find waiting, and a drain runs before any
+# slow-path frame — 16k waiting reports were a ~2 s stall of the datapath, every SYN
+# the kernel could not serve meanwhile timing out (the client errors of session 10).
+# ``tpl_ports`` holds 65,536: a port the kernel puts back always finds room.
 BLOCK_TTL = 3600.0  # a block port's claim in the pool (renewed while the datapath runs)
 TPL_LIMIT = 1024  # the kernel map's size
 HOLD = 30.0  # an undone connection's entries send its packets to the datapath this long
 
 
+DEFAULT_ON = False  # the one switch for the default (``NETVIRT_SYN_TEMPLATES`` overrides it)
+
+
 def enabled_by_env() -> bool:
-    return os.environ.get(ENV, "") not in ("", "0")
+    value = os.environ.get(ENV, "")
+    return DEFAULT_ON if value == "" else value != "0"
 
 
 def template_key(conn_key: bytes) -> bytes | None:
@@ -88,7 +101,7 @@ def reply_template_key(conn_key: bytes) -> bytes:
 
 def pack_template(orig: bytes, reply: bytes, rkey: bytes, tid: int) -> bytes:
     """``struct tpl``: both directions' ``fval`` and the reply key."""
-    return _TPL.pack(orig[:FVAL], reply[:FVAL], reply_template_key(rkey), tid)
+    return _TPL.pack(orig[:FVAL], reply[:FVAL], reply_template_key(rkey), tid, 0)
 
 
 def reads_source_port(match_fields: Iterable[str], reads: Iterable[tuple[int, int]] | None) -> bool:
@@ -126,6 +139,22 @@ class Made:
     tid: int
     sport: int
     port: int
+
+
+@dataclass
+class Supply:
+    """One template's SNAT ports in the kernel (``tpl_ports``): posted at sequence
+    numbers ``0..tail-1``; the kernel takes them in order (its ``head``)."""
+
+    tid: int
+    tkey: bytes
+    pool: str
+    port_range: tuple[int, int]
+    tail: int = 0
+    owner: str = ""  # its claims' owner in the pool (one per template: two templates to
+    # one destination share its pool, and ``allocate`` gives an owner its own ports back)
+    posted: dict[int, int] = field(default_factory=dict)  # port -> seq, not yet reported
+    live: bool = True  # False once its template is flushed (reports may still come)
 
 
 def made_records(t: Template, sport: int, port: int, now: float, ttl: float) -> list[CtEntry]:
@@ -182,7 +211,7 @@ class SynTemplates:
 
     def __init__(self, loaded: Any, kconns: Any) -> None:
         self.lib = loaded.lib
-        self.fds = (loaded.tpls_fd, loaded.snat_ports_fd, loaded.made_fd, loaded.next_conn_fd)
+        self.fds = (loaded.tpls_fd, loaded.tpl_ports_fd, loaded.made_fd, loaded.next_conn_fd)
         self.kconns = kconns  # conns.KernelConns
         self.available = min(self.fds) >= 0
         self.enabled = False
@@ -191,13 +220,12 @@ class SynTemplates:
         self.by_id: dict[int, Template] = {}
         self.next_tid = 1
         self.owner = f"kblock:{os.getpid()}"
-        self.block: dict[str, set[int]] = {}  # pool -> ports given to the kernel, not used
-        self.pool_of: dict[str, tuple[int, int, tuple[int, int]]] = {}  # pool -> ip, proto, range
+        self.supply: dict[int, Supply] = {}  # template id -> its ports in the kernel
         self._cursor: dict[str, int] = {}  # pool -> where the next claims are looked for
         self._mbuf = ctypes.create_string_buffer(_MADE.size)
         self.counters: dict[str, int] = dict.fromkeys(
             ("learned", "made", "records_written", "record_conflicts", "ports_claimed",
-             "flushes"), 0
+             "ports_returned", "flushes"), 0
         )  # fmt: skip
         self.refused: dict[str, int] = {}
         self.conflicts: dict[str, int] = {}  # why a made connection's records were refused
@@ -253,62 +281,100 @@ class SynTemplates:
             self.refuse("two SNAT pools")
             return False
         pool = ""
+        port_range: tuple[int, int] | None = None
         if snats:
             pool, ip = snats.pop()
             port_range = snat_range(ip)
             if port_range is None:
                 self.refuse("SNAT port range unknown")
                 return False
-            if any(p != pool for p in self.pool_of):
-                self.refuse("a second SNAT pool")  # (one port queue in the kernel)
-                return False
-            self.pool_of[pool] = (ip, 6, port_range)
         tid = self.next_tid
         self.next_tid += 1
         t = Template(tid, tkey, reply_template_key(reply_key), records, sport, pool)
         self._update(self.fds[0], tkey, pack_template(orig_value, reply_value, reply_key, tid))
         self.templates[tkey] = t
         self.by_id[tid] = t
+        if port_range is not None:
+            self.supply[tid] = Supply(tid, tkey, pool, port_range, owner=f"{self.owner}:{tid}")
         self.counters["learned"] += 1
         self.refill()
         return True
 
     def flush(self) -> None:
-        """Every exact-cache flush (rules, topology, MAC bindings): templates go."""
+        """Every exact-cache flush (rules, topology, MAC bindings): templates go, and the
+        ports of their supplies the kernel has not taken go back to their pools."""
         if not self.templates:
             return
         for tkey in self.templates:
             self._delete(self.fds[0], tkey)
         self.templates.clear()
+        for sup in self.supply.values():
+            sup.live = False
+        self._return_unused()
         self.counters["flushes"] += 1  # (by_id stays: reports of made connections may wait)
 
-    # -- the SNAT port block --------------------------------------------------------------
-    def refill(self) -> None:
-        """Keep :data:`BLOCK` ports claimed for the kernel in the queue."""
-        store = self.kconns.conntrack.store
-        for pool, (_ip, _proto, (lo, hi)) in self.pool_of.items():
-            held = self.block.setdefault(pool, set())
-            if len(held) > BLOCK * 3 // 4:
+    def _return_unused(self) -> None:
+        """Ports of flushed templates' supplies: those still in the kernel map are taken
+        back (deleting them there wins against a SYN that raced for them) and released;
+        a supply is forgotten once nothing of it is left (a report may still be due)."""
+        store = self.kconns.conntrack.store if self.kconns.conntrack is not None else None
+        for tid, sup in list(self.supply.items()):
+            if sup.live:
                 continue
+            for port, seq in list(sup.posted.items()):
+                if self._delete(self.fds[1], _TPORT.pack(tid, seq)):
+                    del sup.posted[port]
+                    if store is not None:
+                        store.release(sup.pool, str(port), sup.owner)
+                    self.counters["ports_returned"] += 1
+            if not sup.posted:
+                del self.supply[tid]
+
+    # -- the SNAT port supplies -------------------------------------------------------------
+    def refill(self) -> None:
+        """Keep each live template's supply at :data:`BLOCK` ports (refilled below 3/4;
+        fewer each when many templates share :data:`SUPPLY_LIMIT`), claimed in the SNAT
+        pool of the template's destination. A port counts until its report is drained:
+        that bounds the reports waiting (backpressure: a kernel ahead of user space runs
+        out of ports and its SYNs take the slow path, instead of a backlog growing)."""
+        live = [sup for sup in self.supply.values() if sup.live]
+        if not live:
+            self._return_unused()
+            return
+        target = max(64, min(BLOCK, SUPPLY_LIMIT // len(live)))
+        store = self.kconns.conntrack.store
+        for sup in live:
+            posted = len(sup.posted)  # (untaken, or taken and its report not drained yet)
+            if posted > target * 3 // 4:
+                continue
+            lo, hi = sup.port_range
             span = hi - lo + 1
-            cursor = self._cursor.get(pool, 0)
+            cursor = self._cursor.get(sup.pool, 0)
             tries = 0
-            while len(held) < BLOCK and tries < span:
+            while posted < target and tries < span:
                 window = [lo + (cursor + i) % span for i in range(64)]
                 cursor = (cursor + 64) % span
                 tries += 64
-                free = tuple(str(p) for p in window if p not in held)
+                free = tuple(str(p) for p in window if p not in sup.posted)
                 while free:  # each allocate takes the first free one of the window
-                    got = store.allocate(pool, free, self.owner, BLOCK_TTL)
-                    if not isinstance(got, str) or int(got) in held:
+                    got = store.allocate(sup.pool, free, sup.owner, BLOCK_TTL)
+                    if not isinstance(got, str) or int(got) in sup.posted:
                         break
-                    held.add(int(got))
-                    self._push(self.fds[1], int(got).to_bytes(2, "big"))
+                    port = int(got)
+                    key = _TPORT.pack(sup.tid, sup.tail)
+                    if not self._update(self.fds[1], key, port.to_bytes(2, "big")):
+                        store.release(sup.pool, got, sup.owner)
+                        tries = span  # (the map is full: try again at the next refill)
+                        break
+                    sup.posted[port] = sup.tail
+                    sup.tail += 1
+                    posted += 1
                     self.counters["ports_claimed"] += 1
                     free = tuple(p for p in free if p != got)
-                    if len(held) >= BLOCK:
+                    if posted >= target:
                         break
-            self._cursor[pool] = cursor
+            self._cursor[sup.pool] = cursor
+        self._return_unused()
 
     # -- reports --------------------------------------------------------------------------
     def drain(self) -> int:
@@ -323,7 +389,7 @@ class SynTemplates:
                               int.from_bytes(port.to_bytes(2, "little"), "big")))  # fmt: skip
             n += 1
         if n:
-            self.refill()  # (a no-op while the kernel holds more than half a block)
+            self.refill()  # (a no-op for a supply holding more than 3/4 of its target)
         return n
 
     def _record(self, m: Made) -> None:
@@ -339,8 +405,10 @@ class SynTemplates:
             t.rkey[:_DPORT] + m.port.to_bytes(2, "big") + t.rkey[_DPORT + 2 :],
         )
         ifindexes = (int.from_bytes(keys[0][:4], "little"), int.from_bytes(keys[1][:4], "little"))
-        if t.pool:
-            self.block.get(t.pool, set()).discard(m.port)
+        sup = self.supply.get(m.tid)
+        if sup is not None:
+            sup.posted.pop(m.port, None)
+        owner = f"{self.owner}:{m.tid}"  # (the template's supply's, also once it is gone)
         now = time.time() - (time.monotonic_ns() - m.ns) / 1e9
         ttl = ct.timeouts.of(t.records[0].orig, CtState.SYN_SENT)
         records = made_records(t, m.sport, m.port, now, ttl)
@@ -353,7 +421,7 @@ class SynTemplates:
             records[i] = rec = written
             if rec.flags & SNAT_POOL:  # the claim moves from the block to the connection
                 pool, member = snat_pool(ct.prefix, rec)
-                store.release(pool, member, self.owner)
+                store.release(pool, member, owner)
                 store.allocate(pool, (member,), ct.key(rec.zone, rec.orig), ttl)
             deps.append((rec.zone, rec.orig, rec.serial))
         else:
@@ -372,7 +440,7 @@ class SynTemplates:
                 pool, member = snat_pool(ct.prefix, rec)
                 store.release(pool, member, ct.key(rec.zone, rec.orig))
         if t.pool:
-            store.release(t.pool, str(m.port), self.owner)
+            store.release(t.pool, str(m.port), owner)
         self.kconns.drop_made(m.conn, keys, HOLD)
 
     def _write(self, rec: CtEntry, now: float, ttl: float) -> CtEntry | None:
@@ -442,37 +510,31 @@ class SynTemplates:
         return current.expiry <= now or current.state in CLOSING
 
     def release_block(self) -> None:
-        """At exit: the unused ports go back to the pool."""
-        store = self.kconns.conntrack.store if self.kconns.conntrack is not None else None
-        if store is None:
-            return
-        for pool, held in self.block.items():
-            for port in held:
-                store.release(pool, str(port), self.owner)
-            held.clear()
+        """At exit (templates flushed, reports drained): the unused ports go back."""
+        for sup in self.supply.values():
+            sup.live = False
+        self._return_unused()
 
     # -- map access -----------------------------------------------------------------------
-    def _update(self, fd: int, key: bytes, value: bytes) -> None:
+    def _update(self, fd: int, key: bytes, value: bytes) -> bool:
         kb = ctypes.create_string_buffer(key, len(key))
         vb = ctypes.create_string_buffer(value, len(value))
         if self.lib.bpf_map_update_elem(fd, kb, vb, 0) != 0:
             log.warning("offload: a template map write failed")
+            return False
+        return True
 
-    def _push(self, fd: int, value: bytes) -> None:
-        vb = ctypes.create_string_buffer(value, len(value))
-        if self.lib.bpf_map_update_elem(fd, None, vb, 0) != 0:
-            log.warning("offload: the SNAT port queue refused a port")
-
-    def _delete(self, fd: int, key: bytes) -> None:
+    def _delete(self, fd: int, key: bytes) -> bool:
         kb = ctypes.create_string_buffer(key, len(key))
-        self.lib.bpf_map_delete_elem(fd, kb)
+        return bool(self.lib.bpf_map_delete_elem(fd, kb) == 0)
 
     def stats(self) -> dict[str, object]:
         return {
             "enabled": self.enabled,
             "why_not": self.why,
             "templates": len(self.templates),
-            "block_ports": sum(len(h) for h in self.block.values()),
+            "supplies": sum(1 for sup in self.supply.values() if sup.live),
+            "block_ports": sum(len(sup.posted) for sup in self.supply.values()),
             **self.counters,
             "refused": dict(self.refused),
             "conflicts": dict(self.conflicts),
