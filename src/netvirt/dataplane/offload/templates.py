@@ -20,7 +20,7 @@ and the ``cstates`` entry in SYN_SENT, and a report from which the datapath writ
 user-space conntrack records behind (:meth:`SynTemplates.drain`), and registers the connection in
 :class:`~netvirt.dataplane.offload.conns.KernelConns` like a handed-over one.
 
-Off by default (:data:`DEFAULT_ON`; ``NETVIRT_SYN_TEMPLATES=1``/``0`` overrides): see
+On by default (:data:`DEFAULT_ON`; ``NETVIRT_SYN_TEMPLATES=1``/``0`` overrides): see
 docs/conn-rate.md, "Session 10", for what is built and measured. Refused (counted by
 reason): IPv6, a rule reading the source port, a SYN outcome that differs from the ACK's, records
 other than plain conntrack (no NAT) and masquerade SNAT, load-balancer counters.
@@ -79,7 +79,7 @@ TPL_LIMIT = 1024  # the kernel map's size
 HOLD = 30.0  # an undone connection's entries send its packets to the datapath this long
 
 
-DEFAULT_ON = False  # the one switch for the default (``NETVIRT_SYN_TEMPLATES`` overrides it)
+DEFAULT_ON = True  # the one switch for the default (``NETVIRT_SYN_TEMPLATES`` overrides it)
 
 
 def enabled_by_env() -> bool:
