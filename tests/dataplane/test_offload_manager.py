@@ -7,6 +7,7 @@ import time
 from collections.abc import Hashable
 from typing import Any
 
+import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
@@ -287,3 +288,19 @@ def test_closing_a_port_takes_the_flows_to_it_out_too() -> None:
     manager.port_closed("vm-b")  # its ifindex may come back as another device's
     assert len(lib.maps[FLOWS]) == 1
     assert [key[0] for key in manager.keys] == ["vm-a"]
+
+
+def test_syn_templates_follow_the_datapath_option_then_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from netvirt.dataplane.offload import templates
+
+    def made(env: str, option: bool | None) -> bool:
+        monkeypatch.setenv(templates.ENV, env)
+        loaded = bpf.Loaded(FakeLib(), 0, 1, 2, FLOWS, 4, 5, VALUE_SIZE)  # type: ignore[arg-type]
+        return KernelOffload(2.0, None, lambda _i: False, time.time, loaded, option).syn_templates
+
+    assert made("1", False) is False  # the datapath's --no-syn-templates wins
+    assert made("0", True) is True
+    assert made("0", None) is False  # no option: the environment
+    assert made("1", None) is True

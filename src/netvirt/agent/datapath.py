@@ -104,6 +104,9 @@ class DatapathConfig:
     # exact flows between local ports served in the kernel (offload/): on by default; a
     # datapath that cannot load it (no root, clang or libbpf) runs without and says why
     offload: bool = True
+    # new TCP connections made by the kernel from their SYN (offload/templates.py; local
+    # state only): None = NETVIRT_SYN_TEMPLATES or the default (on)
+    syn_templates: bool | None = None
 
 
 @dataclass
@@ -210,6 +213,7 @@ class DatapathLoop(LoopProcess):
                 self.dp_config.netns,
                 self.forwarder.offload_blocked,
                 time.time,
+                syn_templates=self.dp_config.syn_templates,
             )
         except OffloadUnavailable as err:
             self.offload_error = str(err)

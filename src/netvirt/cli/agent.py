@@ -178,6 +178,17 @@ def datapath(
             "runs without). --no-offload: every frame through the user-space datapath",
         ),
     ] = True,
+    syn_templates: Annotated[
+        bool | None,
+        typer.Option(
+            "--syn-templates/--no-syn-templates",
+            envvar="NETVIRT_SYN_TEMPLATES",
+            show_default="on",
+            help="With --offload and local state: the kernel makes new TCP connections "
+            "through security groups and SNAT from their SYN, once one connection of the "
+            "same client and server port went through the datapath (docs/conn-rate.md)",
+        ),
+    ] = None,
     status_file: StatusFile = None,
     log_level: LogLevel = "info",
 ) -> None:
@@ -201,6 +212,7 @@ def datapath(
         flow_cache=flow_cache,
         gc_tuned=gc_tuned,
         offload=offload,
+        syn_templates=syn_templates,
         status_file=status_file,
         control=control,
     )

@@ -190,10 +190,13 @@ def datapath_argv(
     underlay_mtu: int,
     state_fail: str = "closed",
     offload: bool = True,
+    syn_templates: bool | None = None,
 ) -> list[str]:
     """The datapath's command line: interfaces, tunnels, NF state, control socket."""
     argv = python_argv("datapath", "--name", host.name, "--netns", host.netns)
     argv.append("--offload" if offload else "--no-offload")
+    if syn_templates is not None:  # else the environment's choice (benchmarks' A/B)
+        argv.append("--syn-templates" if syn_templates else "--no-syn-templates")
     argv += ["--underlay-ip", host.underlay_ip, "--encap", host.encap]
     argv += ["--underlay-mtu", str(underlay_mtu), "--control", host.control]
     if state.state_store:
@@ -497,7 +500,7 @@ def _build(topo: Topology, state: LabState, system: System, names: Names, log: L
         record = state.hosts[host.name]
         record.token = tokens[host.name]
         record.datapath_argv = datapath_argv(
-            state, record, topo.underlay.mtu, topo.state_fail, topo.offload
+            state, record, topo.underlay.mtu, topo.state_fail, topo.offload, topo.syn_templates
         )
         record.agent_argv = agent_argv(state, record)
         start_datapath(system, state, host.name)

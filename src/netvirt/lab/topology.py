@@ -283,6 +283,9 @@ class Topology(Strict):
     # exact flows between a host's local ports served in the kernel (netvirt datapath
     # --offload, the default; false: --no-offload, every frame through user space)
     offload: bool = True
+    # new TCP connections made in the kernel from their SYN (datapath --syn-templates);
+    # unset: the datapaths' environment (NETVIRT_SYN_TEMPLATES) or their default (on)
+    syn_templates: bool | None = None
     underlay: Underlay = Underlay()
     hosts: list[Host] = Field(min_length=1, max_length=MAX_HOSTS)
     external: External | None = None

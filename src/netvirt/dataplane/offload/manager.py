@@ -125,6 +125,7 @@ class KernelOffload:
         blocked: Callable[[str], bool] = lambda _iface: False,
         clock: Callable[[], float] = time.time,
         loaded: bpf.Loaded | None = None,
+        syn_templates: bool | None = None,
     ) -> None:
         self.max_age = max_age
         self.clock = clock  # the flow cache's clock (entries' ``born``)
@@ -138,7 +139,9 @@ class KernelOffload:
         self.flows = kmap.BatchedMap(self.loaded.lib, self.loaded.flows_fd)
         self.conns = conns.KernelConns(self.loaded)  # TCP connections the kernel tracks
         self.templates = templates.SynTemplates(self.loaded, self.conns)  # ... made from SYNs
-        self.syn_templates = templates.enabled_by_env()  # (off by default: templates.py)
+        # connections made in the kernel from their SYN (templates.py): the datapath's
+        # --syn-templates/--no-syn-templates, else NETVIRT_SYN_TEMPLATES, else the default
+        self.syn_templates = templates.enabled_by_env() if syn_templates is None else syn_templates
         self.ifindex: dict[str, int] = {}
         self.socks: dict[str, socket.socket] = {}
         # cache key -> (kernel key, the connections it depends on, its local output port)
