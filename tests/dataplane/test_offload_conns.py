@@ -120,7 +120,7 @@ def test_a_slow_path_frame_of_the_connection_folds_the_kernels_state_back() -> N
     key = struct.pack("=Q", 1)
     lib.maps[CSTATES][key] = struct.pack("=QQQ", last_ns + 1, 3, CtState.FIN_WAIT | FIN_ORIG << 8)
     assert cache.fold_back is not None
-    cache.fold_back(frame(reply=True, flags="A"))
+    cache.fold_back([frame(reply=True, flags="A")])
     assert lib.maps[CONNS] == {}
     assert lib.maps[CSTATES] == {}
     assert manager.conns.owned == {}

@@ -278,7 +278,7 @@ def test_a_slow_path_frame_folds_the_connection_back(loaded: bpf.Loaded) -> None
         fin = _frame(False, 0x11)
         assert bpf.run_once(loaded.punt_check_fd, loaded.lib, fin, LO)[0] == 0
         bpf.run_once(loaded.forward_fd, loaded.lib, fin, LO)
-        kernel.fold_frame(_frame(True, 0x10, ttl=9))  # another TTL: the same connection
+        kernel.fold_frames([_frame(True, 0x10, ttl=9)])  # another TTL: the same connection
         assert kernel.owned == {}
         assert int(_record(ct).state) == 4  # FIN_WAIT, from the kernel
         frame = _frame(True, 0x10)

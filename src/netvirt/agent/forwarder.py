@@ -361,8 +361,7 @@ class Forwarder:
         version = self.cache_version() if cache is not None else None
         fold = cache.fold_back if cache is not None else None
         if fold is not None:  # a connection the kernel owns comes back before its packet
-            for _, _, item in work:
-                fold(item[0])
+            fold([item[0] for _, _, item in work])
         job = Job()
 
         def done(verdicts: list[Verdict]) -> None:

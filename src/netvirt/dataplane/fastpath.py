@@ -481,9 +481,9 @@ class FlowCache:
     listener: CacheListener | None = None
     # the forwarder's conntrack (``nf.Conntrack``), for a listener that owns connections
     conntrack: object = None
-    # called with each frame before it takes the slow path (``offload/conns.py``: a
+    # called with the frames of a slow-path job before they take it (``offload/conns.py``: a
     # connection the kernel owns is folded back first); None: nothing to do
-    fold_back: Callable[[bytes], None] | None = None
+    fold_back: Callable[[Sequence[bytes]], None] | None = None
     # given a SYN-ACK's outcome as its direction's entry (``offload/conns.py``); None: off
     # (True: taken, waiting for the other direction or completing the connection)
     half_learned: Callable[[Hashable, Entry], bool] | None = None
@@ -494,7 +494,7 @@ class FlowCache:
         bind = getattr(listener, "bind", None)
         if bind is not None and self.conntrack is not None:
             bind(self.conntrack, self.epochs)
-        self.fold_back = getattr(listener, "fold_frame", None)
+        self.fold_back = getattr(listener, "fold_frames", None)
         self.half_learned = getattr(listener, "half_learned", None)
 
     def sync(self, version: Hashable) -> None:

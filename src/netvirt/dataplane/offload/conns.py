@@ -14,7 +14,7 @@ of a connection idle past conntrack's timeout, goes to the datapath.
 
 Ownership: while the kernel has a connection, its user-space conntrack records
 (one per zone the slow path consulted) are the kernel's. Before the slow path sees
-any packet of it (:meth:`KernelConns.fold_frame`, by the packet's ingress 5-tuple),
+any packet of it (:meth:`KernelConns.fold_frames`, by the packet's ingress 5-tuple),
 and on a flush, a port's removal, a state change the slow path observed, a closed
 or expired connection (the sweep, :meth:`KernelConns.tick`) and at exit, the
 kernel's state is *folded back*: its entries leave the kernel first, then its TCP
@@ -37,7 +37,7 @@ import ctypes
 import logging
 import struct
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -316,17 +316,20 @@ class KernelConns:
                 self._forget_made(cid, keys)
 
     # -- fold-back ------------------------------------------------------------------------
-    def fold_frame(self, data: bytes) -> None:
-        """A frame is about to take the slow path: if its connection is the kernel's, fold
-        the kernel's state back and take the connection back first."""
+    def fold_frames(self, frames: Iterable[bytes]) -> None:
+        """Frames are about to take the slow path: a connection of theirs the kernel owns
+        has its state folded back and is taken back first. The kernel's reports are
+        drained once for them all (one syscall, not one per frame): a made connection's
+        report was queued at its SYN, before any later frame of it reached the ring."""
         if self.drain is not None:
             self.drain()  # a connection the kernel made: its records first
         if not self.by_tuple:
             return
-        tup = frame_tuple(data)
-        cid = self.by_tuple.get(tup) if tup is not None else None
-        if cid is not None:
-            self.release(cid)
+        for data in frames:
+            tup = frame_tuple(data)
+            cid = self.by_tuple.get(tup) if tup is not None else None
+            if cid is not None:
+                self.release(cid)
 
     def conn_changed(self, conn: Hashable) -> None:
         """The slow path saw a record change (not at a hand-over): it is no longer the

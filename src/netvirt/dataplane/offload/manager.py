@@ -20,7 +20,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -287,9 +287,9 @@ class KernelOffload:
             return False
         return tpl.learn(orig.key, orig.value, reply.key, reply.value, deps, sport, snat_range)
 
-    def fold_frame(self, data: bytes) -> None:
-        """Before the slow path takes a frame: its connection back from the kernel."""
-        self.conns.fold_frame(data)
+    def fold_frames(self, frames: Sequence[bytes]) -> None:
+        """Before the slow path takes frames: their connections back from the kernel."""
+        self.conns.fold_frames(frames)
 
     def _kernel_entry(self, key: Hashable, entry: Entry) -> tuple[bytes, bytes] | None:
         """The packed key and value of an offloadable entry (package docstring), or None."""
