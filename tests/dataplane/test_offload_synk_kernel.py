@@ -47,42 +47,31 @@ DPORT = 80
 TID = 5
 
 
+def _tcp(macs: tuple[str, str], ips: tuple[str, str], ttl: int, ports: tuple[int, int],
+         flags: str, seq: int, ack: int) -> bytes:  # fmt: skip
+    return bytes(
+        Ether(src=macs[0], dst=macs[1])
+        / IP(src=ips[0], dst=ips[1], ttl=ttl)
+        / TCP(sport=ports[0], dport=ports[1], flags=flags, seq=seq, ack=ack)
+    )
+
+
 def _client(sport: int, flags: str, seq: int = 1000, ack: int = 0) -> bytes:
     """What the client sends (to the router's inside MAC)."""
-    ip = IP(src=CLIENT, dst=SERVER, ttl=64)
-    return bytes(
-        Ether(src=C_MAC, dst=RIN_MAC)
-        / ip
-        / TCP(sport=sport, dport=DPORT, flags=flags, seq=seq, ack=ack)
-    )
+    return _tcp((C_MAC, RIN_MAC), (CLIENT, SERVER), 64, (sport, DPORT), flags, seq, ack)
 
 
 def _client_out(port: int, flags: str, seq: int = 1000, ack: int = 0) -> bytes:
     """What a router translating the client to SNAT:``port`` sends on."""
-    ip = IP(src=SNAT, dst=SERVER, ttl=63)
-    return bytes(
-        Ether(src=ROUT_MAC, dst=S_MAC)
-        / ip
-        / TCP(sport=port, dport=DPORT, flags=flags, seq=seq, ack=ack)
-    )
+    return _tcp((ROUT_MAC, S_MAC), (SNAT, SERVER), 63, (port, DPORT), flags, seq, ack)
 
 
 def _server(port: int, flags: str, seq: int = 5000, ack: int = 1001) -> bytes:
-    ip = IP(src=SERVER, dst=SNAT, ttl=64)
-    return bytes(
-        Ether(src=S_MAC, dst=ROUT_MAC)
-        / ip
-        / TCP(sport=DPORT, dport=port, flags=flags, seq=seq, ack=ack)
-    )
+    return _tcp((S_MAC, ROUT_MAC), (SERVER, SNAT), 64, (DPORT, port), flags, seq, ack)
 
 
 def _server_out(sport: int, flags: str, seq: int = 5000, ack: int = 1001) -> bytes:
-    ip = IP(src=SERVER, dst=CLIENT, ttl=63)
-    return bytes(
-        Ether(src=RIN_MAC, dst=C_MAC)
-        / ip
-        / TCP(sport=DPORT, dport=sport, flags=flags, seq=seq, ack=ack)
-    )
+    return _tcp((RIN_MAC, C_MAC), (SERVER, CLIENT), 63, (DPORT, sport), flags, seq, ack)
 
 
 def _ckey(frame: bytes) -> bytes:
