@@ -91,3 +91,24 @@ def test_without_a_choice_the_default_is_on(monkeypatch: pytest.MonkeyPatch) -> 
     assert templates.enabled_by_env() is templates.DEFAULT_ON is True
     monkeypatch.setenv(templates.ENV, "0")
     assert templates.enabled_by_env() is False
+
+
+@pytest.mark.parametrize(("word", "on"), [("true", True), ("Off", False), ("no", False)])
+def test_the_environment_takes_boolean_words(
+    monkeypatch: pytest.MonkeyPatch, word: str, on: bool
+) -> None:
+    monkeypatch.setenv(templates.ENV, word)
+    assert templates.enabled_by_env() is on
+
+
+def test_a_bad_environment_value_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(templates.ENV, "maybe")
+    with pytest.raises(ValueError, match="NETVIRT_SYN_TEMPLATES='maybe'"):
+        templates.enabled_by_env()
+    argv = ["datapath", "--name", "hv1", "--iface-dir", str(tmp_path)]
+    argv += ["--underlay-ip", "127.0.0.1", "--control", str(tmp_path / "ctl")]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2  # the option's parser refuses it before anything starts
+    assert "syn-templates" in result.output  # names the option whose value it refused

@@ -127,6 +127,10 @@ class KernelOffload:
         loaded: bpf.Loaded | None = None,
         syn_templates: bool | None = None,
     ) -> None:
+        # connections made in the kernel from their SYN (templates.py): the datapath's
+        # --syn-templates/--no-syn-templates, else NETVIRT_SYN_TEMPLATES, else the default
+        # (read first: a bad value is an error before anything is loaded)
+        self.syn_templates = templates.enabled_by_env() if syn_templates is None else syn_templates
         self.max_age = max_age
         self.clock = clock  # the flow cache's clock (entries' ``born``)
         self.netns = netns
@@ -139,9 +143,6 @@ class KernelOffload:
         self.flows = kmap.BatchedMap(self.loaded.lib, self.loaded.flows_fd)
         self.conns = conns.KernelConns(self.loaded)  # TCP connections the kernel tracks
         self.templates = templates.SynTemplates(self.loaded, self.conns)  # ... made from SYNs
-        # connections made in the kernel from their SYN (templates.py): the datapath's
-        # --syn-templates/--no-syn-templates, else NETVIRT_SYN_TEMPLATES, else the default
-        self.syn_templates = templates.enabled_by_env() if syn_templates is None else syn_templates
         self.ifindex: dict[str, int] = {}
         self.socks: dict[str, socket.socket] = {}
         # cache key -> (kernel key, the connections it depends on, its local output port)

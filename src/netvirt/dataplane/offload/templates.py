@@ -82,9 +82,18 @@ HOLD = 30.0  # an undone connection's entries send its packets to the datapath t
 DEFAULT_ON = True  # the one switch for the default (``NETVIRT_SYN_TEMPLATES`` overrides it)
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def enabled_by_env() -> bool:
-    value = os.environ.get(ENV, "")
-    return DEFAULT_ON if value == "" else value != "0"
+    """:data:`ENV` as ``netvirt datapath`` reads it (a boolean word), else the default;
+    anything else is a clear error (``false`` must not mean "on")."""
+    value = os.environ.get(ENV, "").strip().lower()
+    if value == "":
+        return DEFAULT_ON
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise ValueError(f"{ENV}={os.environ[ENV]!r}: expected one of {', '.join(_TRUE + _FALSE)}")
 
 
 def template_key(conn_key: bytes) -> bytes | None:
