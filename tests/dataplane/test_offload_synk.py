@@ -352,6 +352,7 @@ def test_a_report_writes_the_records_and_moves_the_claim(world: World) -> None: 
     from netvirt.dataplane.offload.templates import Made
 
     run, tpl, kconns, tid = _learned(world)
+    tpl.defer = False  # (the eager path; deferred records: test_offload_deferred.py)
     port = next(iter(tpl.supply[tid].posted))
     tpl._record(Made(7, 0, tid, 41000, port))
     assert kconns.dropped == []

@@ -48,6 +48,7 @@ from netvirt.dataplane.nf.codec import (
     SNAT_POOL,
     CodecError,
     CtState,
+    CtTuple,
     advanced_entry,
     decode,
     encode,
@@ -58,6 +59,7 @@ from netvirt.dataplane.offload import kmap
 
 log = logging.getLogger(__name__)
 
+_TCP = CtTuple(4, 6, 0, 0)  # (``Timeouts.of`` reads the protocol: every connection here is TCP)
 _CSTATE = struct.Struct("=QQQ")  # struct cstate: last_ns, packets, st
 _CID = struct.Struct("=Q")  # the cstates key
 _CVAL_TAIL = struct.Struct("=QIHBB")  # struct cval after its fval: conn, reply, port, port_at, pad
@@ -78,6 +80,8 @@ class KernelConn:
     deps: tuple[Hashable, ...]  # the conntrack records: (zone, orig, serial)
     state: int  # the state and FIN bits as last written to the records
     last_ns: int  # the kernel's last packet time as last written
+    made: Any = None  # a made connection whose records are not written yet: its
+    # ``templates.Deferred`` (no deps until ``SynTemplates.materialize`` writes them)
 
 
 @dataclass
@@ -112,6 +116,26 @@ def frame_tuple(data: bytes) -> bytes | None:
     return None
 
 
+def related_tuple(data: bytes) -> bytes | None:
+    """The ingress tuple (:func:`frame_tuple`) of the connection an IPv4 ICMP error
+    (unreachable, time exceeded, parameter problem) is about, if it quotes a TCP
+    segment: the quoted packet went the other way, so its tuple reversed. Conntrack
+    matches such an error to the connection's record (RELATED)."""
+    if len(data) < 34 or data[12:14] != b"\x08\x00" or data[23] != 1:
+        return None
+    at = 14 + (data[14] & 0x0F) * 4
+    if len(data) < at + 8 + 20 or data[at] not in (3, 11, 12):
+        return None
+    inner = at + 8
+    if data[inner] >> 4 != 4 or data[inner + 9] != 6:
+        return None
+    ports = inner + (data[inner] & 0x0F) * 4
+    if len(data) < ports + 4:
+        return None
+    src, dst = data[inner + 12 : inner + 16], data[inner + 16 : inner + 20]
+    return b"\x06" + dst + src + data[ports + 2 : ports + 4] + data[ports : ports + 2]
+
+
 def covered_tuple(covered: bytes) -> bytes | None:
     """:func:`frame_tuple` of the frame an exact-cache key (``fastpath.frame_key``) is of."""
     if covered[12:14] == b"\x08\x00" and len(covered) >= 32:
@@ -144,6 +168,7 @@ class KernelConns:
         # SYN templates (``templates.py``): drains the kernel's reports of connections it
         # made, so that a frame of one finds it owned (None: templates off)
         self.drain: Callable[[], int] | None = None
+        self.deferred: Any = None  # templates.SynTemplates: records of made connections
         self.last_handed: tuple[_Half, _Half, tuple[Hashable, ...]] | None = None
         self.held: dict[int, tuple[tuple[bytes, ...], float]] = {}  # (``drop_made``)
         self._kbuf = ctypes.create_string_buffer(_CID.size)
@@ -286,6 +311,24 @@ class KernelConns:
         self.counters["made"] += 1
         return True
 
+    def adopt_deferred(
+        self, cid: int, keys: tuple[bytes, bytes], ifindexes: tuple[int, int], made: Any
+    ) -> KernelConn | None:
+        """:meth:`adopt_made` for a connection whose records wait (``templates.DEFER``):
+        the kernel's, with no records until :attr:`deferred` writes them. None (and the
+        kernel's entries removed) when a tuple of it is another kernel connection's."""
+        tuples = tuple(covered_tuple(key[_KEY_HEAD:]) for key in keys)
+        if None in tuples or any(t in self.by_tuple for t in tuples):
+            self.drop_made(cid, keys)
+            return None
+        both = cast(tuple[bytes, bytes], tuples)
+        live = self.conns.live
+        live[keys[0]] = live[keys[1]] = b""
+        kc = KernelConn(keys, both, ifindexes, (), int(CtState.SYN_SENT), made.ns, made)
+        self._own(cid, kc)
+        self.counters["made"] += 1
+        return kc
+
     def drop_made(self, cid: int, keys: tuple[bytes, ...], hold: float = 0.0) -> None:
         """Undo a connection the kernel made that user space cannot take. ``hold`` > 0: its
         entries stay that long with a state the tracker serves nothing in (0), so that
@@ -322,14 +365,39 @@ class KernelConns:
         drained once for them all (one syscall, not one per frame): a made connection's
         report was queued at its SYN, before any later frame of it reached the ring."""
         if self.drain is not None:
-            self.drain()  # a connection the kernel made: its records first
-        if not self.by_tuple:
+            self.drain()  # a connection the kernel made: registered first
+        deferred = self.deferred
+        if not self.by_tuple and not (deferred is not None and deferred.parked):
             return
         for data in frames:
             tup = frame_tuple(data)
-            cid = self.by_tuple.get(tup) if tup is not None else None
+            if tup is None:
+                self._related(data)
+                continue
+            cid = self.by_tuple.get(tup)
             if cid is not None:
-                self.release(cid)
+                self.release_many([cid], fault=True)
+            if deferred is not None and deferred.parked:
+                deferred.fault_in(tup)
+
+    def _related(self, data: bytes) -> None:
+        """An ICMP error about a connection whose records are deferred: they are written
+        (the kernel keeps the connection), so conntrack finds it RELATED."""
+        deferred = self.deferred
+        if deferred is None:
+            return
+        tup = related_tuple(data)
+        if tup is None:
+            return
+        cid = self.by_tuple.get(tup)
+        kc = self.owned.get(cid) if cid is not None else None
+        if kc is not None and kc.made is not None:
+            found = self._cstate(cid)  # type: ignore[arg-type]
+            if found is not None and deferred.materialize(kc, *found):
+                for dep in kc.deps:
+                    self.by_dep[dep] = cid  # type: ignore[assignment]
+        if deferred.parked:
+            deferred.fault_in(tup)
 
     def conn_changed(self, conn: Hashable) -> None:
         """The slow path saw a record change (not at a hand-over): it is no longer the
@@ -345,8 +413,10 @@ class KernelConns:
         into its records."""
         self.release_many([cid])
 
-    def release_many(self, cids: list[int]) -> None:
-        """:meth:`release` for several, their entries out in one syscall first."""
+    def release_many(self, cids: list[int], fault: bool = False) -> None:
+        """:meth:`release` for several, their entries out in one syscall first. ``fault``:
+        a frame of theirs is about to take the slow path (deferred records are written
+        whatever their state, ``SynTemplates.settle``)."""
         taken: list[tuple[int, KernelConn]] = []
         for cid in cids:
             kc = self.owned.pop(cid, None)
@@ -368,7 +438,9 @@ class KernelConns:
             found = self._cstate(cid)
             self._delete(self.cstates_fd, struct.pack("=Q", cid))
             self.counters["released"] += 1
-            if found is not None:
+            if kc.made is not None:
+                self.deferred.settle(kc, found, fault)
+            elif found is not None:
                 self._fold(kc, *found)
 
     def release_all(self) -> None:
@@ -385,6 +457,8 @@ class KernelConns:
         now = time.monotonic() if now is None else now
         if self.drain is not None:
             self.drain()
+        if self.deferred is not None:
+            self.deferred.expire(now)
         if now < self._next_sweep or not (self.owned or self.held):
             return
         self._next_sweep = now + SWEEP_EVERY
@@ -401,9 +475,11 @@ class KernelConns:
             st, last_ns = found
             state = CtState(st & 0xFF)
             idle = (now_ns - last_ns) / 1e9
-            timeout = timeouts.of(kc.deps[0][1], state)  # type: ignore[index]
+            timeout = timeouts.of(_TCP, state)
             if idle > timeout or (state in CLOSING and idle > LINGER):
                 done.append(cid)
+            elif kc.made is not None:
+                continue  # (no records to fold into: the kernel's state is the state)
             elif (
                 st != kc.state or (last_ns - kc.last_ns) / 1e9 > timeout * timeouts.refresh_fraction
             ):

@@ -257,6 +257,7 @@ class KernelOffload:
             self.templates.enable(True)
             if self.templates.enabled:
                 self.conns.drain = self.templates.drain
+                self.conns.deferred = self.templates
 
     @property
     def template_hook(self) -> Callable[..., object] | None:

@@ -31,6 +31,7 @@ Thread-safety: none (the datapath loop's).
 from __future__ import annotations
 
 import ctypes
+import heapq
 import logging
 import os
 import struct
@@ -40,6 +41,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from netvirt.dataplane.nf.codec import (
+    FIN_ORIG,
+    FIN_REPLY,
     MIRROR,
     SNAT_POOL,
     CodecError,
@@ -49,7 +52,7 @@ from netvirt.dataplane.nf.codec import (
     encode,
 )
 from netvirt.dataplane.nf.nat import snat_pool
-from netvirt.dataplane.nf.tcp import CLOSING
+from netvirt.dataplane.nf.tcp import CLOSING, claim_ttl
 from netvirt.dataplane.offload.conns import read_primary
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,10 @@ SUPPLY_LIMIT = 4096  # the same for all templates together (each gets its share,
 BLOCK_TTL = 3600.0  # a block port's claim in the pool (renewed while the datapath runs)
 TPL_LIMIT = 1024  # the kernel map's size
 HOLD = 30.0  # an undone connection's entries send its packets to the datapath this long
+DEFER = True  # a made connection's records are written when user space needs them, not at
+# its report (``SynTemplates.settle``): writing them at every report and folding each state
+# change back was ~70 % of the datapath's CPU at 4k connections/s (docs/conn-rate.md)
+RENEW_EVERY = BLOCK_TTL / 4  # block claims (untaken ports, deferred connections') renewed
 
 
 DEFAULT_ON = True  # the one switch for the default (``NETVIRT_SYN_TEMPLATES`` overrides it)
@@ -137,6 +144,7 @@ class Template:
     records: tuple[CtEntry, ...]
     sport: int  # the learning connection's client source port
     pool: str  # the SNAT pool its records claim from
+    keyparts: tuple[tuple[str, str, str, bool], ...] = ()  # (:func:`key_parts`, per record)
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,42 @@ class Made:
     tid: int
     sport: int
     port: int
+
+
+@dataclass(slots=True)
+class Deferred:
+    """A made connection whose records are not written (:data:`DEFER`): what writing
+    them takes, besides its template's records."""
+
+    tid: int
+    sport: int
+    port: int
+    ns: int  # when the kernel made it (monotonic ns)
+
+
+@dataclass(slots=True)
+class Parked:
+    """A closed deferred connection out of the kernel, its records still unwritten: they
+    are written if a frame of it comes (:meth:`SynTemplates.fault_in`) before its
+    timeout (TIME_WAIT's, CLOSED's) ends; its SNAT port stays claimed until then."""
+
+    kc: Any  # conns.KernelConn (its ``made`` is a :class:`Deferred`)
+    st: int
+    last_ns: int
+    until: float  # monotonic seconds
+    written: bool = False
+
+
+def key_parts(prefix: str, rec: CtEntry) -> tuple[str, str, str, bool]:
+    """The store keys of ``rec``'s tuples as :func:`~netvirt.dataplane.nf.codec.ct_key`
+    writes them, split around the ports a made connection changes: (the primary's key up
+    to its source port, the rest after it, the mirror's key up to its destination port,
+    whether that port is the SNAT port (else the client's)). :meth:`SynTemplates._free`
+    looks a made connection's four keys up from these without building its records."""
+    o, r = rec.orig, rec.reply
+    head = f"{prefix}{rec.zone:x}:{o.ip_version}:{o.proto}:{o.src:x}:{o.dst:x}:"
+    rhead = f"{prefix}{rec.zone:x}:{r.ip_version}:{r.proto}:{r.src:x}:{r.dst:x}:{r.sport:x}:"
+    return head, f":{o.dport:x}", rhead, bool(rec.flags & SNAT_POOL)
 
 
 @dataclass
@@ -166,21 +210,28 @@ class Supply:
     live: bool = True  # False once its template is flushed (reports may still come)
 
 
-def made_records(t: Template, sport: int, port: int, now: float, ttl: float) -> list[CtEntry]:
+def made_records(
+    t: Template, sport: int, port: int, now: float, ttl: float,
+    state: CtState = CtState.SYN_SENT, fins: int = 0, seen: float | None = None,
+) -> list[CtEntry]:  # fmt: skip
     """The conntrack records a connection made from ``t`` with client source port
     ``sport`` and SNAT port ``port`` has, as conntrack's ``_claim`` creates them: the
-    learning connection's tuples with the ports substituted, SYN_SENT, created now."""
+    learning connection's tuples with the ports substituted, SYN_SENT, created ``now``
+    (its timeout ``ttl``). A deferred connection's are written later in the kernel's
+    state: ``state``, the FIN bits ``fins``, its last packet at ``seen``."""
     out: list[CtEntry] = []
+    seen = now if seen is None else seen
     for rec in t.records:
         orig = rec.orig._replace(sport=sport)
         if rec.flags & SNAT_POOL:
             reply = rec.reply._replace(dport=port)
         else:
             reply = rec.reply._replace(dport=sport)
+        flags = (rec.flags & ~(FIN_ORIG | FIN_REPLY)) | fins
         out.append(
             replace(
-                rec, orig=orig, reply=reply, state=CtState.SYN_SENT, created=now, last_seen=now,
-                expiry=now + ttl, serial=0, version=0,
+                rec, orig=orig, reply=reply, state=state, created=now, last_seen=seen,
+                expiry=seen + ttl, flags=flags, serial=0, version=0,
             )
         )  # fmt: skip
     return out
@@ -232,9 +283,15 @@ class SynTemplates:
         self.supply: dict[int, Supply] = {}  # template id -> its ports in the kernel
         self._cursor: dict[str, int] = {}  # pool -> where the next claims are looked for
         self._mbuf = ctypes.create_string_buffer(_MADE.size)
+        self.defer = DEFER
+        self.parked: dict[bytes, Parked] = {}  # by both ingress tuples (``conns.frame_tuple``)
+        self._park_heap: list[tuple[float, int, Parked]] = []
+        self._park_seq = 0
+        self._next_renew = time.monotonic() + RENEW_EVERY
         self.counters: dict[str, int] = dict.fromkeys(
             ("learned", "made", "records_written", "record_conflicts", "ports_claimed",
-             "ports_returned", "flushes"), 0
+             "ports_returned", "flushes", "deferred", "materialized", "parked", "faulted_in",
+             "let_go"), 0
         )  # fmt: skip
         self.refused: dict[str, int] = {}
         self.conflicts: dict[str, int] = {}  # why a made connection's records were refused
@@ -299,7 +356,8 @@ class SynTemplates:
                 return False
         tid = self.next_tid
         self.next_tid += 1
-        t = Template(tid, tkey, reply_template_key(reply_key), records, sport, pool)
+        parts = tuple(key_parts(prefix, rec) for rec in records)
+        t = Template(tid, tkey, reply_template_key(reply_key), records, sport, pool, parts)
         self._update(self.fds[0], tkey, pack_template(orig_value, reply_value, reply_key, tid))
         self.templates[tkey] = t
         self.by_id[tid] = t
@@ -417,13 +475,43 @@ class SynTemplates:
         sup = self.supply.get(m.tid)
         if sup is not None:
             sup.posted.pop(m.port, None)
-        owner = f"{self.owner}:{m.tid}"  # (the template's supply's, also once it is gone)
+        if self.defer and t.keyparts and self._free(t, m.sport, m.port):
+            # nothing on its tuples: the kernel's alone until user space needs its records
+            kc = self.kconns.adopt_deferred(
+                m.conn, keys, ifindexes, Deferred(m.tid, m.sport, m.port, m.ns)
+            )
+            if kc is None:
+                self._let_go(t, m.port)
+                return
+            self.counters["deferred"] += 1
+            for tup in kc.tuples:  # a closed one parked on its tuple is over (a SYN replaces
+                old = self.parked.get(tup)  # a closed record); its port stays claimed until
+                if old is not None:  # its own timeout ends
+                    self._unpark(old)
+            return
         now = time.time() - (time.monotonic_ns() - m.ns) / 1e9
         ttl = ct.timeouts.of(t.records[0].orig, CtState.SYN_SENT)
-        records = made_records(t, m.sport, m.port, now, ttl)
+        deps = self._write_all(t, made_records(t, m.sport, m.port, now, ttl), m.port, now)
+        if deps is not None:
+            self.kconns.adopt_made(m.conn, keys, ifindexes, deps, m.ns)
+            return
+        # a record of the tuple is there already (an older connection): the kernel's is
+        # undone, its SYN's retransmission takes the slow path
+        self.kconns.drop_made(m.conn, keys, HOLD)
+
+    def _write_all(
+        self, t: Template, records: list[CtEntry], port: int, now: float
+    ) -> tuple[Hashable, ...] | None:
+        """Write a made connection's records (:meth:`_write`), its SNAT claim moved from the
+        template's block to the connection: their deps, or None (nothing left written, the
+        block's port released) when a tuple is a live connection's."""
+        ct = self.kconns.conntrack
         store = ct.store
+        owner = f"{self.owner}:{t.tid}"
+        timeouts = ct.timeouts
         deps: list[Hashable] = []
         for i, rec in enumerate(records):
+            ttl = max(rec.expiry - now, 1.0)
             written = self._write(rec, now, ttl)
             if written is None:
                 break
@@ -431,14 +519,13 @@ class SynTemplates:
             if rec.flags & SNAT_POOL:  # the claim moves from the block to the connection
                 pool, member = snat_pool(ct.prefix, rec)
                 store.release(pool, member, owner)
-                store.allocate(pool, (member,), ct.key(rec.zone, rec.orig), ttl)
+                store.allocate(
+                    pool, (member,), ct.key(rec.zone, rec.orig), claim_ttl(timeouts, rec)
+                )
             deps.append((rec.zone, rec.orig, rec.serial))
         else:
             self.counters["records_written"] += len(records)
-            self.kconns.adopt_made(m.conn, keys, ifindexes, tuple(deps), m.ns)
-            return
-        # a record of the tuple is there already (an older connection): the kernel's is
-        # undone, its SYN's retransmission takes the slow path
+            return tuple(deps)
         self.counters["record_conflicts"] += 1
         for rec in records[: len(deps)]:
             store.delete(ct.key(rec.zone, rec.orig))
@@ -448,9 +535,127 @@ class SynTemplates:
             if rec.flags & SNAT_POOL:
                 pool, member = snat_pool(ct.prefix, rec)
                 store.release(pool, member, ct.key(rec.zone, rec.orig))
+        self._let_go(t, port)
+        return None
+
+    # -- deferred records -----------------------------------------------------------------
+    def _free(self, t: Template, sport: int, port: int) -> bool:
+        """No record (of any kind) at any of the made connection's four keys: its records
+        may wait (every other case takes :meth:`_write`'s rules now)."""
+        get = self.kconns.conntrack.store.get
+        sp = f"{sport:x}"
+        for head, tail, rhead, snat in t.keyparts:
+            if get(head + sp + tail) is not None:
+                return False
+            if get(rhead + (f"{port:x}" if snat else sp)) is not None:
+                return False
+        return True
+
+    def settle(self, kc: Any, found: tuple[int, int] | None, fault: bool) -> None:
+        """A deferred connection leaves the kernel (``KernelConns.release_many``; its entries
+        are out, ``found`` = its last (st, last_ns) there): expired, it needs no records;
+        closed, it is parked until its timeout ends (records written only if a frame of
+        it comes); otherwise — or when a frame of it is about to take the slow path
+        (``fault``) — its records are written now, in the kernel's state."""
+        d: Deferred = kc.made
+        t = self.by_id.get(d.tid)
+        if t is None:
+            return
+        if found is None:
+            self._let_go(t, d.port)
+            return
+        st, last_ns = found
+        state = CtState(st & 0xFF)
+        timeout = self.kconns.conntrack.timeouts.of(t.records[0].orig, state)
+        idle = (time.monotonic_ns() - last_ns) / 1e9
+        if idle > timeout:
+            self._let_go(t, d.port)
+            return
+        if fault or state not in CLOSING:
+            self.materialize(kc, st, last_ns)
+            return
+        p = Parked(kc, st, last_ns, time.monotonic() + timeout - idle)
+        for tup in kc.tuples:
+            self.parked[tup] = p
+        self._park_seq += 1
+        heapq.heappush(self._park_heap, (p.until, self._park_seq, p))
+        self.counters["parked"] += 1
+
+    def materialize(self, kc: Any, st: int, last_ns: int) -> bool:
+        """Write a deferred connection's records as conntrack would hold them now: created
+        when the kernel made it, in the kernel's state ``st`` (and FIN bits), its last
+        packet at ``last_ns``. The connection is then an ordinary kernel one (deps, no
+        ``made``), or — a tuple taken meanwhile (cannot happen while its entries are in
+        the kernel) — nothing is written and False."""
+        d: Deferred = kc.made
+        t = self.by_id[d.tid]
+        ct = self.kconns.conntrack
+        now, mono = time.time(), time.monotonic_ns()
+        created = now - (mono - d.ns) / 1e9
+        seen = now - (mono - last_ns) / 1e9
+        state, fins = CtState(st & 0xFF), (st >> 8) & (FIN_ORIG | FIN_REPLY)
+        ttl = ct.timeouts.of(t.records[0].orig, state)
+        records = made_records(t, d.sport, d.port, created, ttl, state, fins, seen)
+        deps = self._write_all(t, records, d.port, now)
+        if deps is None:
+            return False
+        kc.deps, kc.made = deps, None
+        kc.state, kc.last_ns = st, last_ns
+        self.counters["materialized"] += 1
+        return True
+
+    def fault_in(self, tup: bytes) -> None:
+        """A frame of a parked connection is about to take the slow path: its records
+        first (conntrack then finds it closed, as it would have all along)."""
+        p = self.parked.get(tup)
+        if p is None:
+            return
+        self._unpark(p)
+        p.written = True
+        self.counters["faulted_in"] += 1
+        self.materialize(p.kc, p.st, p.last_ns)
+
+    def _unpark(self, p: Parked) -> None:
+        for tup in p.kc.tuples:
+            if self.parked.get(tup) is p:
+                del self.parked[tup]
+
+    def expire(self, mono: float) -> None:
+        """Parked connections whose timeout ended: their SNAT ports go back; and now and
+        then the block's claims are renewed (the sweep's, ``KernelConns.tick``)."""
+        heap = self._park_heap
+        while heap and heap[0][0] <= mono:
+            p = heapq.heappop(heap)[2]
+            self._unpark(p)
+            if not p.written:
+                t = self.by_id.get(p.kc.made.tid)
+                if t is not None:
+                    self._let_go(t, p.kc.made.port)
+        if mono >= self._next_renew:
+            self._next_renew = mono + RENEW_EVERY
+            self.renew()
+
+    def renew(self) -> None:
+        """The block's claims last :data:`BLOCK_TTL`: renewed for every port it still
+        holds (untaken in a supply, a deferred connection's, a parked one's)."""
+        store = self.kconns.conntrack.store
+        held: list[tuple[int, int]] = []
+        for sup in self.supply.values():
+            held += [(sup.tid, port) for port in sup.posted]
+        for kc in self.kconns.owned.values():
+            if kc.made is not None:
+                held.append((kc.made.tid, kc.made.port))
+        held += [(p.kc.made.tid, p.kc.made.port) for _u, _s, p in self._park_heap if not p.written]
+        for tid, port in held:
+            t = self.by_id.get(tid)
+            if t is not None and t.pool:
+                store.allocate(t.pool, (str(port),), f"{self.owner}:{tid}", BLOCK_TTL)
+
+    def _let_go(self, t: Template, port: int) -> None:
+        """A made connection is over without records: its SNAT port leaves the block."""
+        self.counters["let_go"] += 1
         if t.pool:
-            store.release(t.pool, str(m.port), owner)
-        self.kconns.drop_made(m.conn, keys, HOLD)
+            self.kconns.conntrack.store.release(t.pool, str(port), f"{self.owner}:{t.tid}")
 
     def _write(self, rec: CtEntry, now: float, ttl: float) -> CtEntry | None:
         """Create ``rec`` and its mirror as conntrack's ``_claim`` does for a SYN: over no
