@@ -1,20 +1,32 @@
 """New-TCP-connections-per-second client and server (stdlib only, run inside namespaces).
 
-    python3 connrate.py server --port 5301 --ports 16
-    python3 connrate.py client --host 10.251.1.12 --port 5301 --ports 16 --duration 10
+    python3 connrate.py server --port 5301 --ports 256
+    python3 connrate.py client --host 10.251.1.12 --port 5301 --ports 256 --duration 10 \
+        --fresh-tuples
 
 One connection = connect, the server sends one byte, the client reads it and
 closes, the server closes on the client's FIN: every connection crosses the
 stateful path both ways (SYN, SYN-ACK, data, FIN both ways) and only the
-client keeps TIME_WAIT. The client rotates over ``ports`` server ports, so
-a 4-tuple is never reused while it is in TIME_WAIT anywhere (with a wide
-``ip_local_port_range``: 16 ports x 64k source ports last 60 s at 17k conn/s).
-Closing with an RST instead (``SO_LINGER`` 0) makes the kernel reuse source
-ports at once, which crashed ovs-vswitchd 3.1's userspace conntrack with SNAT
-(assertion in ``conn_update_state``); a normal close is also what real
-clients do. One ``selectors`` loop keeps ``concurrency`` connections in
-flight; the client prints one JSON line: connections completed, errors,
-seconds.
+client keeps TIME_WAIT (closing with an RST, ``SO_LINGER`` 0, is not what real
+clients do, and frees the 4-tuple at once). One ``selectors`` loop keeps
+``concurrency`` connections in flight; the client prints one JSON line:
+connections completed, errors, seconds.
+
+``--fresh-tuples`` (the bench's setting, for every backend): the client binds
+each connection's source port itself, so that no 4-tuple comes back within
+``FRESH_WINDOW_S`` seconds, across runs too. Left to the kernel, a 4-tuple
+comes back within seconds: a connection the client gave up on (``--timeout``)
+leaves no TIME_WAIT, and past ``net.ipv4.tcp_max_tw_buckets`` (131072 per
+namespace) closed connections leave none either; a 4-tuple reused while a
+conntrack still holds its entry is a different test (TIME_WAIT reuse) from new
+connections, and it crashes ovs-vswitchd 3.1's userspace conntrack when the
+entry has an all-zero SNAT twin, as every OVN stateful-ACL connection has
+(assertion in ``conn_update_state``: one reuse of a 4-tuple half a second
+after a normal close is enough). The index of a connection's 4-tuple follows a
+clock shared by every client process (``time.monotonic``) at ``space /
+FRESH_WINDOW_S`` tuples per second, ``space`` = server ports x source ports; a
+client faster than that waits for the clock (``throttled`` in its JSON; 256
+server ports allow 110k conn/s; see ``FreshTuples``).
 """
 
 from __future__ import annotations
@@ -27,6 +39,61 @@ import selectors
 import socket
 import sys
 import time
+from collections.abc import Callable
+
+SPORT_LOW = 1024  # source ports SPORT_LOW .. 65535
+SPORT_COUNT = 65536 - SPORT_LOW
+# No 4-tuple again within this many seconds: longer than any conntrack keeps a
+# closed connection here (netvirt's TIME_WAIT 120 s, OVS's 30 s + its 5 s sweep)
+# and than Linux's own TIME_WAIT (60 s).
+FRESH_WINDOW_S = 150.0
+LAG_S = 1.0  # how far behind the shared clock a client's tuple index may stay
+
+
+class FreshTuples:
+    """Source port and server port of each new connection: no 4-tuple recurs within a window.
+
+    Tuple index ``i`` (mod ``ports * SPORT_COUNT``) is source port
+    ``SPORT_LOW + i // ports`` to server port ``port + i % ports``. A clock
+    shared by every client process (``clock() * pace``) bounds the index:
+    ``next`` never hands out an index past the clock (it returns None: wait,
+    counted in ``throttled``), skips forward so as to stay at most ``LAG_S``
+    behind it, and a new process starts past the clock's index at its start, so
+    past every index an earlier process used. A tuple handed out at time ``t``
+    had an index above ``(t - LAG_S) * pace``; it comes back only once the
+    clock has passed that index plus the whole space: ``window - LAG_S``
+    seconds later at least."""
+
+    def __init__(
+        self,
+        ports: int,
+        window: float = FRESH_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ports < 1 or window <= LAG_S:
+            raise ValueError(f"fresh tuples need ports >= 1 and a window above {LAG_S} s")
+        self.ports = ports
+        self.space = ports * SPORT_COUNT
+        self.pace = self.space / window  # tuple indices per second of the clock
+        self.clock = clock
+        self.last = int(clock() * self.pace)  # what earlier processes may have used
+        self.throttled = 0  # refusals: the client would have run past the clock
+        self.skipped = 0  # tuples this host could not use (see _open_fresh)
+
+    def wait_start(self) -> None:
+        """Sleep the one clock tick a new process waits for its first index."""
+        time.sleep(max(0.0, (self.last + 1) / self.pace - self.clock()))
+
+    def next(self) -> tuple[int, int] | None:
+        """(source port, server port offset) of the next connection, or None: wait."""
+        now = self.clock()
+        index = max(self.last + 1, int((now - LAG_S) * self.pace))
+        if index > int(now * self.pace):
+            self.throttled += 1
+            return None
+        self.last = index
+        i = index % self.space
+        return SPORT_LOW + i // self.ports, i % self.ports
 
 
 def serve(port: int, ports: int) -> None:
@@ -65,9 +132,17 @@ def _accept(sel: selectors.BaseSelector, listener: socket.socket) -> None:
     sel.register(conn, selectors.EVENT_READ, "conn")
 
 
-def _open(host: str, port: int) -> socket.socket:
+def _open(host: str, port: int, sport: int | None = None) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setblocking(False)
+    if sport is not None:
+        try:
+            # other connections (other server ports, TIME_WAIT) share this source port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("0.0.0.0", sport))
+        except OSError:
+            sock.close()
+            raise
     err = sock.connect_ex((host, port))
     if err not in (0, errno.EINPROGRESS):
         sock.close()
@@ -75,8 +150,33 @@ def _open(host: str, port: int) -> socket.socket:
     return sock
 
 
+SKIP_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
+
+
+def _open_fresh(host: str, port: int, fresh: FreshTuples) -> socket.socket | None:
+    """A connection on the next fresh 4-tuple that this host can use (None: wait for the clock).
+
+    A tuple whose source port another socket holds without ``SO_REUSEADDR``
+    (iperf3's, say, in TIME_WAIT) or whose 4-tuple exists is skipped, counted
+    in ``fresh.skipped``: it is not a failed connection."""
+    while (picked := fresh.next()) is not None:
+        try:
+            return _open(host, port + picked[1], picked[0])
+        except OSError as exc:
+            if exc.errno not in SKIP_ERRNOS:
+                raise
+            fresh.skipped += 1
+    return None
+
+
 def client(
-    host: str, port: int, ports: int, duration: float, concurrency: int, timeout: float
+    host: str,
+    port: int,
+    ports: int,
+    duration: float,
+    concurrency: int,
+    timeout: float,
+    fresh: FreshTuples | None = None,
 ) -> dict[str, float]:
     sel = selectors.DefaultSelector()
     done = errors = launched = 0
@@ -84,16 +184,28 @@ def client(
     deadline = started + duration
     opened: dict[socket.socket, float] = {}
 
-    def launch() -> None:
+    def launch() -> bool:
+        """Open one connection (False: the fresh-tuple clock says wait)."""
         nonlocal errors, launched
-        launched += 1
-        try:
-            sock = _open(host, port + launched % ports)
-        except OSError:
-            errors += 1
-            return
+        if fresh is None:
+            launched += 1
+            try:
+                sock = _open(host, port + launched % ports)
+            except OSError:
+                errors += 1
+                return True
+        else:
+            try:
+                opened_fresh = _open_fresh(host, port, fresh)
+            except OSError:
+                errors += 1
+                return True
+            if opened_fresh is None:
+                return False
+            sock = opened_fresh
         opened[sock] = time.monotonic()
         sel.register(sock, selectors.EVENT_READ)
+        return True
 
     def finish(sock: socket.socket, ok: bool) -> None:
         nonlocal done, errors
@@ -105,6 +217,8 @@ def client(
         else:
             errors += 1
 
+    if fresh is not None:
+        fresh.wait_start()
     for _ in range(concurrency):
         launch()
     while time.monotonic() < deadline:
@@ -124,12 +238,17 @@ def client(
                 finish(sock, False)
                 launch()
         while len(opened) < concurrency and time.monotonic() < deadline:
-            launch()
+            if not launch():
+                break
     seconds = time.monotonic() - started
     for sock in list(opened):
         finish(sock, False)
         errors -= 1  # still in flight at the end: not an error
-    return {"connections": done, "errors": errors, "seconds": seconds}
+    out: dict[str, float] = {"connections": done, "errors": errors, "seconds": seconds}
+    if fresh is not None:
+        out["throttled"] = fresh.throttled
+        out["skipped"] = fresh.skipped
+    return out
 
 
 def main(argv: list[str]) -> int:
@@ -145,11 +264,19 @@ def main(argv: list[str]) -> int:
     cli.add_argument("--duration", type=float, default=10.0)
     cli.add_argument("--concurrency", type=int, default=32)
     cli.add_argument("--timeout", type=float, default=2.0, help="give up on one connection")
+    cli.add_argument(
+        "--fresh-tuples",
+        action="store_true",
+        help=f"bind source ports so no 4-tuple recurs within {FRESH_WINDOW_S:.0f} s",
+    )
     args = parser.parse_args(argv)
     if args.mode == "server":
         serve(args.port, args.ports)
         return 0
-    result = client(args.host, args.port, args.ports, args.duration, args.concurrency, args.timeout)
+    fresh = FreshTuples(args.ports) if args.fresh_tuples else None
+    result = client(
+        args.host, args.port, args.ports, args.duration, args.concurrency, args.timeout, fresh
+    )
     print(json.dumps(result), flush=True)
     return 0
 

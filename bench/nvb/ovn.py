@@ -19,6 +19,15 @@ Cross-host (``xhost``): two chassis namespaces joined by a veth underlay
 underlay address: OVS's userspace tunnelling (Geneve encap/decap in
 ovs-vswitchd, routes and ARP looked up by OVS itself), the setup OVS
 documents for netdev datapaths.
+
+ovs-vswitchd 3.1's userspace conntrack aborts (``ovs_assert`` in
+``conn_update_state``) when a TCP 4-tuple comes back while its old entry is
+still tracked and has an all-zero SNAT twin, which OVN's ``ct_commit`` adds to
+every stateful-ACL connection on a datapath with ``ct_zero_snat``. The
+connection-rate client therefore never reuses a 4-tuple within 150 s
+(``connrate.py --fresh-tuples``, for every backend), and a run after a crash
+fails naming the daemon and its log's EMER line (``check_daemons``), not with
+"no connection completed".
 """
 
 from __future__ import annotations
@@ -379,6 +388,7 @@ def _build(m: Machine, backend: str, topology: str) -> Target:
     _ping_ready(client, server_ip)
 
     def components() -> dict[str, list[int]]:
+        check_daemons(chassis)  # called before every timed run
         out: dict[str, list[int]] = {"ovs-vswitchd": [], "ovn-controller": [], "ovsdb": []}
         for ch in chassis:
             out["ovs-vswitchd"].append(ch.procs["vswitchd"].pid)
@@ -392,6 +402,36 @@ def _build(m: Machine, backend: str, topology: str) -> Target:
     if topology == "xhost":
         note += "; 2 chassis namespaces, Geneve by OVS userspace tunnelling over a veth underlay"
     return Target(backend, topology, client, server, server_ip, components, note=note)
+
+
+DAEMON_LOGS = {"vswitchd": "ovs-vswitchd.log", "controller": "ovn-controller.log"}
+
+
+def check_daemons(chassis: list[Chassis]) -> None:
+    """Raise a BenchError naming a chassis daemon that has exited, and why.
+
+    Without it a crashed ovs-vswitchd shows up only as runs that complete no
+    connection at all."""
+    for ch in chassis:
+        for key, log_name in DAEMON_LOGS.items():
+            proc = ch.procs.get(key)
+            if proc is not None and not proc.alive():
+                reason = exit_reason(ch.dir / log_name) or proc.output()[-300:].strip()
+                raise BenchError(f"{proc.name} exited: {reason or 'no log line'}")
+
+
+def exit_reason(log_file: Path) -> str:
+    """The last EMER line of an OVS/OVN daemon's log (a failed ``ovs_assert``, a fatal
+    signal), without its timestamp and sequence number; "" when there is none."""
+    try:
+        text = log_file.read_text(errors="replace")
+    except OSError:
+        return ""
+    for line in reversed(text.splitlines()):
+        _, sep, rest = line.partition("|EMER|")
+        if sep:
+            return rest.strip()
+    return ""
 
 
 def _two_chassis(m: Machine, central: Central, tso: bool) -> list[Chassis]:
