@@ -53,3 +53,29 @@ def test_settle_freezes_what_is_alive() -> None:
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def _promoted_after_young_collections(young_collections: int) -> bool:
+    """Whether an object alive across that many automatic young collections reaches the
+    oldest generation (where each full collection walks it)."""
+    gc.collect()  # (counts reset; then the survivor is young)
+    survivor: list[int] = []
+    young = gc.get_threshold()[0]
+    # tracked allocations kept alive (a freed one takes its count back): each ``young`` of
+    # them is one automatic young collection
+    kept = [[] for _ in range(young * young_collections)]
+    found = any(o is survivor for o in gc.get_objects(generation=2))
+    del kept
+    return found
+
+
+def test_spare_survivors_keeps_short_lived_objects_out_of_the_old_generation() -> None:
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)  # CPython's default: promoted within ~20 collections
+        assert _promoted_after_young_collections(40)
+        gcpause.spare_survivors()
+        assert gc.get_threshold() == (700, gcpause.MIDDLE_THRESHOLD, 10)
+        assert not _promoted_after_young_collections(40)
+    finally:
+        gc.set_threshold(*saved)

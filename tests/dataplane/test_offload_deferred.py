@@ -316,3 +316,50 @@ def test_fold_frames_faults_parked_connections_in() -> None:
     faulted.clear()
     kconns.fold_frames([err])
     assert faulted == [tup]
+
+
+def test_a_deferred_connections_port_is_never_posted_again(world: World) -> None:  # noqa: F811
+    """Its port stays claimed by the block (no store write at the report), and ``allocate``
+    gives an owner its own ports back: the refill must skip it until it is let go."""
+    run, tpl, kconns, tid = _templates(world, defer=True)
+    sup = tpl.supply[tid]
+    port = next(iter(sup.posted))
+    now_ns = time.monotonic_ns()
+    tpl._record(Made(14, now_ns, tid, 41005, port))
+    assert port in sup.inuse
+    for p in list(sup.posted)[: len(sup.posted) // 2]:  # taken and reported (another way)
+        sup.posted.pop(p)
+        run.ct.store.release(sup.pool, str(p), sup.owner)
+    tpl._cursor[sup.pool] = port - sup.port_range[0]  # the refill starts at its port
+    tpl.refill()
+    assert port not in sup.posted
+    tpl.settle(kconns.owned[14], None, fault=False)  # gone from the kernel: let go
+    assert port not in sup.inuse
+    for p in list(sup.posted):
+        sup.posted.pop(p)
+        run.ct.store.release(sup.pool, str(p), sup.owner)
+    tpl._cursor[sup.pool] = port - sup.port_range[0]
+    tpl.refill()
+    assert port in sup.posted  # (free again: claimed anew)
+
+
+def test_the_sweeps_read_serves_a_deferred_connections_release() -> None:
+    """``release_many(known=...)``: a deferred connection settles on the sweep's read of
+    its state (no second lookup), and its state entry still leaves the kernel."""
+    lib = _Lib()
+    kconns = KernelConns(SimpleNamespace(lib=lib, cstates_fd=5, timeouts_fd=6, conns_fd=7))
+    seen: list[tuple[Any, Any, bool]] = []
+    kconns.deferred = SimpleNamespace(
+        settle=lambda kc, found, fault: seen.append((kc, found, fault)), parked={}
+    )
+    covered = bytes(12) + b"\x08\x00" + bytes(5) + b"\x06" + bytes(8)
+    okey = bytes(16) + covered + b"\xa0\x28\x00\x50" + bytes(28)
+    rkey = bytes(16) + covered + b"\x00\x50\x07\xd0" + bytes(28)
+    assert kconns.adopt_deferred(4, (okey, rkey), (1, 1), Deferred(1, 41000, 2000, 0))
+    key = struct.pack("=Q", 4)
+    lib.maps.setdefault(5, {})[key] = struct.pack("=QQQ", 99, 1, 3)  # (the kernel's now)
+    kconns.release_many([4], known={4: (6, 77)})
+    ((_kc, found, fault),) = seen
+    assert found == (6, 77)
+    assert not fault
+    assert key not in lib.maps[5]

@@ -534,3 +534,30 @@ def test_each_template_takes_only_its_own_supply_in_order(
             _map(loaded, loaded.cstates_fd, struct.pack("=Q", conn), None)
         _map(loaded, loaded.tpls_fd, tkey2, None)
         _drain(loaded)
+
+
+@pytest.mark.parametrize("chunk", [3, 4096])  # (a bucket larger than a chunk: ENOSPC)
+def test_the_sweep_reads_every_state_in_batches(
+    loaded: bpf.Loaded, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``KernelConns._all_cstates`` (``bpf_map_lookup_batch``, across several calls when
+    the map holds more than a chunk) answers what one lookup per connection answers."""
+    from netvirt.dataplane.offload import conns as conns_mod
+    from netvirt.dataplane.offload.conns import KernelConns
+
+    monkeypatch.setattr(conns_mod, "_BATCH_CHUNK", chunk)
+    kernel = KernelConns(loaded)
+    cids = [(1 << 40) + i for i in range(7)]
+    try:
+        for i, cid in enumerate(cids):
+            kernel._update(
+                loaded.cstates_fd, struct.pack("=Q", cid), struct.pack("=QQQ", 1000 + i, i, i % 8)
+            )
+        every = kernel._all_cstates()
+        assert every is not None
+        for i, cid in enumerate(cids):
+            assert every[cid] == kernel._cstate(cid) == (i % 8, 1000 + i)
+        assert len(every) >= len(cids)
+    finally:
+        for cid in cids:
+            kernel._delete(loaded.cstates_fd, struct.pack("=Q", cid))

@@ -194,6 +194,7 @@ def datapath(
 ) -> None:
     """Run a host datapath: open plugged interfaces and tunnels, forward packets with the
     flows an agent installs through --control (and keep forwarding while it restarts)."""
+    from netvirt.agent import gcpause
     from netvirt.agent.datapath import DatapathConfig, DatapathProcess
 
     _check_mtu(underlay_mtu)
@@ -220,6 +221,9 @@ def datapath(
         process = DatapathProcess(config)
     except ValueError as err:  # a state store URL that names no backend
         raise typer.BadParameter(str(err), param_hint="--state-store") from err
+    if not gc_tuned:
+        gcpause.spare_survivors()  # (the process's own collector: not in DatapathProcess,
+        # which tests build in theirs)
     _run(process)
 
 

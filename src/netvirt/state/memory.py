@@ -13,8 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import cast
+from typing import Final, cast
 
 from netvirt.state.stats import StoreStats
 from netvirt.state.store import (
@@ -35,18 +34,18 @@ from netvirt.state.store import (
     check_version,
 )
 
-
-@dataclass(slots=True)
-class _Slot:
-    value: bytes
-    version: int
-    expires_at: float | None
-
-
-@dataclass(slots=True)
-class _Claim:
-    owner: str
-    expires_at: float | None
+# A key's value is a plain tuple (value, version, expires_at) and a pool member's claim
+# a plain tuple (owner, expires_at), not objects: CPython's collector stops tracking an
+# exact tuple of bytes, strings and numbers (not a NamedTuple), so a store of a million
+# records or claims costs its full collections nothing; as objects, every one of them
+# was walked by each (the datapath's store holds a claim per SNAT port in use).
+_Slot = tuple[bytes, int, "float | None"]
+_Claim = tuple[str, "float | None"]
+_VALUE: Final = 0
+_VERSION: Final = 1
+_SLOT_EXPIRES: Final = 2
+_OWNER: Final = 0
+_CLAIM_EXPIRES: Final = 1
 
 
 def _deadline(now: float, ttl: float | None) -> float | None:
@@ -114,7 +113,7 @@ class MemoryStore:
         check_version(version)
         with self._lock:
             self._last_version = max(self._last_version, version)
-            self._slots[key] = _Slot(bytes(value), version, _deadline(self._clock(), ttl))
+            self._slots[key] = (bytes(value), version, _deadline(self._clock(), ttl))
 
     def delete(self, key: str) -> bool:
         return self.delete_many([key]) == 1
@@ -182,8 +181,8 @@ class MemoryStore:
         """Drop every expired entry and claim; return how many were dropped."""
         with self._lock:
             at = self._clock() if now is None else now
-            dead_keys = [k for k, s in self._slots.items() if _expired(s.expires_at, at)]
-            dead_claims = [k for k, c in self._claims.items() if _expired(c.expires_at, at)]
+            dead_keys = [k for k, s in self._slots.items() if _expired(s[_SLOT_EXPIRES], at)]
+            dead_claims = [k for k, c in self._claims.items() if _expired(c[_CLAIM_EXPIRES], at)]
             for key in dead_keys:
                 del self._slots[key]
             for claim in dead_claims:
@@ -233,25 +232,25 @@ class MemoryStore:
 
     def _live(self, key: str, now: float) -> _Slot | None:
         slot = self._slots.get(key)
-        if slot is not None and _expired(slot.expires_at, now):
+        if slot is not None and _expired(slot[_SLOT_EXPIRES], now):
             del self._slots[key]
             return None
         return slot
 
     def _get(self, key: str, now: float) -> Entry | None:
         slot = self._live(key, now)
-        return None if slot is None else Entry(slot.value, slot.version)
+        return None if slot is None else Entry(slot[_VALUE], slot[_VERSION])
 
     def _put(self, key: str, value: bytes, ttl: float | None, now: float) -> int:
         self._last_version += 1
-        self._slots[key] = _Slot(bytes(value), self._last_version, _deadline(now, ttl))
+        self._slots[key] = (bytes(value), self._last_version, _deadline(now, ttl))
         return self._last_version
 
     def _cas(
         self, key: str, expected: int, value: bytes, ttl: float | None, now: float
     ) -> CasResult:
         current = self._get(key, now)
-        if (0 if current is None else current.version) != expected:
+        if (0 if current is None else current[_VERSION]) != expected:
             return CasResult(False, current)
         version = self._put(key, value, ttl, now)
         return CasResult(True, Entry(bytes(value), version))
@@ -263,17 +262,17 @@ class MemoryStore:
         slot = self._live(key, now)
         if slot is None:
             return False
-        slot.expires_at = now + ttl
+        self._slots[key] = (slot[_VALUE], slot[_VERSION], now + ttl)
         return True
 
     def _live_owner(self, pool_key: str, member: str, now: float) -> str | None:
         claim = self._claims.get((pool_key, member))
         if claim is None:
             return None
-        if _expired(claim.expires_at, now):
+        if _expired(claim[_CLAIM_EXPIRES], now):
             del self._claims[(pool_key, member)]
             return None
-        return claim.owner
+        return claim[_OWNER]
 
     def _allocate(
         self,
@@ -287,12 +286,12 @@ class MemoryStore:
         for member in candidates:
             holder = self._live_owner(pool_key, member, now)
             if holder == owner:
-                self._claims[(pool_key, member)].expires_at = _deadline(now, ttl)
+                self._claims[(pool_key, member)] = (owner, _deadline(now, ttl))
                 return member
             if holder is None and first_free is None:
                 first_free = member
         if first_free is not None:
-            self._claims[(pool_key, first_free)] = _Claim(owner, _deadline(now, ttl))
+            self._claims[(pool_key, first_free)] = (owner, _deadline(now, ttl))
         return first_free
 
     def _release(self, pool_key: str, member: str, owner: str, now: float) -> bool:

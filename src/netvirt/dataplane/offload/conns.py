@@ -34,6 +34,7 @@ records they consult. Thread-safety: none (the datapath loop's).
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import struct
 import time
@@ -171,6 +172,8 @@ class KernelConns:
         self.deferred: Any = None  # templates.SynTemplates: records of made connections
         self.last_handed: tuple[_Half, _Half, tuple[Hashable, ...]] | None = None
         self.held: dict[int, tuple[tuple[bytes, ...], float]] = {}  # (``drop_made``)
+        self._lookup_batch = _bind_lookup_batch(loaded.lib)
+        self._cstates = kmap.BatchedMap(loaded.lib, loaded.cstates_fd)  # (batch deletes)
         self._kbuf = ctypes.create_string_buffer(_CID.size)
         self._vbuf = ctypes.create_string_buffer(_CSTATE.size)
         self.counters = dict.fromkeys(
@@ -413,10 +416,15 @@ class KernelConns:
         into its records."""
         self.release_many([cid])
 
-    def release_many(self, cids: list[int], fault: bool = False) -> None:
+    def release_many(
+        self, cids: list[int], fault: bool = False, known: dict[int, tuple[int, int]] | None = None
+    ) -> None:
         """:meth:`release` for several, their entries out in one syscall first. ``fault``:
         a frame of theirs is about to take the slow path (deferred records are written
-        whatever their state, ``SynTemplates.settle``)."""
+        whatever their state, ``SynTemplates.settle``). ``known``: the sweep's read of
+        their states, used for deferred connections (closed or expired ones: a packet
+        between that read and now could only move a parked connection's timeout by its
+        own idle time), whose states then leave the kernel in one syscall."""
         taken: list[tuple[int, KernelConn]] = []
         for cid in cids:
             kc = self.owned.pop(cid, None)
@@ -434,14 +442,21 @@ class KernelConns:
         if not taken:
             return
         self.conns.commit_deletes()  # the kernel stops serving them before their state is read
+        gone: list[bytes] = []
         for cid, kc in taken:
-            found = self._cstate(cid)
-            self._delete(self.cstates_fd, struct.pack("=Q", cid))
+            if known is not None and kc.made is not None and cid in known:
+                found: tuple[int, int] | None = known[cid]
+                gone.append(_CID.pack(cid))
+            else:
+                found = self._cstate(cid)
+                self._delete(self.cstates_fd, _CID.pack(cid))
             self.counters["released"] += 1
             if kc.made is not None:
                 self.deferred.settle(kc, found, fault)
             elif found is not None:
                 self._fold(kc, *found)
+        if gone:
+            self._cstates.delete_known(gone)
 
     def release_all(self) -> None:
         self.release_many(list(self.owned))
@@ -467,24 +482,28 @@ class KernelConns:
         now_ns = time.monotonic_ns()
         timeouts: Timeouts = self.conntrack.timeouts
         done: list[int] = []
+        every = self._all_cstates()  # (one syscall per ~4k entries, not one per connection)
+        # per state byte: its timeout and whether it is closed (ns; no enum per connection)
+        limits = {
+            int(state): (int(timeouts.of(_TCP, state) * 1e9), state in CLOSING) for state in CtState
+        }
+        linger_ns = int(LINGER * 1e9)
+        refresh = timeouts.refresh_fraction
         for cid, kc in list(self.owned.items()):
-            found = self._cstate(cid)
+            found = every.get(cid) if every is not None else self._cstate(cid)
             if found is None:
                 done.append(cid)
                 continue
             st, last_ns = found
-            state = CtState(st & 0xFF)
-            idle = (now_ns - last_ns) / 1e9
-            timeout = timeouts.of(_TCP, state)
-            if idle > timeout or (state in CLOSING and idle > LINGER):
+            timeout_ns, closed = limits.get(st & 0xFF, limits[int(CtState.CLOSED)])
+            idle_ns = now_ns - last_ns
+            if idle_ns > timeout_ns or (closed and idle_ns > linger_ns):
                 done.append(cid)
             elif kc.made is not None:
                 continue  # (no records to fold into: the kernel's state is the state)
-            elif (
-                st != kc.state or (last_ns - kc.last_ns) / 1e9 > timeout * timeouts.refresh_fraction
-            ):
+            elif st != kc.state or last_ns - kc.last_ns > timeout_ns * refresh:
                 self._fold(kc, st, last_ns)
-        self.release_many(done)
+        self.release_many(done, known=every)
 
     def _fold(self, kc: KernelConn, st: int, last_ns: int) -> None:
         """Write the kernel's state into the connection's records (if it moved)."""
@@ -535,6 +554,40 @@ class KernelConns:
         last_ns, _packets, st = _CSTATE.unpack_from(vb)
         return st, last_ns
 
+    def _all_cstates(self) -> dict[int, tuple[int, int]] | None:
+        """Every ``cstates`` entry as ``{cid: (st, last_ns)}``, read with
+        ``bpf_map_lookup_batch`` (None: this libbpf has no batch lookup, or it failed —
+        the caller then reads them one by one)."""
+        call = self._lookup_batch
+        if call is None:
+            return None
+        chunk = _BATCH_CHUNK
+        keys = ctypes.create_string_buffer(_CID.size * chunk)
+        values = ctypes.create_string_buffer(_CSTATE.size * chunk)
+        tokens = (ctypes.create_string_buffer(8), ctypes.create_string_buffer(8))
+        opts = kmap.BatchOpts(ctypes.sizeof(kmap.BatchOpts), 0, 0)
+        out: dict[int, tuple[int, int]] = {}
+        first = True
+        while True:
+            count = ctypes.c_uint32(chunk)
+            rc = call(
+                self.cstates_fd, None if first else tokens[0], tokens[1], keys, values,
+                ctypes.byref(count), ctypes.byref(opts),
+            )  # fmt: skip
+            n = min(int(count.value), chunk)
+            if rc != 0 and rc != -errno.ENOENT:
+                return None  # (an incomplete answer must not read as connections gone)
+            for (cid,), (last_ns, _packets, st) in zip(
+                _CID.iter_unpack(keys.raw[: n * _CID.size]),
+                _CSTATE.iter_unpack(values.raw[: n * _CSTATE.size]),
+                strict=True,
+            ):
+                out[cid] = (st, last_ns)
+            if rc != 0:  # -ENOENT (libbpf 1.x returns -errno): that was the last of them
+                return out
+            ctypes.memmove(tokens[0], tokens[1], 8)
+            first = False
+
     def _update(self, fd: int, key: bytes, value: bytes) -> None:
         kb = ctypes.create_string_buffer(key, len(key))
         vb = ctypes.create_string_buffer(value, len(value))
@@ -553,6 +606,21 @@ class KernelConns:
             "waiting_halves": len(self.half),
             **self.counters,
         }
+
+
+_BATCH_CHUNK = 4096  # cstates entries per lookup-batch syscall
+
+
+def _bind_lookup_batch(lib: Any) -> Any:
+    """libbpf's ``bpf_map_lookup_batch``, declared (None when this libbpf has none)."""
+    call = getattr(lib, "bpf_map_lookup_batch", None)
+    if call is None:
+        return None
+    if hasattr(call, "argtypes"):  # libbpf itself (tests give a fake)
+        vp = ctypes.c_void_p
+        call.restype = ctypes.c_int
+        call.argtypes = [ctypes.c_int, vp, vp, vp, vp, vp, vp]
+    return call
 
 
 def read_primary(conntrack: Any, dep: Hashable) -> tuple[Any, int] | None:

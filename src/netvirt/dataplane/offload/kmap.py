@@ -41,7 +41,7 @@ from typing import Any
 BATCH_MIN = 4
 
 
-class _BatchOpts(ctypes.Structure):
+class BatchOpts(ctypes.Structure):
     _fields_ = [
         ("sz", ctypes.c_size_t),
         ("elem_flags", ctypes.c_uint64),
@@ -100,6 +100,12 @@ class BatchedMap:
         if key in self.live:
             self._mark()
             self.dels.add(key)
+
+    def delete_known(self, keys: list[bytes]) -> None:
+        """Delete ``keys`` now, in one syscall: entries this map did not write (the
+        kernel's own, e.g. the state of a connection it made) and so does not track."""
+        self._delete_all(keys)
+        self.deleted += len(keys)
 
     def clear(self) -> None:
         """Everything leaves the kernel now (a flush)."""
@@ -174,7 +180,7 @@ class BatchedMap:
         """One batch syscall; how many elements it applied (the rest go one by one)."""
         kb = ctypes.create_string_buffer(keys, len(keys))
         count = ctypes.c_uint32(n)
-        opts = _BatchOpts(ctypes.sizeof(_BatchOpts), 0, 0)
+        opts = BatchOpts(ctypes.sizeof(BatchOpts), 0, 0)
         self.syscalls += 1
         if values is None:
             rc = call(self.fd, kb, ctypes.byref(count), ctypes.byref(opts))
