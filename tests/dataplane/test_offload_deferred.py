@@ -363,3 +363,32 @@ def test_the_sweeps_read_serves_a_deferred_connections_release() -> None:
     assert found == (6, 77)
     assert not fault
     assert key not in lib.maps[5]
+
+
+def test_a_full_port_map_leaves_no_gap_in_a_supply(world: World) -> None:  # noqa: F811
+    """The kernel takes a supply's ports in sequence: a refill whose writes the map refuses
+    part-way keeps only the ports before the first refusal, the rest given back."""
+    run, tpl, _kconns, tid = _templates(world, defer=True)
+    sup = tpl.supply[tid]
+    lib = tpl.lib
+    for p in list(sup.posted)[:400]:  # taken and reported: the refill tops the supply up
+        del lib.maps[2][struct.pack("=II", tid, sup.posted.pop(p))]
+        run.ct.store.release(sup.pool, str(p), sup.owner)
+    room = len(lib.maps[2]) + 100  # the map takes 100 more, then refuses
+    real = lib.bpf_map_update_elem
+
+    def full(fd: int, key: Any, value: Any, flags: int) -> int:
+        if fd == 2 and len(lib.maps.get(2, {})) >= room:
+            return -1
+        return real(fd, key, value, flags)
+
+    lib.bpf_map_update_elem = full
+    tail = sup.tail
+    tpl.refill()
+    assert sup.tail == tail + 100
+    seqs = sorted(struct.unpack("=II", k)[1] for k in lib.maps[2])
+    assert seqs == list(range(seqs[0], sup.tail))  # no gap
+    assert sorted(sup.posted.values()) == seqs
+    for port in sup.posted:  # every posted port claimed, the others given back
+        assert run.ct.store._live_owner(sup.pool, str(port), time.monotonic()) == sup.owner
+    assert tpl.counters["ports_claimed"] == len(seqs) + 400

@@ -101,11 +101,13 @@ def _map(loaded: bpf.Loaded, fd: int, key: bytes | None, value: bytes | None) ->
     return int(loaded.lib.bpf_map_update_elem(fd, kb, vb, 0))
 
 
-def _pop(loaded: bpf.Loaded, fd: int, size: int) -> bytes | None:
-    vb = ctypes.create_string_buffer(size)
-    if loaded.lib.bpf_map_lookup_and_delete_elem(fd, None, vb) != 0:
-        return None
-    return vb.raw
+_REPORTS: list[bytes] = []  # read from the ``made`` ring, not yet looked at
+
+
+def _report(loaded: bpf.Loaded) -> bytes | None:
+    """The kernel's next made-connection report (``made``, a ring buffer)."""
+    _REPORTS.extend(loaded.made_ring.read())
+    return _REPORTS.pop(0) if _REPORTS else None
 
 
 def _supply_keys(loaded: bpf.Loaded) -> list[bytes]:
@@ -120,7 +122,7 @@ def _supply_keys(loaded: bpf.Loaded) -> list[bytes]:
 def _drain(loaded: bpf.Loaded) -> None:
     for key in _supply_keys(loaded):
         _map(loaded, loaded.tpl_ports_fd, key, None)
-    while _pop(loaded, loaded.made_fd, 24) is not None:
+    while _report(loaded) is not None:
         pass
 
 
@@ -215,7 +217,7 @@ def _state(loaded: bpf.Loaded, conn: int) -> int:
 
 
 def _made(loaded: bpf.Loaded) -> tuple[int, int, int, int]:
-    raw = _pop(loaded, loaded.made_fd, 24)
+    raw = _report(loaded)
     assert raw is not None
     conn, _ns, tid, sport, port = struct.unpack("=QQIHH", raw)
     return (
@@ -248,7 +250,7 @@ def test_a_syn_of_a_template_is_made_and_served_byte_for_byte(
         assert _state(loaded, conn) == CtState.SYN_SENT
         # a retransmitted SYN: the same connection, served again
         assert _run(loaded, _client(sport, "S")) == (0, TC_ACT_REDIRECT, _client_out(port, "S"))
-        assert _pop(loaded, loaded.made_fd, 24) is None
+        assert _report(loaded) is None
         # the server's SYN-ACK to the SNAT port: back to the client's port
         verdict, code, out = _run(loaded, _server(port, "SA"))
         assert (verdict, code) == (0, TC_ACT_REDIRECT)
@@ -274,7 +276,7 @@ def test_without_a_free_port_the_syn_goes_to_the_datapath(
     assert verdict == len(syn)
     assert code == TC_ACT_OK
     assert _stat(loaded, 9) == before + 1
-    assert _pop(loaded, loaded.made_fd, 24) is None
+    assert _report(loaded) is None
 
 
 def test_a_taken_reply_key_leaves_the_syn_to_the_datapath_and_the_port_free(
@@ -291,7 +293,7 @@ def test_a_taken_reply_key_leaves_the_syn_to_the_datapath_and_the_port_free(
         verdict, code, _out = _run(loaded, syn)
         assert (verdict, code) == (len(syn), TC_ACT_OK)
         assert _stat(loaded, 10) == before + 1
-        assert _pop(loaded, loaded.made_fd, 24) is None
+        assert _report(loaded) is None
         assert _next_port(loaded) == 50000  # back, still the next one
         assert _map(loaded, loaded.conns_fd, _ckey(_client(41001, "A")), None) != 0  # none
     finally:
@@ -312,7 +314,7 @@ def test_other_syns_are_not_templated(loaded: bpf.Loaded, template: bytes) -> No
     ):
         verdict, code, _out = _run(loaded, frame)
         assert (verdict, code) == (len(frame), TC_ACT_OK)
-    assert _pop(loaded, loaded.made_fd, 24) is None
+    assert _report(loaded) is None
     assert _next_port(loaded) == 50001
 
 
@@ -427,7 +429,7 @@ def test_an_undone_connection_sends_its_retransmitted_syn_to_the_datapath(
         kernel.drop_made(conn, keys, hold=30.0)
         verdict, code, _out = _run(loaded, syn)
         assert (verdict, code) == (len(syn), TC_ACT_OK)  # the datapath's
-        assert _pop(loaded, loaded.made_fd, 24) is None  # nothing made
+        assert _report(loaded) is None  # nothing made
         kernel._expire_held(time.monotonic() + 31)
         assert kernel.held == {}
         for key in keys:
@@ -514,7 +516,7 @@ def test_each_template_takes_only_its_own_supply_in_order(
             if not want[dport]:
                 assert (verdict, code) == (len(syn), TC_ACT_OK)
                 assert _stat(loaded, 9) == before + 1
-                assert _pop(loaded, loaded.made_fd, 24) is None
+                assert _report(loaded) is None
                 continue
             port = want[dport].pop(0)
             assert (verdict, code) == (0, TC_ACT_REDIRECT)

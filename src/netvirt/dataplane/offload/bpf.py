@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -23,6 +24,9 @@ import sysconfig
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("flows.bpf.c")
 BPF_TC_INGRESS = 1
@@ -152,10 +156,14 @@ class Loaded:
     punt_check_fd: int = -1  # ``punt`` as a TC program, for BPF_PROG_TEST_RUN (tests)
     tpls_fd: int = -1  # SYN templates (``templates.py``)
     tpl_ports_fd: int = -1  # ... each template's SNAT port supply (a hash: tid, seq)
-    made_fd: int = -1  # ... the connections it made (a queue the datapath drains)
+    made_fd: int = -1  # ... the connections it made (a ring buffer the datapath drains)
     next_conn_fd: int = -1  # ... the next id of one
+    made_ring: Any = None  # ``ringbuf.RingReader`` of ``made`` (None: not mapped)
 
     def close(self) -> None:
+        if self.made_ring is not None:
+            self.made_ring.close()
+            self.made_ring = None
         if self.obj:
             self.lib.bpf_object__close(self.obj)
             self.obj = 0
@@ -204,6 +212,14 @@ def load(path: Path | None = None) -> Loaded:
     ):
         handle = lib.bpf_object__find_map_by_name(obj, map_name)
         setattr(found, field, lib.bpf_map__fd(handle) if handle else -1)
+    if found.made_fd >= 0:
+        from netvirt.dataplane.offload.ringbuf import RingReader
+        from netvirt.dataplane.offload.templates import MADE_RING
+
+        try:
+            found.made_ring = RingReader(found.made_fd, MADE_RING)
+        except (OSError, ValueError) as err:
+            log.warning("offload: the made-connection ring cannot be mapped: %s", err)
     check = lib.bpf_object__find_program_by_name(obj, b"punt_check")
     found.punt_check_fd = lib.bpf_program__fd(check) if check else -1
     return found

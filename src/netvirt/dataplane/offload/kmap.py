@@ -101,6 +101,13 @@ class BatchedMap:
             self._mark()
             self.dels.add(key)
 
+    def write_known(self, items: list[tuple[bytes, bytes]]) -> set[bytes]:
+        """Write ``items`` now, in one syscall, without tracking them (entries the kernel
+        consumes itself, e.g. the SNAT ports a template's SYNs take): the keys refused."""
+        failed = self._update_all(items)
+        self.written += len(items) - len(failed)
+        return failed
+
     def delete_known(self, keys: list[bytes]) -> None:
         """Delete ``keys`` now, in one syscall: entries this map did not write (the
         kernel's own, e.g. the state of a connection it made) and so does not track."""

@@ -31,15 +31,15 @@ Thread-safety: none (the datapath loop's).
 from __future__ import annotations
 
 import ctypes
-import heapq
 import logging
 import os
 import struct
 import time
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from netvirt.dataplane.nf.codec import (
     FIN_ORIG,
@@ -54,6 +54,7 @@ from netvirt.dataplane.nf.codec import (
 )
 from netvirt.dataplane.nf.nat import snat_pool
 from netvirt.dataplane.nf.tcp import CLOSING, claim_ttl
+from netvirt.dataplane.offload import kmap
 from netvirt.dataplane.offload.conns import read_primary
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ SUPPLY_LIMIT = 4096  # the same for all templates together (each gets its share,
 # ``tpl_ports`` holds 65,536: a port the kernel puts back always finds room.
 BLOCK_TTL = 3600.0  # a block port's claim in the pool (renewed while the datapath runs)
 TPL_LIMIT = 1024  # the kernel map's size
+MADE_RING = 1 << 22  # the ``made`` ring buffer's data size (flows.bpf.c)
 HOLD = 30.0  # an undone connection's entries send its packets to the datapath this long
 DEFER = True  # a made connection's records are written when user space needs them, not at
 # its report (``SynTemplates.settle``): writing them at every report and folding each state
@@ -148,9 +150,8 @@ class Template:
     keyparts: tuple[tuple[str, str, str, bool], ...] = ()  # (:func:`key_parts`, per record)
 
 
-@dataclass(frozen=True)
-class Made:
-    """A connection the kernel made (its report)."""
+class Made(NamedTuple):
+    """A connection the kernel made (its report; a NamedTuple: one per connection)."""
 
     conn: int
     ns: int
@@ -273,6 +274,7 @@ class SynTemplates:
     def __init__(self, loaded: Any, kconns: Any) -> None:
         self.lib = loaded.lib
         self.fds = (loaded.tpls_fd, loaded.tpl_ports_fd, loaded.made_fd, loaded.next_conn_fd)
+        self._ports_map = kmap.BatchedMap(loaded.lib, loaded.tpl_ports_fd)  # (batched posts)
         self.kconns = kconns  # conns.KernelConns
         self.available = min(self.fds) >= 0
         self.enabled = False
@@ -286,10 +288,13 @@ class SynTemplates:
         self._dead = 0  # ... and of flushed ones still holding ports (:meth:`_census`)
         self._census_key: tuple[int, int] | None = None
         self._cursor: dict[str, int] = {}  # pool -> where the next claims are looked for
-        self._mbuf = ctypes.create_string_buffer(_MADE.size)
+        self.ring = getattr(loaded, "made_ring", None)  # ``ringbuf.RingReader`` of ``made``
         self.defer = DEFER
         self.parked: dict[bytes, Parked] = {}  # by both ingress tuples (``conns.frame_tuple``)
-        self._park_heap: list[Parked] = []  # (ordered by ``until``, then the sequence)
+        # in order of parking, one queue per timeout (TIME_WAIT's, CLOSED's): each nearly in
+        # ``until`` order (a connection's idle time at parking varies by a sweep period),
+        # so one may go back up to that much later than its timeout, never earlier
+        self._park_queues: dict[float, deque[Parked]] = {}
         self._park_seq = 0
         self._written: set[int] = set()  # parked ones faulted in (their ports are the records')
         self._next_renew = time.monotonic() + RENEW_EVERY
@@ -435,6 +440,7 @@ class SynTemplates:
             span = hi - lo + 1
             cursor = self._cursor.get(sup.pool, 0)
             posted, inuse = sup.posted, sup.inuse
+            batch: list[tuple[bytes, bytes]] = []  # (written in one syscall below)
             tries = 0
             while len(posted) < target and tries < span:
                 port = lo + cursor
@@ -447,26 +453,40 @@ class SynTemplates:
                 # per port claimed (~40 % of the datapath's CPU at 15k connections/s)
                 if store.allocate(sup.pool, (member,), sup.owner, BLOCK_TTL) != member:
                     continue
-                key = _TPORT.pack(sup.tid, sup.tail)
-                if not self._update(self.fds[1], key, port.to_bytes(2, "big")):
-                    store.release(sup.pool, member, sup.owner)
-                    break  # (the map is full: try again at the next refill)
+                batch.append((_TPORT.pack(sup.tid, sup.tail), port.to_bytes(2, "big")))
                 posted[port] = sup.tail
                 sup.tail += 1
                 self.counters["ports_claimed"] += 1
             self._cursor[sup.pool] = cursor
+            failed = self._ports_map.write_known(batch) if batch else set()
+            if failed:  # the map is full: those ports go back, the supply stops there (the
+                # kernel takes ports in sequence: a gap would stall it at the first hole)
+                first = min(_TPORT.unpack(k)[1] for k in failed)
+                for key, value in batch:
+                    seq = _TPORT.unpack(key)[1]
+                    if seq >= first:
+                        port = int.from_bytes(value, "big")
+                        del posted[port]
+                        store.release(sup.pool, str(port), sup.owner)
+                        self.counters["ports_claimed"] -= 1
+                        if key not in failed:
+                            self._delete(self.fds[1], key)
+                sup.tail = first
+                log.warning("offload: the template port map is full")
 
     # -- reports --------------------------------------------------------------------------
     def drain(self) -> int:
         """The kernel's reports: records written, connections registered as the kernel's."""
         if not self.enabled:
             return 0
+        ring = self.ring
+        if ring is None:
+            return 0
         n = 0
-        buf = self._mbuf
-        while self.lib.bpf_map_lookup_and_delete_elem(self.fds[2], None, buf) == 0:
-            conn, ns, tid, sport, port = _MADE.unpack(buf.raw)
-            self._record(Made(conn, ns, tid, int.from_bytes(sport.to_bytes(2, "little"), "big"),
-                              int.from_bytes(port.to_bytes(2, "little"), "big")))  # fmt: skip
+        for raw in ring.read():
+            conn, ns, tid, sport, port = _MADE.unpack(raw)  # (ports in network order)
+            self._record(Made(conn, ns, tid, (sport & 0xFF) << 8 | sport >> 8,
+                              (port & 0xFF) << 8 | port >> 8))  # fmt: skip
             n += 1
         if n:
             self.refill()  # (a no-op for a supply holding more than 3/4 of its target)
@@ -593,7 +613,10 @@ class SynTemplates:
             self._park_seq,
         )  # fmt: skip
         self.parked[t0] = self.parked[t1] = p
-        heapq.heappush(self._park_heap, p)
+        queue = self._park_queues.get(timeout)
+        if queue is None:
+            queue = self._park_queues[timeout] = deque()
+        queue.append(p)
         self.counters["parked"] += 1
 
     def materialize(self, kc: Any, st: int, last_ns: int) -> bool:
@@ -643,16 +666,16 @@ class SynTemplates:
     def expire(self, mono: float) -> None:
         """Parked connections whose timeout ended: their SNAT ports go back; and now and
         then the block's claims are renewed (the sweep's, ``KernelConns.tick``)."""
-        heap = self._park_heap
-        while heap and heap[0][0] <= mono:
-            p = heapq.heappop(heap)
-            self._unpark(p)
-            if p[9] in self._written:
-                self._written.discard(p[9])
-                continue
-            t = self.by_id.get(p[1])
-            if t is not None:
-                self._let_go(t, p[3])
+        for queue in self._park_queues.values():
+            while queue and queue[0][0] <= mono:
+                p = queue.popleft()
+                self._unpark(p)
+                if p[9] in self._written:
+                    self._written.discard(p[9])
+                    continue
+                t = self.by_id.get(p[1])
+                if t is not None:
+                    self._let_go(t, p[3])
         if mono >= self._next_renew:
             self._next_renew = mono + RENEW_EVERY
             self.renew()
@@ -667,7 +690,8 @@ class SynTemplates:
         for kc in self.kconns.owned.values():
             if kc.made is not None:
                 held.append((kc.made.tid, kc.made.port))
-        held += [(p[1], p[3]) for p in self._park_heap if p[9] not in self._written]
+        for queue in self._park_queues.values():
+            held += [(p[1], p[3]) for p in queue if p[9] not in self._written]
         for tid, port in held:
             t = self.by_id.get(tid)
             if t is not None and t.pool:
