@@ -41,7 +41,9 @@ class _DKConns(_KConns):
         super().__init__(ct)
         self.owned: dict[int, KernelConn] = {}
 
-    def adopt_deferred(self, cid: int, keys: Any, ifx: Any, made: Deferred) -> KernelConn:
+    def adopt_deferred(
+        self, cid: int, keys: Any, ifx: Any, made: Deferred, tuples: Any = None
+    ) -> KernelConn:
         kc = KernelConn(keys, (keys[0], keys[1]), ifx, (), 1, made.ns, made)
         self.owned[cid] = kc
         return kc
@@ -392,3 +394,24 @@ def test_a_full_port_map_leaves_no_gap_in_a_supply(world: World) -> None:  # noq
     for port in sup.posted:  # every posted port claimed, the others given back
         assert run.ct.store._live_owner(sup.pool, str(port), time.monotonic()) == sup.owner
     assert tpl.counters["ports_claimed"] == len(seqs) + 400
+
+
+@settings(max_examples=30, deadline=None)
+@given(sport=st.integers(1, 65535), port=st.integers(1, 65535))
+def test_the_reports_tuples_are_the_keys_covered_tuples(sport: int, port: int) -> None:
+    """``_record`` slices an IPv4 ``conns`` key's ingress tuple where ``covered_tuple``
+    finds it: the tuple of the frame the key is of."""
+    from netvirt.dataplane.fastpath import TCP4, frame_key
+    from netvirt.dataplane.offload import templates as tmod
+    from netvirt.dataplane.offload.conns import conn_key, covered_tuple
+    from netvirt.dataplane.offload.manager import pack_key
+
+    frame = bytes(
+        Ether() / IP(src="10.0.0.5", dst="203.0.113.9") / TCP(sport=sport, dport=port, flags="A")
+    )
+    found = frame_key(frame)
+    assert found is not None
+    assert found[0] is not None
+    key = conn_key(pack_key(1, TCP4.name, found[0]))
+    assert key is not None
+    assert key[tmod._TUPLE : tmod._TUPLE_END] == covered_tuple(key[16:]) == frame_tuple(frame)

@@ -60,6 +60,7 @@ from netvirt.dataplane.offload import kmap
 
 log = logging.getLogger(__name__)
 
+_SYN_SENT = int(CtState.SYN_SENT)
 _TCP = CtTuple(4, 6, 0, 0)  # (``Timeouts.of`` reads the protocol: every connection here is TCP)
 _CSTATE = struct.Struct("=QQQ")  # struct cstate: last_ns, packets, st
 _CID = struct.Struct("=Q")  # the cstates key
@@ -315,20 +316,29 @@ class KernelConns:
         return True
 
     def adopt_deferred(
-        self, cid: int, keys: tuple[bytes, bytes], ifindexes: tuple[int, int], made: Any
-    ) -> KernelConn | None:
+        self, cid: int, keys: tuple[bytes, bytes], ifindexes: tuple[int, int], made: Any,
+        tuples: tuple[bytes, bytes] | None = None,
+    ) -> KernelConn | None:  # fmt: skip
         """:meth:`adopt_made` for a connection whose records wait (``templates.DEFER``):
         the kernel's, with no records until :attr:`deferred` writes them. None (and the
-        kernel's entries removed) when a tuple of it is another kernel connection's."""
-        tuples = tuple(covered_tuple(key[_KEY_HEAD:]) for key in keys)
-        if None in tuples or any(t in self.by_tuple for t in tuples):
+        kernel's entries removed) when a tuple of it is another kernel connection's.
+        ``tuples``: the keys' :func:`covered_tuple` when the caller knows them (IPv4)."""
+        if tuples is None:
+            found = tuple(covered_tuple(key[_KEY_HEAD:]) for key in keys)
+            if None in found:
+                self.drop_made(cid, keys)
+                return None
+            tuples = cast(tuple[bytes, bytes], found)
+        by_tuple = self.by_tuple
+        t0, t1 = tuples
+        if t0 in by_tuple or t1 in by_tuple:
             self.drop_made(cid, keys)
             return None
-        both = cast(tuple[bytes, bytes], tuples)
         live = self.conns.live
         live[keys[0]] = live[keys[1]] = b""
-        kc = KernelConn(keys, both, ifindexes, (), int(CtState.SYN_SENT), made.ns, made)
-        self._own(cid, kc)
+        kc = KernelConn(keys, tuples, ifindexes, (), _SYN_SENT, made.ns, made)
+        self.owned[cid] = kc
+        by_tuple[t0] = by_tuple[t1] = cid
         self.counters["made"] += 1
         return kc
 

@@ -64,6 +64,7 @@ _KEY_HEAD = 16  # struct fkey before its covered bytes
 _SPORT = _KEY_HEAD + 28  # TCP4 covered bytes: the source port
 _DPORT = _KEY_HEAD + 30  # ... the destination port
 _FLAGS = _KEY_HEAD + 32  # ... the data offset and flags
+_TUPLE, _TUPLE_END = _KEY_HEAD + 19, _KEY_HEAD + 32  # ... the ingress tuple (``covered_tuple``)
 FVAL = 176  # sizeof(struct fval)
 FKEY = 76  # sizeof(struct fkey)
 _TPL = struct.Struct(f"={FVAL}s{FVAL}s{FKEY}sII4x")  # struct tpl: id, head, tail (440 bytes)
@@ -500,9 +501,10 @@ class SynTemplates:
             self.counters["record_conflicts"] += 1
             self.kconns.drop_made(m.conn, ())
             return
+        sp, pp = m.sport.to_bytes(2, "big"), m.port.to_bytes(2, "big")
         keys = (
-            t.key[:_SPORT] + m.sport.to_bytes(2, "big") + t.key[_SPORT + 2 :],
-            t.rkey[:_DPORT] + m.port.to_bytes(2, "big") + t.rkey[_DPORT + 2 :],
+            t.key[:_SPORT] + sp + t.key[_SPORT + 2 :],
+            t.rkey[:_DPORT] + pp + t.rkey[_DPORT + 2 :],
         )
         ifindexes = (int.from_bytes(keys[0][:4], "little"), int.from_bytes(keys[1][:4], "little"))
         sup = self.supply.get(m.tid)
@@ -511,8 +513,9 @@ class SynTemplates:
         if self.defer and t.keyparts and self._free(t, m.sport, m.port):
             # nothing on its tuples: the kernel's alone until user space needs its records
             kc = self.kconns.adopt_deferred(
-                m.conn, keys, ifindexes, Deferred(m.tid, m.sport, m.port, m.ns)
-            )
+                m.conn, keys, ifindexes, Deferred(m.tid, m.sport, m.port, m.ns),
+                (keys[0][_TUPLE:_TUPLE_END], keys[1][_TUPLE:_TUPLE_END]),
+            )  # fmt: skip
             if kc is None:
                 self._let_go(t, m.port)
                 return
