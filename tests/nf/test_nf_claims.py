@@ -38,7 +38,7 @@ class ClaimLog(MemoryStore):
 
     def claim_expiry(self, pool: str, member: str) -> float | None:
         claim = self._claims.get((pool, member))
-        return None if claim is None else claim.expires_at
+        return None if claim is None else claim[1]  # (owner, expires_at)
 
 
 def setup() -> tuple[FakeClock, ClaimLog, Conntrack]:
