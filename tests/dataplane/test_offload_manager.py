@@ -304,3 +304,23 @@ def test_syn_templates_follow_the_datapath_option_then_the_environment(
     assert made("0", True) is True
     assert made("0", None) is False  # no option: the environment
     assert made("1", None) is True
+
+
+@pytest.mark.parametrize(
+    ("value", "want"), [("", True), ("1", True), ("on", True), ("0", False), ("false", False)]
+)
+def test_redirect_peer_is_a_boolean_word(
+    value: str, want: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from netvirt.dataplane.offload.manager import PEER_ENV, redirect_peer_by_env
+
+    monkeypatch.setenv(PEER_ENV, value)
+    assert redirect_peer_by_env() is want
+
+
+def test_redirect_peer_refuses_anything_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    from netvirt.dataplane.offload.manager import PEER_ENV, redirect_peer_by_env
+
+    monkeypatch.setenv(PEER_ENV, "maybe")
+    with pytest.raises(ValueError, match="boolean"):
+        redirect_peer_by_env()

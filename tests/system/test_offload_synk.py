@@ -108,3 +108,27 @@ def test_a_second_run_reuses_the_ports_and_still_completes(lab: LabRun) -> None:
 def test_status_file_has_the_counters(lab: LabRun) -> None:
     found = json.loads(Path(lab.state().hosts["hv1"].datapath_status_file).read_text())
     assert "syn_templates" in found["offload"]
+    # both ports (the VM's, the external network's) are veth ends whose other end is in
+    # another namespace: served with bpf_redirect_peer (the runs above went through it)
+    assert found["offload"]["redirect_peer"] == {"enabled": True, "ports": 2}
+
+
+def test_only_a_veth_with_its_peer_elsewhere_takes_redirect_peer() -> None:
+    """``bpf_redirect_peer`` drops a frame whose peer is in the same namespace: the
+    check must tell the cases apart (and say no for anything else)."""
+    from netvirt.dataplane.offload.bpf import veth_peer_elsewhere
+
+    ns, a, b, c, d = (f"nvk{os.getpid() % 1000}{x}" for x in "nabcd")
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b, "netns", ns],
+                       check=True)  # fmt: skip
+        subprocess.run(["ip", "link", "add", c, "type", "veth", "peer", "name", d], check=True)
+        assert veth_peer_elsewhere(a)
+        assert not veth_peer_elsewhere(c)  # (its peer is here)
+        assert not veth_peer_elsewhere("lo")
+        assert not veth_peer_elsewhere(f"nvk{os.getpid() % 1000}z")  # (no such device)
+    finally:
+        subprocess.run(["ip", "link", "del", a], check=False)
+        subprocess.run(["ip", "link", "del", c], check=False)
+        subprocess.run(["ip", "netns", "del", ns], check=False)

@@ -159,6 +159,7 @@ class Loaded:
     made_fd: int = -1  # ... the connections it made (a ring buffer the datapath drains)
     next_conn_fd: int = -1  # ... the next id of one
     made_ring: Any = None  # ``ringbuf.RingReader`` of ``made`` (None: not mapped)
+    peers_fd: int = -1  # output ports served with bpf_redirect_peer (veth ends)
 
     def close(self) -> None:
         if self.made_ring is not None:
@@ -209,6 +210,7 @@ def load(path: Path | None = None) -> Loaded:
         ("tpl_ports_fd", b"tpl_ports"),
         ("made_fd", b"made"),
         ("next_conn_fd", b"next_conn"),
+        ("peers_fd", b"peers"),
     ):
         handle = lib.bpf_object__find_map_by_name(obj, map_name)
         setattr(found, field, lib.bpf_map__fd(handle) if handle else -1)
@@ -268,3 +270,18 @@ def run_once(
     if lib.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)) != 0:
         raise OffloadUnavailable(f"test run: {os.strerror(ctypes.get_errno())}")
     return opts.retval, out.raw[: opts.data_size_out]
+
+
+def veth_peer_elsewhere(ifname: str) -> bool:
+    """Whether ``ifname`` is one end of a veth pair whose other end is in another network
+    namespace — what ``bpf_redirect_peer`` needs (a peer in the same namespace drops the
+    frame). Asked over rtnetlink in the calling thread's namespace; False if unknown."""
+    from pyroute2 import IPRoute
+
+    try:
+        with IPRoute() as ipr:
+            (link,) = ipr.link("get", ifname=ifname)
+    except Exception:  # (pyroute2 raises its own errors for a missing device)
+        return False
+    kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+    return bool(kind == "veth" and link.get_attr("IFLA_LINK_NETNSID") is not None)

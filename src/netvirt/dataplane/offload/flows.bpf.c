@@ -133,6 +133,25 @@ struct {
 	__type(value, struct pstat);
 } ports SEC(".maps");
 
+// Output ports that are one end of a veth pair whose other end is in another namespace
+// (a VM's): `forward` and `decap` hand their frames straight to that other end's
+// ingress (bpf_redirect_peer) instead of transmitting on this end, which queues them on
+// the CPU's backlog for another softirq pass. The datapath sets an entry per such port
+// (offload/manager.py); QoS and health-checked ports never get here (not offloaded).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} peers SEC(".maps");
+
+static __always_inline long out_to(__u32 ifindex)
+{
+	if (bpf_map_lookup_elem(&peers, &ifindex))
+		return bpf_redirect_peer(ifindex, 0);
+	return bpf_redirect(ifindex, 0);
+}
+
 // per CPU: the frame `punt` just gave the datapath (any frame it gives: a miss, a
 // revalidation, a connection's frame for the slow path) or approved for the kernel. TC
 // ingress runs right after the packet sockets for the same frame on the same CPU
@@ -829,7 +848,7 @@ int forward(struct __sk_buff *skb)
 				return TC_ACT_SHOT;
 			account(&cv->f, k.ifindex, skb->len);
 			count(5, 1);
-			return bpf_redirect(cv->f.out_ifindex, 0);
+			return out_to(cv->f.out_ifindex);
 		}
 	}
 	if (keyed != 1)
@@ -850,7 +869,7 @@ int forward(struct __sk_buff *skb)
 	account(v, k.ifindex, skb->len);
 	if (v->encap)
 		return encapsulate(skb, v);
-	return bpf_redirect(v->out_ifindex, 0);
+	return out_to(v->out_ifindex);
 }
 
 // The underlay address and Geneve port this host's datapath receives on (one slot).
@@ -975,7 +994,7 @@ int decap(struct __sk_buff *skb)
 	if (rewrite(skb, v))
 		return TC_ACT_SHOT;
 	account(v, k.ifindex, skb->len);
-	return bpf_redirect(v->out_ifindex, 0);
+	return out_to(v->out_ifindex);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -50,6 +50,19 @@ _PSTAT = struct.Struct("=QQQQ")
 _PORT_FIELDS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
 
 
+PEER_ENV = "NETVIRT_REDIRECT_PEER"
+
+
+def redirect_peer_by_env() -> bool:
+    """:data:`PEER_ENV` as a boolean word (default on); anything else a clear error."""
+    value = os.environ.get(PEER_ENV, "").strip().lower()
+    if value in ("", "1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{PEER_ENV}={os.environ[PEER_ENV]!r}: expected a boolean word")
+
+
 def pack_value(
     out_ifindex: int,
     rewrite: Any,
@@ -153,6 +166,10 @@ class KernelOffload:
         # the Geneve underlay (``tunnel.py``): found on first need, ``decap`` attached to it
         self.underlay: tunnel.Underlay | None = None
         self.routes: dict[str, tunnel.Route | None] = {}  # remote underlay IP -> route
+        # output ports served with bpf_redirect_peer (flows.bpf.c ``peers``: veth ends whose
+        # other end is in another namespace); NETVIRT_REDIRECT_PEER=0 turns it off
+        self.redirect_peer = redirect_peer_by_env()
+        self.peers: set[str] = set()
         self._underlay_tried = -1e9
 
     # -- ports ---------------------------------------------------------------------------
@@ -175,12 +192,22 @@ class KernelOffload:
         self._update(self.loaded.ports_fd, struct.pack("=I", ifindex), zero)
         self.ifindex[iface] = ifindex
         self.socks[iface] = sock
+        peer_ok = self.redirect_peer and self.loaded.peers_fd >= 0
+        if peer_ok and self._in_netns(bpf.veth_peer_elsewhere, ifname):
+            self._update(self.loaded.peers_fd, struct.pack("=I", ifindex), b"\1")
+            self.peers.add(iface)
 
     def port_closed(self, iface: str) -> None:
         ifindex = self.ifindex.pop(iface, None)
         self.socks.pop(iface, None)
         if ifindex is None:
             return
+        if iface in self.peers:
+            self.peers.discard(iface)
+            with contextlib.suppress(OSError):
+                self.loaded.lib.bpf_map_delete_elem(
+                    self.loaded.peers_fd, ctypes.create_string_buffer(struct.pack("=I", ifindex), 4)
+                )
         self.conns.port_closed(ifindex)
         gone = [k for k, (_, _, out) in self.keys.items() if iface in (_iface_of(k), out)]
         for key in gone:  # from the port, or to it
@@ -497,6 +524,7 @@ class KernelOffload:
             | {"kernel_made": per[8], "no_port": per[9], "not_made": per[10]},
             "ports": ports,
             "tunnel": self._tunnel_stats(),
+            "redirect_peer": {"enabled": self.redirect_peer, "ports": len(self.peers)},
         }
 
     def _tunnel_stats(self) -> dict[str, object]:
