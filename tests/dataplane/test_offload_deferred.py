@@ -139,14 +139,25 @@ def test_deferred_records_are_the_eager_ones_folded(
     assert sorted(kc.deps) == sorted((g.zone, g.orig, g.serial) for g in got)
 
 
-def test_a_closed_connection_is_parked_then_faulted_in(world: World) -> None:  # noqa: F811
+def _one_deferred(
+    world: World,  # noqa: F811
+    cid: int,
+    sport: int,
+) -> tuple[Any, SynTemplates, KernelConn, int, CtEntry]:
+    """A template learned, then one connection made from it (deferred, made now): the
+    run, the templates, the connection, its SNAT port and its SNAT zone's record."""
     run, tpl, kconns, tid = _templates(world, defer=True)
     port = next(iter(tpl.supply[tid].posted))
-    now_ns = time.monotonic_ns()
-    tpl._record(Made(9, now_ns, tid, 41000, port))
-    kc = kconns.owned[9]
+    tpl._record(Made(cid, time.monotonic_ns(), tid, sport, port))
+    snat = next(r for r in made_records(tpl.by_id[tid], sport, port, 0.0, 1.0) if r.flags & 4)
+    return run, tpl, kconns.owned[cid], port, snat
+
+
+def test_a_closed_connection_is_parked_then_faulted_in(world: World) -> None:  # noqa: F811
+    run, tpl, kc, port, snat = _one_deferred(world, 9, 41000)
+    tid = kc.made.tid
     t = tpl.by_id[tid]
-    snat = next(r for r in made_records(t, 41000, port, 0.0, 1.0) if r.flags & SNAT_POOL)
+    now_ns = kc.made.ns
     assert _claim_owner(run, snat) == f"{tpl.owner}:{tid}"  # (the block's, all along)
     closed = int(CtState.TIME_WAIT) | (FIN_ORIG | FIN_REPLY) << 8
     tpl.settle(kc, (closed, now_ns), fault=False)
@@ -166,12 +177,8 @@ def test_a_closed_connection_is_parked_then_faulted_in(world: World) -> None:  #
 
 
 def test_a_parked_connection_lets_its_port_go_at_its_timeout(world: World) -> None:  # noqa: F811
-    run, tpl, kconns, tid = _templates(world, defer=True)
-    port = next(iter(tpl.supply[tid].posted))
-    now_ns = time.monotonic_ns()
-    tpl._record(Made(10, now_ns, tid, 41001, port))
-    kc = kconns.owned[10]
-    snat = next(r for r in made_records(tpl.by_id[tid], 41001, port, 0.0, 1.0) if r.flags & 4)
+    run, tpl, kc, port, snat = _one_deferred(world, 10, 41001)
+    tid, now_ns = kc.made.tid, kc.made.ns
     tpl.settle(kc, (int(CtState.CLOSED), now_ns), fault=False)
     tpl.expire(time.monotonic() + run.ct.timeouts.closed - 1)
     assert _claim_owner(run, snat) == f"{tpl.owner}:{tid}"  # not yet
