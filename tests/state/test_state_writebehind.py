@@ -341,6 +341,32 @@ def test_open_store_write_behind_option(redis_url: str, monkeypatch: pytest.Monk
     env.close()
 
 
+def test_the_datapaths_default_is_write_behind(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The datapath opens its store with :data:`DATAPATH_WRITE_BEHIND`; the URL's option
+    and the environment still decide over it (0: write-through)."""
+    from netvirt.state import DATAPATH_WRITE_BEHIND
+
+    monkeypatch.delenv("NETVIRT_WRITE_BEHIND", raising=False)
+    assert DATAPATH_WRITE_BEHIND > 0
+    store = open_store(redis_url, DATAPATH_WRITE_BEHIND)
+    assert isinstance(store, WriteBehindStore)
+    assert store.interval == DATAPATH_WRITE_BEHIND
+    store.close()
+    plain = open_store(f"{redis_url}?write_behind=0", DATAPATH_WRITE_BEHIND)
+    assert isinstance(plain, RedisStore)
+    plain.close()
+    monkeypatch.setenv("NETVIRT_WRITE_BEHIND", "0")
+    env = open_store(redis_url, DATAPATH_WRITE_BEHIND)
+    assert isinstance(env, RedisStore)
+    env.close()
+    monkeypatch.delenv("NETVIRT_WRITE_BEHIND")
+    other = open_store(redis_url)  # (other callers: as before)
+    assert isinstance(other, RedisStore)
+    other.close()
+
+
 def test_open_store_write_behind_on_the_cluster_is_threaded(cluster: RedisClusterServers) -> None:
     store = open_store(f"{cluster.url}?write_behind=0.05")
     try:

@@ -147,9 +147,9 @@ class DatapathLoop(LoopProcess):
         self.dp_config = config
         self.status_file = config.status_file
         if store is None:
-            from netvirt.state import open_store
+            from netvirt.state import DATAPATH_WRITE_BEHIND, open_store
 
-            store = open_store(config.state_store)
+            store = open_store(config.state_store, DATAPATH_WRITE_BEHIND)
             if not getattr(store, "supports_submit", True):
                 # the cluster: its synchronous round trips on a worker thread, so the
                 # loop parks store-bound packets instead of waiting (state/threaded.py)

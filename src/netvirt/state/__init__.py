@@ -39,20 +39,25 @@ __all__ = [
 # (state/writebehind.py); 0 = every write goes to the store synchronously, as before.
 # The environment variable NETVIRT_WRITE_BEHIND overrides it (labs, benchmarks).
 DEFAULT_WRITE_BEHIND = 0.0
+# ... the datapath's (the process that tracks connections): on since session 11, which
+# halves the store time per new connection (docs/stateless-nf.md, "Write-behind")
+DATAPATH_WRITE_BEHIND = 0.05
 
 
-def open_store(url: str) -> StateStore:
+def open_store(url: str, write_behind: float | None = None) -> StateStore:
     """Open the store a URL names; Redis is imported only when asked for.
 
-    ``?write_behind=SECONDS`` on a Redis URL (default :data:`DEFAULT_WRITE_BEHIND`)
-    keeps the conntrack records of switch port zones in this process and writes them
-    behind (``state/writebehind.py``, docs/stateless-nf.md)."""
+    ``?write_behind=SECONDS`` on a Redis URL keeps the conntrack records of switch port
+    zones in this process and writes them behind (``state/writebehind.py``,
+    docs/stateless-nf.md); without it, ``NETVIRT_WRITE_BEHIND``, then ``write_behind``
+    (the caller's default: the datapath's is :data:`DATAPATH_WRITE_BEHIND`), then
+    :data:`DEFAULT_WRITE_BEHIND`."""
     scheme, sep, _ = url.partition("://")
     if not sep:
         raise ValueError(f"state store URL needs a scheme: {url!r}")
     if scheme == "memory":
         return MemoryStore()
-    url, interval = _write_behind_option(url)
+    url, interval = _write_behind_option(url, write_behind)
     store = _open_shared(scheme, url)
     if interval <= 0:
         return store
@@ -80,13 +85,13 @@ def open_store(url: str) -> StateStore:
     )
 
 
-def _write_behind_option(url: str) -> tuple[str, float]:
+def _write_behind_option(url: str, default: float | None = None) -> tuple[str, float]:
     """The URL without ``write_behind=``, and its value (seconds)."""
     from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    interval = DEFAULT_WRITE_BEHIND
+    interval = DEFAULT_WRITE_BEHIND if default is None else default
     if env := os.environ.get("NETVIRT_WRITE_BEHIND"):
         interval = _seconds(env, "NETVIRT_WRITE_BEHIND")
     for name, value in query:
