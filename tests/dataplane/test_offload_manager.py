@@ -324,3 +324,29 @@ def test_redirect_peer_refuses_anything_else(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv(PEER_ENV, "maybe")
     with pytest.raises(ValueError, match="boolean"):
         redirect_peer_by_env()
+
+
+def test_a_missing_route_is_looked_up_again_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No route to a remote (its underlay not up yet): asked again after UNDERLAY_RETRY,
+    not cached as missing for the datapath's life."""
+    from netvirt.dataplane.offload import manager as mod
+
+    manager, _lib, _cache = offload()
+    underlay = Underlay("192.0.2.1", 6081, "ul0", 20)
+    answers: list[Route | None] = [None, Route(20, 1400)]
+    asked: list[str] = []
+
+    def route_to(_ip: object, _local: str, remote: str) -> Route | None:
+        asked.append(remote)
+        return answers.pop(0)
+
+    clock = [100.0]
+    monkeypatch.setattr(mod.tunnel, "route_to", route_to)
+    monkeypatch.setattr(mod.time, "monotonic", lambda: clock[0])
+    assert manager._route(underlay, "192.0.2.9") is None
+    assert manager._route(underlay, "192.0.2.9") is None  # (within the retry: not asked)
+    assert asked == ["192.0.2.9"]
+    clock[0] += mod.UNDERLAY_RETRY + 0.1
+    assert manager._route(underlay, "192.0.2.9") == Route(20, 1400)
+    assert manager._route(underlay, "192.0.2.9") == Route(20, 1400)  # (cached now)
+    assert asked == ["192.0.2.9", "192.0.2.9"]

@@ -166,6 +166,7 @@ class KernelOffload:
         # the Geneve underlay (``tunnel.py``): found on first need, ``decap`` attached to it
         self.underlay: tunnel.Underlay | None = None
         self.routes: dict[str, tunnel.Route | None] = {}  # remote underlay IP -> route
+        self._route_retry: dict[str, float] = {}  # ... none found: when to look again
         # output ports served with bpf_redirect_peer (flows.bpf.c ``peers``: veth ends whose
         # other end is in another namespace); NETVIRT_REDIRECT_PEER=0 turns it off
         self.redirect_peer = redirect_peer_by_env()
@@ -419,13 +420,25 @@ class KernelOffload:
         return found
 
     def _route(self, underlay: tunnel.Underlay, remote_ip: str) -> tunnel.Route | None:
-        if remote_ip not in self.routes:
-            try:
-                self.routes[remote_ip] = tunnel.route_to(self._ip, underlay.ip, remote_ip)
-            except (OSError, ValueError) as err:
-                log.warning("offload: no route to %s: %s", remote_ip, err)
-                self.routes[remote_ip] = None
-        return self.routes[remote_ip]
+        """The route to a remote underlay address, looked up once; a missing one is
+        looked up again after :data:`UNDERLAY_RETRY` (a host whose underlay comes up
+        later, or a route added later, would otherwise never be offloaded to)."""
+        if remote_ip in self.routes:
+            return self.routes[remote_ip]
+        now = time.monotonic()
+        if now < self._route_retry.get(remote_ip, 0.0):
+            return None
+        try:
+            found = tunnel.route_to(self._ip, underlay.ip, remote_ip)
+        except (OSError, ValueError) as err:
+            log.warning("offload: no route to %s: %s", remote_ip, err)
+            found = None
+        if found is None:
+            self._route_retry[remote_ip] = now + UNDERLAY_RETRY
+            return None
+        self._route_retry.pop(remote_ip, None)
+        self.routes[remote_ip] = found
+        return found
 
     def _ip(self, *args: str) -> str:
         from netvirt.dataplane import netns
