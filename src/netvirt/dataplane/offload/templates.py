@@ -16,9 +16,13 @@ ports patched in. The kernel (``flows.bpf.c``: ``tpls``, ``tpl_ports``, ``made``
 supply, which the datapath claimed in the SNAT pool of the template's destination
 (pools are per destination address and port, ``nf/nat.py``; a template has exactly one
 destination, so its ports are claimed there and nowhere else), both ``conns`` entries
-and the ``cstates`` entry in SYN_SENT, and a report from which the datapath writes the
-user-space conntrack records behind (:meth:`SynTemplates.drain`), and registers the connection in
-:class:`~netvirt.dataplane.offload.conns.KernelConns` like a handed-over one.
+and the ``cstates`` entry in SYN_SENT, and a report (a BPF ring buffer, ``ringbuf.py``)
+from which the datapath registers the connection in
+:class:`~netvirt.dataplane.offload.conns.KernelConns` (:meth:`SynTemplates.drain`). Its
+user-space conntrack records are *deferred* (:data:`DEFER`, session 11): written, in
+the kernel's state, only when user space needs them (:meth:`SynTemplates.settle`,
+:meth:`SynTemplates.materialize`, :meth:`SynTemplates.fault_in`); a connection with
+anything at its keys has them written at its report instead (the eager path).
 
 On by default (:data:`DEFAULT_ON`; ``NETVIRT_SYN_TEMPLATES=1``/``0`` overrides): see
 docs/conn-rate.md, "Session 10", for what is built and measured. Refused (counted by
