@@ -26,6 +26,7 @@ from typing import Any
 
 from netvirt.dataplane.fastpath import ICMP4, ICMP6, TCP4, TCP6, UDP4, UDP6, Entry, Layout
 from netvirt.dataplane.offload import bpf, conns, kmap, templates, tunnel
+from netvirt.dataplane.offload.envflag import env_flag
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,7 @@ PEER_ENV = "NETVIRT_REDIRECT_PEER"
 
 def redirect_peer_by_env() -> bool:
     """:data:`PEER_ENV` as a boolean word (default on); anything else a clear error."""
-    value = os.environ.get(PEER_ENV, "").strip().lower()
-    if value in ("", "1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{PEER_ENV}={os.environ[PEER_ENV]!r}: expected a boolean word")
+    return env_flag(PEER_ENV, True)
 
 
 def pack_value(

@@ -60,6 +60,7 @@ from netvirt.dataplane.nf.nat import snat_pool
 from netvirt.dataplane.nf.tcp import CLOSING, claim_ttl
 from netvirt.dataplane.offload import kmap
 from netvirt.dataplane.offload.conns import read_primary
+from netvirt.dataplane.offload.envflag import env_flag
 
 log = logging.getLogger(__name__)
 
@@ -97,18 +98,10 @@ RENEW_EVERY = BLOCK_TTL / 4  # block claims (untaken ports, deferred connections
 DEFAULT_ON = True  # the one switch for the default (``NETVIRT_SYN_TEMPLATES`` overrides it)
 
 
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
 def enabled_by_env() -> bool:
     """:data:`ENV` as ``netvirt datapath`` reads it (a boolean word), else the default;
-    anything else is a clear error (``false`` must not mean "on")."""
-    value = os.environ.get(ENV, "").strip().lower()
-    if value == "":
-        return DEFAULT_ON
-    if value in _TRUE or value in _FALSE:
-        return value in _TRUE
-    raise ValueError(f"{ENV}={os.environ[ENV]!r}: expected one of {', '.join(_TRUE + _FALSE)}")
+    anything else is a clear error (``envflag.env_flag``)."""
+    return env_flag(ENV, DEFAULT_ON)
 
 
 def template_key(conn_key: bytes) -> bytes | None:
