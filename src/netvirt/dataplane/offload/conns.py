@@ -599,14 +599,11 @@ class KernelConns:
             first = False
 
     def _update(self, fd: int, key: bytes, value: bytes) -> None:
-        kb = ctypes.create_string_buffer(key, len(key))
-        vb = ctypes.create_string_buffer(value, len(value))
-        if self.lib.bpf_map_update_elem(fd, kb, vb, 0) != 0:
+        if not kmap.update_elem(self.lib, fd, key, value):
             log.warning("offload: a kernel connection map write failed")
 
     def _delete(self, fd: int, key: bytes) -> None:
-        kb = ctypes.create_string_buffer(key, len(key))
-        self.lib.bpf_map_delete_elem(fd, kb)
+        kmap.delete_elem(self.lib, fd, key)
 
     def stats(self) -> dict[str, object]:
         return {

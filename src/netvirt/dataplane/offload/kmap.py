@@ -63,6 +63,18 @@ def bind_batch_calls(lib: Any) -> bool:
     return True
 
 
+def update_elem(lib: Any, fd: int, key: bytes, value: bytes) -> bool:
+    """One element written now (create or replace); False when the kernel refused it."""
+    kb = ctypes.create_string_buffer(key, len(key))
+    vb = ctypes.create_string_buffer(value, len(value))
+    return bool(lib.bpf_map_update_elem(fd, kb, vb, 0) == 0)
+
+
+def delete_elem(lib: Any, fd: int, key: bytes) -> bool:
+    """One element deleted now; False when it was not there."""
+    return bool(lib.bpf_map_delete_elem(fd, ctypes.create_string_buffer(key, len(key))) == 0)
+
+
 class BatchedMap:
     """A BPF hash map mirrored in ``live`` and written through a queue (module docstring)."""
 

@@ -201,10 +201,7 @@ class KernelOffload:
             return
         if iface in self.peers:
             self.peers.discard(iface)
-            with contextlib.suppress(OSError):
-                self.loaded.lib.bpf_map_delete_elem(
-                    self.loaded.peers_fd, ctypes.create_string_buffer(struct.pack("=I", ifindex), 4)
-                )
+            kmap.delete_elem(self.loaded.lib, self.loaded.peers_fd, struct.pack("=I", ifindex))
         self.conns.port_closed(ifindex)
         gone = [k for k, (_, _, out) in self.keys.items() if iface in (_iface_of(k), out)]
         for key in gone:  # from the port, or to it
@@ -569,12 +566,10 @@ class KernelOffload:
 
     # -- kernel map access ------------------------------------------------------------------
     def _update(self, fd: int, key: bytes, value: bytes) -> bool:
-        kb = ctypes.create_string_buffer(key, len(key))
-        vb = ctypes.create_string_buffer(value, len(value))
-        if self.loaded.lib.bpf_map_update_elem(fd, kb, vb, 0) != 0:
-            self.errors += 1
-            return False
-        return True
+        if kmap.update_elem(self.loaded.lib, fd, key, value):
+            return True
+        self.errors += 1
+        return False
 
     def _percpu_sum(self, fd: int, key: bytes, width: int) -> list[int]:
         size = 8 * width * self._ncpu

@@ -34,7 +34,6 @@ Thread-safety: none (the datapath loop's).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import struct
@@ -781,16 +780,13 @@ class SynTemplates:
 
     # -- map access -----------------------------------------------------------------------
     def _update(self, fd: int, key: bytes, value: bytes) -> bool:
-        kb = ctypes.create_string_buffer(key, len(key))
-        vb = ctypes.create_string_buffer(value, len(value))
-        if self.lib.bpf_map_update_elem(fd, kb, vb, 0) != 0:
-            log.warning("offload: a template map write failed")
-            return False
-        return True
+        if kmap.update_elem(self.lib, fd, key, value):
+            return True
+        log.warning("offload: a template map write failed")
+        return False
 
     def _delete(self, fd: int, key: bytes) -> bool:
-        kb = ctypes.create_string_buffer(key, len(key))
-        return bool(self.lib.bpf_map_delete_elem(fd, kb) == 0)
+        return kmap.delete_elem(self.lib, fd, key)
 
     def stats(self) -> dict[str, object]:
         return {
