@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from netvirt.dataplane.offload.ringbuf import RingReader
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("flows.bpf.c")
@@ -95,6 +97,7 @@ def _libbpf() -> ctypes.CDLL:
         ("bpf_program__fd", i, [vp]),
         ("bpf_map__fd", i, [vp]),
         ("bpf_map__value_size", ctypes.c_uint32, [vp]),
+        ("bpf_map__max_entries", ctypes.c_uint32, [vp]),
         ("bpf_map_update_elem", i, [i, vp, vp, ctypes.c_uint64]),
         ("bpf_map_delete_elem", i, [i, vp]),
         ("bpf_map_lookup_elem", i, [i, vp, vp]),
@@ -214,12 +217,10 @@ def load(path: Path | None = None) -> Loaded:
     ):
         handle = lib.bpf_object__find_map_by_name(obj, map_name)
         setattr(found, field, lib.bpf_map__fd(handle) if handle else -1)
-    if found.made_fd >= 0:
-        from netvirt.dataplane.offload.ringbuf import RingReader
-        from netvirt.dataplane.offload.templates import MADE_RING
-
+    if found.made_fd >= 0:  # (a ring buffer's max_entries is its data size in bytes)
+        size = lib.bpf_map__max_entries(lib.bpf_object__find_map_by_name(obj, b"made"))
         try:
-            found.made_ring = RingReader(found.made_fd, MADE_RING)
+            found.made_ring = RingReader(found.made_fd, size)
         except (OSError, ValueError) as err:
             log.warning("offload: the made-connection ring cannot be mapped: %s", err)
     check = lib.bpf_object__find_program_by_name(obj, b"punt_check")

@@ -537,7 +537,7 @@ struct made {
 // report per posted port, and at most 65,536 are posted)
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 22);  // MADE_RING in templates.py
+	__uint(max_entries, 1 << 22);  // bytes (the datapath maps as much as this says)
 } made SEC(".maps");
 
 // [0]: the next id of a connection the kernel makes (the datapath sets the range)

@@ -86,7 +86,6 @@ SUPPLY_LIMIT = 4096  # the same for all templates together (each gets its share,
 # ``tpl_ports`` holds 65,536: a port the kernel puts back always finds room.
 BLOCK_TTL = 3600.0  # a block port's claim in the pool (renewed while the datapath runs)
 TPL_LIMIT = 1024  # the kernel map's size
-MADE_RING = 1 << 22  # the ``made`` ring buffer's data size (flows.bpf.c)
 HOLD = 30.0  # an undone connection's entries send its packets to the datapath this long
 DEFER = True  # a made connection's records are written when user space needs them, not at
 # its report (``SynTemplates.settle``): writing them at every report and folding each state
