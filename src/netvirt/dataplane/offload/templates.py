@@ -41,8 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
-from types import SimpleNamespace
-from typing import Any, NamedTuple, cast
+from typing import Any, Final, NamedTuple, cast
 
 from netvirt.dataplane.nf.codec import (
     FIN_ORIG,
@@ -58,7 +57,7 @@ from netvirt.dataplane.nf.codec import (
 from netvirt.dataplane.nf.nat import snat_pool
 from netvirt.dataplane.nf.tcp import CLOSING, claim_ttl
 from netvirt.dataplane.offload import kmap
-from netvirt.dataplane.offload.conns import read_primary
+from netvirt.dataplane.offload.conns import KernelConn, read_primary
 from netvirt.dataplane.offload.envflag import env_flag
 
 log = logging.getLogger(__name__)
@@ -176,6 +175,14 @@ port stays claimed until then. A tuple of numbers and bytes, not an object: up t
 of connections are parked (~2M at 16k/s), and CPython's collector stops tracking such
 tuples, where every object of a class would be walked by each full collection (they
 took 340 ms each, a quarter of the datapath's CPU, in a connection-rate run)."""
+
+
+# fields of a :data:`Parked`
+_P_TID: Final = 1
+_P_PORT: Final = 3
+_P_T0: Final = 7
+_P_T1: Final = 8
+_P_SEQ: Final = 9
 
 
 def key_parts(prefix: str, rec: CtEntry) -> tuple[str, str, str, bool]:
@@ -653,11 +660,13 @@ class SynTemplates:
         _until, tid, sport, port, ns, st, last_ns, t0, t1, seq = p
         self._written.add(seq)
         self.counters["faulted_in"] += 1
-        kc = SimpleNamespace(tuples=(t0, t1), made=Deferred(tid, sport, port, ns), deps=())
+        kc = KernelConn(
+            (b"", b""), (t0, t1), (0, 0), (), st, last_ns, Deferred(tid, sport, port, ns)
+        )
         self.materialize(kc, st, last_ns)
 
     def _unpark(self, p: Parked) -> None:
-        for tup in (p[7], p[8]):
+        for tup in (p[_P_T0], p[_P_T1]):
             if self.parked.get(tup) is p:
                 del self.parked[tup]
 
@@ -668,12 +677,12 @@ class SynTemplates:
             while queue and queue[0][0] <= mono:
                 p = queue.popleft()
                 self._unpark(p)
-                if p[9] in self._written:
-                    self._written.discard(p[9])
+                if p[_P_SEQ] in self._written:
+                    self._written.discard(p[_P_SEQ])
                     continue
-                t = self.by_id.get(p[1])
+                t = self.by_id.get(p[_P_TID])
                 if t is not None:
-                    self._let_go(t, p[3])
+                    self._let_go(t, p[_P_PORT])
         if mono >= self._next_renew:
             self._next_renew = mono + RENEW_EVERY
             self.renew()
@@ -689,7 +698,7 @@ class SynTemplates:
             if kc.made is not None:
                 held.append((kc.made.tid, kc.made.port))
         for queue in self._park_queues.values():
-            held += [(p[1], p[3]) for p in queue if p[9] not in self._written]
+            held += [(p[_P_TID], p[_P_PORT]) for p in queue if p[_P_SEQ] not in self._written]
         for tid, port in held:
             t = self.by_id.get(tid)
             if t is not None and t.pool:
