@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from system.labrun import LabRun
-from system.test_offload_conns import CONNRATE, SERVER, TOPOLOGY, settled, status
+from system.test_offload_conns import CONNRATE, TOPOLOGY, connrate, settled, status
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]
 
@@ -61,12 +61,7 @@ def test_the_kernel_makes_connections_from_their_syn(lab: LabRun) -> None:
     found = status(lab)
     tpl = found["offload"]["syn_templates"]
     assert tpl["enabled"], tpl
-    client = [sys.executable, str(CONNRATE), "client", "--host", SERVER, "--port", "5301"]
-    client += ["--ports", "4", "--duration", "3", "--concurrency", "4"]
-    done = lab.sh("ka", *client, timeout=30)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["errors"] == 0, result
+    result = connrate(lab, 4)
     connections = result["connections"]
     assert connections >= 100, result
     after = settled(lab)
@@ -94,12 +89,7 @@ def test_a_second_run_reuses_the_ports_and_still_completes(lab: LabRun) -> None:
     """Client ports come round again (their connections' records closed or gone), the
     block refills: every connection completes again."""
     before = status(lab)["offload"]["syn_templates"]
-    client = [sys.executable, str(CONNRATE), "client", "--host", SERVER, "--port", "5301"]
-    client += ["--ports", "4", "--duration", "3", "--concurrency", "8"]
-    done = lab.sh("ka", *client, timeout=30)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["errors"] == 0, result
+    result = connrate(lab, 8)
     after = settled(lab)["offload"]["syn_templates"]
     assert after["kernel_made"] - before["kernel_made"] >= result["connections"] * 0.9, after
     assert after["record_conflicts"] == 0, after
