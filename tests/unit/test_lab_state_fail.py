@@ -18,7 +18,8 @@ vms:
 """
 
 
-def _argv(tmp_path: Path, store: str | None, fail: str) -> list[str]:
+def one_host_lab(tmp_path: Path) -> tuple[LabState, HostRecord]:
+    """A lab's state with one host record (what ``datapath_argv`` reads)."""
     host = HostRecord(
         name="hv1",
         netns="nvf-u-hv1",
@@ -29,6 +30,11 @@ def _argv(tmp_path: Path, store: str | None, fail: str) -> list[str]:
         status_file=str(tmp_path / "status.json"),
     )
     state = LabState(name="u", prefix="nvf-u", dir=str(tmp_path), topology_file="t", topology={})
+    return state, host
+
+
+def _argv(tmp_path: Path, store: str | None, fail: str) -> list[str]:
+    state, host = one_host_lab(tmp_path)
     state.state_store = store
     return datapath_argv(state, host, 1500, fail)
 

@@ -13,8 +13,8 @@ from netvirt.agent import datapath as datapath_module
 from netvirt.cli.main import app
 from netvirt.dataplane.offload import templates
 from netvirt.lab.build import datapath_argv
-from netvirt.lab.state import HostRecord, LabState
 from netvirt.lab.topology import loads
+from unit.test_lab_state_fail import one_host_lab
 
 BASE = """
 hosts: [{name: hv1}]
@@ -25,16 +25,7 @@ vms:
 
 
 def _argv(tmp_path: Path, syn_templates: bool | None) -> list[str]:
-    host = HostRecord(
-        name="hv1",
-        netns="nvf-u-hv1",
-        underlay_ip="10.254.0.11",
-        encap="geneve",
-        gateway=False,
-        iface_dir=str(tmp_path / "plug"),
-        status_file=str(tmp_path / "status.json"),
-    )
-    state = LabState(name="u", prefix="nvf-u", dir=str(tmp_path), topology_file="t", topology={})
+    state, host = one_host_lab(tmp_path)
     return datapath_argv(state, host, 1500, "closed", True, syn_templates)
 
 
