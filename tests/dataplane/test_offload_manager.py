@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Hashable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -324,6 +325,23 @@ def test_redirect_peer_refuses_anything_else(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv(PEER_ENV, "maybe")
     with pytest.raises(ValueError, match="boolean"):
         redirect_peer_by_env()
+
+
+def test_the_datapath_refuses_a_bad_redirect_peer_value_before_it_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from netvirt.cli.main import app
+    from netvirt.dataplane.offload.manager import PEER_ENV
+
+    monkeypatch.setenv(PEER_ENV, "maybe")
+    argv = ["datapath", "--name", "hv1", "--iface-dir", str(tmp_path)]
+    argv += ["--underlay-ip", "127.0.0.1", "--control", str(tmp_path / "ctl")]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2
+    assert PEER_ENV in result.output  # names the variable, not another option
+    assert "--state-store" not in result.output
 
 
 def test_a_missing_route_is_looked_up_again_later(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -198,6 +198,13 @@ def datapath(
     from netvirt.agent.datapath import DatapathConfig, DatapathProcess
 
     _check_mtu(underlay_mtu)
+    if offload:  # (read when the offload starts: a bad value is refused before anything)
+        from netvirt.dataplane.offload.manager import PEER_ENV, redirect_peer_by_env
+
+        try:
+            redirect_peer_by_env()
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint=PEER_ENV) from err
     _logging(f"{name}-dp", log_level)
     iface_dir.mkdir(parents=True, exist_ok=True)
     config = DatapathConfig(
