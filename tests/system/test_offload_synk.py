@@ -76,7 +76,10 @@ def test_the_kernel_makes_connections_from_their_syn(lab: LabRun) -> None:
     # two zones each (the VM's, the router's SNAT); the closed ones parked unwritten
     assert tpl["deferred"] == made, tpl
     assert tpl["records_written"] == 2 * tpl["materialized"], tpl
-    assert tpl["parked"] + tpl["materialized"] <= made, tpl
+    # each made one is parked or materialized at most once, save that a parked one a late
+    # frame came for (faulted in) is then materialized too
+    assert tpl["faulted_in"] <= tpl["parked"], tpl
+    assert tpl["parked"] + tpl["materialized"] - tpl["faulted_in"] <= made, tpl
     assert tpl["parked"] >= made * 0.95, tpl  # (a connection closes: it is parked)
     assert conns["made"] == made, conns  # the kernel's like handed-over ones
     assert conns["owned"] == 0, conns  # all closed, all given back (records folded)
